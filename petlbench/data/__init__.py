@@ -1,0 +1,1 @@
+"""Data sets for the suites: the embedded synthetic scenes and retrieval batching."""

@@ -1,0 +1,1 @@
+"""Backbones behind one small interface (towers, pooled embeddings) and the name resolver."""
