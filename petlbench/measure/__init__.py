@@ -1,0 +1,1 @@
+"""Memory, parameter and time measurement, identical for every method."""

@@ -1,0 +1,129 @@
+"""Peak memory of a measured phase, measured identically for every method.
+
+Two meters share one protocol (measurement.md): `gc.collect()` before the phase, the
+garbage collector off during it, peaks taken over the phase only.
+
+- `CudaMeter`: `torch.cuda.max_memory_allocated` (headline) and `max_memory_reserved`,
+  reset at the start of the phase.
+- `CpuAccountingMeter`: live tensor bytes counted by a `TorchDispatchMode`, byte-exact
+  and identical run to run. Written by hand because no public PyTorch API counts live
+  tensor bytes on the CPU (the private `MemTracker` crashes on frozen parameters).
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+@dataclass
+class PhasePeak:
+    """What a meter reports for one phase, in bytes."""
+
+    peak_bytes: int
+    source: str  # "cuda" or "cpu-accounting"
+    reserved_peak_bytes: int | None = None
+    breakdown: dict[str, int] = field(default_factory=dict)
+
+
+class _LiveStorages(TorchDispatchMode):
+    """Counts the bytes of every storage an operator returns, from its creation until it
+    is freed (weak-reference callback on the storage), and the peak of their sum."""
+
+    def __init__(self, known: Iterable[torch.Tensor]):
+        super().__init__()
+        self._known = {id(t.untyped_storage()) for t in known}
+        self._tracked: dict[int, tuple[weakref.ref, int]] = {}
+        self.live = 0
+        self.peak = 0
+
+    def _free(self, key: int, _ref: weakref.ref) -> None:
+        _, nbytes = self._tracked.pop(key)
+        self.live -= nbytes
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self._known or key in self._tracked:
+            return
+        nbytes = storage.nbytes()
+        self._tracked[key] = (weakref.ref(storage, lambda ref, key=key: self._free(key, ref)), nbytes)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
+                self._track(leaf)
+        return out
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (shared storage counted once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        seen[id(st)] = st.nbytes()
+    return sum(seen.values())
+
+
+class CpuAccountingMeter:
+    """Peak = bytes of the tensors alive when the phase starts (``resident``: parameters,
+    buffers, optimizer state) + the peak of the tensor bytes created during the phase.
+    ``ignore`` are tensors whose views must not count (the data set held in host memory,
+    which a CUDA run would not hold on the device)."""
+
+    source = "cpu-accounting"
+
+    @contextmanager
+    def phase(self, resident: dict[str, list[torch.Tensor]], ignore: Iterable[torch.Tensor] = ()) -> Iterator[PhasePeak]:
+        gc.collect()
+        breakdown = {name: storage_bytes(ts) for name, ts in resident.items()}
+        mode = _LiveStorages([*(t for ts in resident.values() for t in ts), *ignore])
+        result = PhasePeak(0, self.source)
+        gc.disable()
+        try:
+            with mode:
+                yield result
+        finally:
+            gc.enable()
+        breakdown["transient_peak"] = mode.peak
+        result.breakdown = breakdown
+        result.peak_bytes = sum(breakdown.values())
+
+
+class CudaMeter:
+    """Allocator peaks over the phase (measurement.md: what they include and exclude)."""
+
+    source = "cuda"
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    @contextmanager
+    def phase(self, resident: dict[str, list[torch.Tensor]], ignore: Iterable[torch.Tensor] = ()) -> Iterator[PhasePeak]:
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        breakdown = {name: storage_bytes(ts) for name, ts in resident.items()}
+        result = PhasePeak(0, self.source, breakdown=breakdown)
+        gc.disable()
+        try:
+            yield result
+            torch.cuda.synchronize(self.device)
+        finally:
+            gc.enable()
+        result.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        result.reserved_peak_bytes = torch.cuda.max_memory_reserved(self.device)
+
+
+def meter_for(device: torch.device) -> CpuAccountingMeter | CudaMeter:
+    return CudaMeter(device) if device.type == "cuda" else CpuAccountingMeter()

@@ -1,0 +1,108 @@
+"""Runs the (variant, seed) grid of a suite: one atomic result record per run, resumable,
+and a failing run becomes a record instead of ending the sweep."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from petlbench import config as cfgmod
+from petlbench import records
+from petlbench.config import ConfigError, SuiteConfig, Variant
+from petlbench.models.resolve import resolve as resolve_model
+from petlbench.train import DivergedError, RunOutcome, run
+
+
+@dataclass
+class Plan:
+    suite: SuiteConfig
+    variants: list[Variant]
+    seeds: list[int]
+    overrides: list[str]
+    output: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def make_plan(suite: str, methods: list[str] | None, seeds: list[int] | None, output: Path | None, overrides: list[str]) -> Plan:
+    """Validate everything a sweep needs before any run starts."""
+    suite_cfg = cfgmod.load_suite(suite, overrides)
+    resolve_model(suite_cfg.model.name)
+    names = methods or [p.stem for p in cfgmod.available("methods")]
+    variants = [cfgmod.load_variant(name, overrides) for name in names]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Plan(suite_cfg, variants, seeds or suite_cfg.seeds, list(overrides), output or Path("results") / suite_cfg.name / stamp)
+
+
+def _record(
+    plan: Plan, variant: Variant, seed: int, status: str, error: str | None, outcome: RunOutcome | None, device: torch.device, wall_s: float
+) -> dict[str, Any]:
+    suite = plan.suite
+    return {
+        "schema": records.SCHEMA,
+        "run": {
+            "suite": suite.name,
+            "suite_version": suite.version,
+            "suite_hash": cfgmod.suite_hash(suite),
+            "run_hash": cfgmod.run_hash(suite, variant, seed),
+            "method": variant.method,
+            "variant": variant.name,
+            "seed": seed,
+            "overrides": plan.overrides,
+            "status": status,
+            "error": error,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        "config": {"suite": cfgmod.to_dict(suite), "method": {"name": variant.method, **cfgmod.to_dict(variant.config)}},
+        "trainable_rule": outcome.trainable_rule if outcome else None,
+        "metrics": outcome.metrics if outcome else None,
+        "cost": {**outcome.cost, "wall_s": wall_s} if outcome else None,
+        "env": records.environment(device),
+    }
+
+
+def run_plan(plan: Plan, device: torch.device) -> list[dict[str, Any]]:
+    """Run every (variant, seed) not already done; return all records in grid order."""
+    out = []
+    grid = [(v, s) for v in plan.variants for s in plan.seeds]
+    for i, (variant, seed) in enumerate(grid, 1):
+        path = records.record_path(plan.output, variant.name, seed)
+        if records.is_done(path, cfgmod.run_hash(plan.suite, variant, seed)):
+            print(f"[{i}/{len(grid)}] {variant.name} seed {seed}: already done, skipped ({path})")
+            out.append(records.read(path))
+            continue
+        status, error, outcome = "ok", None, None
+        t0 = time.perf_counter()
+        with tqdm(
+            total=plan.suite.train.steps, desc=f"[{i}/{len(grid)}] {variant.name} seed {seed}", unit="step", leave=False, disable=None
+        ) as bar:
+            try:
+                outcome = run(plan.suite, variant, seed, device, bar)
+            except DivergedError as exc:
+                status, error = "diverged", str(exc)
+            except torch.OutOfMemoryError as exc:
+                status, error = "oom", f"{exc} (batch size {plan.suite.train.batch_size})"
+            except Exception as exc:  # a failing run is a result; the sweep goes on
+                status, error = "error", "".join(traceback.format_exception_only(exc)).strip()
+                traceback.print_exc()
+        record = _record(plan, variant, seed, status, error, outcome, device, time.perf_counter() - t0)
+        records.write_atomic(path, record)
+        rsum = f", rSum {record['metrics']['rsum']:.1f}" if status == "ok" else f": {error}"
+        print(
+            f"[{i}/{len(grid)}] {variant.name} seed {seed}: {status} in {record['cost']['wall_s'] if record['cost'] else time.perf_counter() - t0:.0f}s{rsum}"
+        )
+        out.append(record)
+    return out

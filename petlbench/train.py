@@ -1,0 +1,170 @@
+"""The one training and evaluation loop every method goes through.
+
+Step protocol (measurement.md): step 0 is the warm-up (it creates the optimizer state);
+the next `train.measure_steps` steps are the memory-measured window; the remaining steps
+are timed. Evaluation is a separate measured phase.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from petlbench import config as cfgmod
+from petlbench.config import ConfigError, SuiteConfig, Variant
+from petlbench.data.retrieval import RetrievalSplit, suite_splits, training_batches
+from petlbench.measure.memory import meter_for
+from petlbench.measure.params import parameter_counts
+from petlbench.models.resolve import load_clip
+from petlbench.objective import contrastive_loss, evaluate, warmup_cosine
+from petlbench.registry import get_method
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class RunOutcome:
+    """What one run measured; `sweep` turns it into a result record."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    trainable_rule: dict[str, str] = field(default_factory=dict)
+
+
+_SPLITS_CACHE: dict[tuple, dict[str, RetrievalSplit]] = {}
+
+
+def _splits(suite: SuiteConfig, tokenizer) -> dict[str, RetrievalSplit]:
+    """The suite's data, generated once per process and shared by every run of a sweep."""
+    key = (suite.model.name, tuple(sorted(cfgmod.to_dict(suite.data).items())))
+    if key not in _SPLITS_CACHE:
+        _SPLITS_CACHE[key] = suite_splits(suite.data, tokenizer)
+    return _SPLITS_CACHE[key]
+
+
+def _optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: float) -> torch.optim.Optimizer:
+    impl = suite.train.optimizer_impl
+    return torch.optim.AdamW(
+        params,
+        lr=lr,
+        weight_decay=suite.train.weight_decay,
+        foreach=impl == "foreach",
+        fused=True if impl == "fused" else None,
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, progress: tqdm | None = None) -> RunOutcome:
+    """Train ``variant`` on ``suite`` with ``seed`` and evaluate it; raises
+    `DivergedError`, `ConfigError` or out-of-memory errors for the sweep to record."""
+    torch.manual_seed(seed)
+    backbone, tokenizer = load_clip(suite.model.name, suite.model.attn_implementation, device)
+    max_text = backbone.clip.config.text_config.max_position_embeddings
+    if suite.data.text_length > max_text:
+        raise ConfigError(f"data.text_length={suite.data.text_length} exceeds the model's {max_text} text positions")
+    splits = _splits(suite, tokenizer)
+    train_split, eval_split = splits["train"], splits[suite.eval.split]
+
+    spec = get_method(variant.method)
+    model = spec.apply(backbone, variant.config)
+    if not spec.defines_head:
+        for projection in backbone.projections():
+            projection.requires_grad_(suite.train.head == "trainable")
+    backbone.logit_scale.requires_grad_(suite.train.temperature == "trainable")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError(f"method {variant.name!r} leaves no trainable parameter")
+
+    steps, bs = suite.train.steps, suite.train.batch_size
+    opt = _optimizer(trainable, suite, variant.config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(suite.train.warmup_steps, steps))
+    batches = training_batches(train_split.n_images, train_split.captions_per_image, bs, torch.Generator().manual_seed(seed))
+    model.train()
+
+    def train_step() -> float:
+        idx, cap = next(batches)
+        loss = contrastive_loss(
+            model.encode_image(train_split.pixels[idx].to(device)),
+            model.encode_text(train_split.input_ids[idx, cap].to(device), train_split.attention_mask[idx, cap].to(device)),
+            model.logit_scale,
+        )
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergedError(f"loss became {value}")
+        return value
+
+    n_measured = min(suite.train.measure_steps, steps - 1)
+    if n_measured < 1:
+        raise ConfigError(f"train.steps={steps} leaves no measured step after the warm-up step (need at least 2)")
+
+    def run_steps(n: int) -> list[float]:
+        """``n`` training steps; returns their wall times."""
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            loss = train_step()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        return times
+
+    meter = meter_for(device)
+    dataset = [train_split.pixels, train_split.input_ids, train_split.attention_mask,
+               eval_split.pixels, eval_split.input_ids, eval_split.attention_mask]  # fmt: skip
+    weights = [*model.parameters(), *model.buffers()]
+    t_train = time.perf_counter()
+    run_steps(1)  # warm-up: creates the optimizer state
+    optimizer_state = [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t)]
+    with meter.phase({"parameters": weights, "optimizer_state": optimizer_state}, ignore=dataset) as train_peak:
+        run_steps(n_measured)
+    step_times = run_steps(steps - 1 - n_measured)
+    train_s = time.perf_counter() - t_train
+
+    t_eval = time.perf_counter()
+    with meter.phase({"parameters": weights}, ignore=dataset) as eval_peak:
+        metrics = evaluate(model, eval_split, suite.eval.batch_size, device)
+    eval_s = time.perf_counter() - t_eval
+    n_eval_items = eval_split.n_images * (1 + eval_split.captions_per_image)
+
+    median_step = statistics.median(step_times) if step_times else None
+    cost = {
+        **parameter_counts(model),
+        "memory": {
+            "source": meter.source,
+            "train_peak_bytes": train_peak.peak_bytes,
+            "eval_peak_bytes": eval_peak.peak_bytes,
+            "train_reserved_peak_bytes": train_peak.reserved_peak_bytes,
+            "eval_reserved_peak_bytes": eval_peak.reserved_peak_bytes,
+            "train_breakdown": train_peak.breakdown,
+            "measured_steps": [1, n_measured],
+        },
+        "step_time_s_median": median_step,
+        "timed_steps": [n_measured + 1, steps - 1] if step_times else [],
+        "train_samples_per_s": bs / median_step if median_step else None,
+        "eval_samples_per_s": n_eval_items / eval_s,
+        "train_s": train_s,
+        "eval_s": eval_s,
+    }
+    rule = {
+        "head": "defined by the method" if spec.defines_head else suite.train.head,
+        "temperature": suite.train.temperature,
+    }
+    return RunOutcome(metrics=metrics, cost=cost, trainable_rule=rule)

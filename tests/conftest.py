@@ -1,0 +1,39 @@
+"""Shared tiny settings: the shipped model on a few dozen generated scenes."""
+
+from __future__ import annotations
+
+import pytest
+
+from petlbench.cli import main
+
+# Small enough that one run takes about a second on 2 cores, large enough that every
+# phase (warm-up, measured window, timed steps, evaluation) happens.
+TINY = [
+    "data.train_images=48",
+    "data.val_images=10",
+    "data.test_images=12",
+    "train.batch_size=8",
+    "train.steps=4",
+    "train.warmup_steps=1",
+    "train.measure_steps=1",
+    "eval.batch_size=32",
+]
+
+
+def tiny_args(*extra: str) -> list[str]:
+    out = []
+    for item in [*TINY, *extra]:
+        out += ["--set", item]
+    return out
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call

@@ -1,0 +1,114 @@
+"""Short end-to-end runs of every method variant, result records, resume and failures."""
+
+import json
+
+import pytest
+
+from petlbench import config, records, train
+from petlbench.registry import registered
+from tests.conftest import tiny_args
+
+VARIANTS = [p.stem for p in config.available("methods")]
+RECALLS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
+
+
+def _run(cli, out_dir, *extra):
+    return cli("run", "--suite", "vl-retrieval", "--device", "cpu", "--output", str(out_dir), *extra)
+
+
+def test_every_registered_method_has_a_variant():
+    assert {config.load_variant(v).method for v in VARIANTS} == set(registered())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_short_end_to_end_run(cli, tmp_path, variant):
+    code, out, err = _run(cli, tmp_path, "--methods", variant, *tiny_args())
+    assert code == 0, err
+    rec = json.loads(records.record_path(tmp_path, variant, 0).read_text())
+    run = rec["run"]
+    assert (run["variant"], run["method"], run["seed"], run["status"]) == (variant, config.load_variant(variant).method, 0, "ok")
+    assert set(rec["metrics"]) == RECALLS and 0 <= rec["metrics"]["rsum"] <= 600
+    memory = rec["cost"]["memory"]
+    assert memory["source"] == "cpu-accounting"
+    assert memory["train_peak_bytes"] > memory["train_breakdown"]["parameters"] > 0
+    assert memory["measured_steps"] == [1, 1] and rec["cost"]["timed_steps"] == [2, 3]
+    assert 0 < rec["cost"]["params_trainable"] <= rec["cost"]["params_total"]
+    assert {"git_commit", "dirty", "torch", "transformers", "peft", "device"} <= set(rec["env"])
+    assert run["overrides"] == [a for a in tiny_args() if a != "--set"]
+    assert variant in out and "train peak (MiB, cpu-accounting)" in out
+
+
+def test_memory_figures_identical_run_to_run(cli, tmp_path):
+    figures = []
+    for name in ("a", "b"):
+        assert _run(cli, tmp_path / name, "--methods", "partial", *tiny_args())[0] == 0
+        rec = json.loads(records.record_path(tmp_path / name, "partial", 0).read_text())
+        figures.append((rec["cost"]["memory"]["train_peak_bytes"], rec["cost"]["memory"]["eval_peak_bytes"], rec["metrics"]))
+    assert figures[0] == figures[1]
+
+
+def test_resume_skips_finished_runs_and_reruns_changed_ones(cli, tmp_path):
+    path = records.record_path(tmp_path, "linear", 0)
+    assert _run(cli, tmp_path, "--methods", "linear", *tiny_args())[0] == 0
+    first = path.read_text()
+
+    code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args())
+    assert code == 0 and "already done" in out
+    assert path.read_text() == first
+
+    code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))
+    assert code == 0 and "already done" not in out
+    changed = json.loads(path.read_text())
+    assert changed["run"]["run_hash"] != json.loads(first)["run"]["run_hash"]
+    assert changed["config"]["method"]["lr"] == 0.05
+
+    changed["run"]["status"] = "error"  # a failed run is never skipped
+    records.write_atomic(path, changed)
+    code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))
+    assert "already done" not in out and json.loads(path.read_text())["run"]["status"] == "ok"
+
+
+def test_atomic_write_keeps_the_old_record_on_failure(tmp_path):
+    path = tmp_path / "r.json"
+    records.write_atomic(path, {"run": {"status": "ok"}})
+    with pytest.raises(TypeError):
+        records.write_atomic(path, {"run": {"status": object()}})
+    assert json.loads(path.read_text()) == {"run": {"status": "ok"}}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
+
+
+def test_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path):
+    bad = tmp_path / "partial-k99.yaml"
+    bad.write_text("method: partial\nlr: 1.0e-3\nk: 99\n")
+    code, out, _ = _run(cli, tmp_path / "out", "--methods", f"{bad},linear", *tiny_args())
+    assert code == 1
+    failed = json.loads(records.record_path(tmp_path / "out", "partial-k99", 0).read_text())
+    assert failed["run"]["status"] == "error" and "k=99" in failed["run"]["error"]
+    assert failed["metrics"] is None and failed["cost"] is None
+    assert json.loads(records.record_path(tmp_path / "out", "linear", 0).read_text())["run"]["status"] == "ok"
+    assert "ERROR" in out  # the summary shows the status, never a zero
+
+
+def test_nan_loss_ends_the_run_as_diverged(cli, tmp_path, monkeypatch):
+    real_loss = train.contrastive_loss
+    calls = []
+
+    def loss_turning_nan(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train, "contrastive_loss", loss_turning_nan)
+    code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args())
+    assert code == 0  # divergence is a result, not a failure
+    rec = json.loads(records.record_path(tmp_path, "linear", 0).read_text())
+    assert rec["run"]["status"] == "diverged" and "loss became nan" in rec["run"]["error"]
+    assert len(calls) == 3 and "DIVERGED" in out
+
+
+def test_list_shows_suites_and_variants(cli):
+    code, out, _ = cli("list")
+    assert code == 0
+    assert "vl-retrieval" in out
+    for variant in VARIANTS:
+        assert f"  {variant} " in out
