@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import CLIPModel
+
+TOWERS = ("vision", "text")
+
+
+def eot_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """The position a CLIP text tower pools, exactly as transformers defines it: the first
+    `eos_token_id` in the ids; for legacy configs with `eos_token_id == 2`, the argmax of
+    the ids. The one place the rest of the code asks for it."""
+    if eos_token_id == 2:
+        return input_ids.to(torch.int).argmax(dim=-1)
+    return (input_ids == eos_token_id).to(torch.int).argmax(dim=-1)
+
+
+@dataclass
+class TowerStates:
+    """What side networks read from a frozen tower."""
+
+    hidden_states: tuple[torch.Tensor, ...]  # L+1 tensors (B, N, d): embedding output, then each block's output
+    token_mask: torch.Tensor  # (B, N) bool, False on padding
+    pool_index: torch.Tensor  # (B,) the position the tower pools (CLS for vision, EOT for text)
 
 
 class ClipDualEncoder(nn.Module):
@@ -38,3 +60,29 @@ class ClipDualEncoder(nn.Module):
     def final_norms(self) -> list[nn.Module]:
         """The LayerNorms applied after each tower's last block."""
         return [self.clip.vision_model.post_layernorm, self.clip.text_model.final_layer_norm]
+
+    def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
+        """Per-layer hidden states of ``tower`` ('vision': pixel_values; 'text': input_ids,
+        attention_mask). Runs under the caller's grad mode: side methods wrap it in no_grad."""
+        if tower == "vision":
+            out = self.clip.vision_model(pixel_values=inputs["pixel_values"], output_hidden_states=True)
+            b, n = out.hidden_states[0].shape[:2]
+            device = out.hidden_states[0].device
+            return TowerStates(
+                out.hidden_states, torch.ones(b, n, dtype=torch.bool, device=device), torch.zeros(b, dtype=torch.long, device=device)
+            )
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        out = self.clip.text_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        return TowerStates(out.hidden_states, mask.bool(), eot_positions(ids, self.clip.config.text_config.eos_token_id))
+
+    def tower_head(self, tower: str, tokens: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+        """The tower's frozen final norm, pooling and projection applied to (B, N, d) tokens
+        (LayerNorm is per token, so norm-then-pool equals CLIP's own order for both towers).
+        Runs under the caller's grad mode: side methods need the gradient through it."""
+        norm, projection = (
+            (self.clip.vision_model.post_layernorm, self.clip.visual_projection)
+            if tower == "vision"
+            else (self.clip.text_model.final_layer_norm, self.clip.text_projection)
+        )
+        pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), pool_index]
+        return projection(norm(pooled))
