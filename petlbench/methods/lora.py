@@ -1,0 +1,56 @@
+"""LoRA (Hu et al. 2022) through the PEFT library, the reference implementation: chosen
+linear layers of every block compute ``W x + (alpha/r) B A x`` with ``A`` random and ``B``
+zero; the backbone stays frozen and the gradient flows back through it."""
+
+from dataclasses import dataclass, field
+
+import peft
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from petlbench.config import ConfigError, MethodConfig
+from petlbench.registry import register
+
+
+@dataclass
+class LoraConfig(MethodConfig):
+    r: int = field(default=8, metadata={"help": "rank of the update B A"})
+    alpha: float = field(default=16.0, metadata={"help": "the update is scaled by alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the input of the low-rank branch"})
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "names of the blocks' linear layers to adapt (q_proj, k_proj, v_proj, out_proj, fc1, fc2)"},
+    )
+
+
+def _block_linears(backbone) -> set[str]:
+    """The names (last component) of the linear layers inside the towers' blocks."""
+    return {
+        name.rsplit(".", 1)[-1]
+        for blocks in backbone.blocks().values()
+        for name, module in blocks.named_modules()
+        if isinstance(module, nn.Linear)
+    }
+
+
+@register("lora", LoraConfig)
+def apply(backbone, cfg: LoraConfig):
+    # Only block layers may be targeted: PEFT would otherwise wrap a projection too, and the
+    # loop's head rule (requires_grad on the projection module) would then switch LoRA
+    # parameters on or off with it.
+    allowed = _block_linears(backbone)
+    if not cfg.targets or not set(cfg.targets) <= allowed:
+        raise ConfigError(f"lora: targets {cfg.targets} must be a non-empty list of {', '.join(sorted(allowed))}")
+    if cfg.r < 1:
+        raise ConfigError(f"lora: r={cfg.r} must be at least 1")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"lora: dropout={cfg.dropout} must be in [0, 1)")
+    peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets), bias="none")
+    peft.inject_adapter_in_model(peft_config, backbone.clip)
+    # PEFT freezes all but its adapters already; say so here rather than rely on its policy.
+    backbone.requires_grad_(False)
+    for module in backbone.modules():
+        if isinstance(module, LoraLayer):
+            module.lora_A.requires_grad_(True)
+            module.lora_B.requires_grad_(True)
+    return backbone
