@@ -18,12 +18,15 @@ class MethodSpec:
     # True for the baselines, which decide themselves whether the projections train;
     # every other method follows the suite's `train.head` rule.
     defines_head: bool
+    # True for methods whose set-up reads training data (LST's Fisher-ranked pruning):
+    # `apply` then also receives `data(batch_size)`, an iterator of training batches.
+    needs_data: bool
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, config_cls: type[MethodConfig], *, defines_head: bool = False):
+def register(name: str, config_cls: type[MethodConfig], *, defines_head: bool = False, needs_data: bool = False):
     """Decorator for a method's ``apply(backbone, config) -> model``.
 
     ``apply`` sets ``requires_grad`` on what the method trains and returns a module with
@@ -34,7 +37,7 @@ def register(name: str, config_cls: type[MethodConfig], *, defines_head: bool = 
     def decorate(apply):
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, config_cls, apply, defines_head)
+        METHODS[name] = MethodSpec(name, config_cls, apply, defines_head, needs_data)
         return apply
 
     return decorate

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,18 @@ def _splits(suite: SuiteConfig, tokenizer) -> dict[str, RetrievalSplit]:
     return _SPLITS_CACHE[key]
 
 
+def _setup_batches(split: RetrievalSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """Training batches for a method's set-up, from a sampler of their own, so that the
+    training batches stay identical for every method."""
+    generator = torch.Generator().manual_seed(seed + 7919)
+    for idx, cap in training_batches(split.n_images, split.captions_per_image, batch_size, generator):
+        yield {
+            "pixel_values": split.pixels[idx].to(device),
+            "input_ids": split.input_ids[idx, cap].to(device),
+            "attention_mask": split.attention_mask[idx, cap].to(device),
+        }
+
+
 def _optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: float) -> torch.optim.Optimizer:
     impl = suite.train.optimizer_impl
     return torch.optim.AdamW(
@@ -78,7 +91,10 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
     train_split, eval_split = splits["train"], splits[suite.eval.split]
 
     spec = get_method(variant.method)
-    model = spec.apply(backbone, variant.config)
+    if spec.needs_data:
+        model = spec.apply(backbone, variant.config, data=lambda batch_size: _setup_batches(train_split, batch_size, seed, device))
+    else:
+        model = spec.apply(backbone, variant.config)
     if not spec.defines_head:
         for projection in backbone.projections():
             projection.requires_grad_(suite.train.head == "trainable")

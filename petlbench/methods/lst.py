@@ -1,0 +1,207 @@
+"""Ladder Side-Tuning (Sung et al., NeurIPS 2022), applied to both towers.
+
+The backbone body runs under an explicit `torch.no_grad()`: a small side network (the
+backbone's block structure with every width divided by `r`) reads the backbone's
+per-layer hidden states through gated ladder connections, and its output goes through the
+backbone's frozen final norm, pooling and projection *with autograd on*, so the gradient
+reaches the side network but never the backbone body.
+
+Side blocks are initialised by pruning the backbone's blocks to `1/r` of their rows,
+ranked by Fisher importance (the authors' default), weight magnitude, or not at all
+(random). Deviation from the authors, who accumulate squared gradients at batch 1: a
+contrastive loss over one pair is constant, so importance is accumulated over batches of
+`fisher_batch_size` pairs (`fisher_samples` samples in all).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from petlbench.config import ConfigError, MethodConfig
+from petlbench.models.clip import TOWERS, ClipDualEncoder
+from petlbench.objective import contrastive_loss
+from petlbench.registry import register
+
+
+@dataclass
+class LSTConfig(MethodConfig):
+    r: int = field(default=4, metadata={"help": "width reduction of the side network (paper: 8 for NLP, 4 for vision-language)"})
+    drop_layers: list[int] = field(
+        default_factory=list, metadata={"help": "backbone layers with no ladder and no side block (paper, 12 layers: [0, 4, 8])"}
+    )
+    init: Literal["fisher", "magnitude", "random"] = field(
+        default="fisher",
+        metadata={"help": "side-block initialisation: pruned backbone rows ranked by Fisher importance or weight magnitude, or random"},
+    )
+    fisher_samples: int = field(default=1000, metadata={"help": "training samples whose squared gradients rank the rows (init=fisher)"})
+    fisher_batch_size: int = field(default=32, metadata={"help": "pairs per contrastive batch while ranking (init=fisher)"})
+    gate_temperature: float = field(default=0.1, metadata={"help": "T in the ladder gate sigmoid(alpha / T)"})
+
+
+class LadderSide(nn.Module):
+    """The side network of one tower."""
+
+    def __init__(self, blocks: nn.ModuleList, keep: list[int], r: int, gate_temperature: float):
+        super().__init__()
+        config = blocks[0].self_attn.config
+        d = config.hidden_size
+        if d % r or config.intermediate_size % r or (d // r) % config.num_attention_heads:
+            raise ConfigError(
+                f"lst: r={r} must divide the width {d} and MLP width {config.intermediate_size} into whole heads of {config.num_attention_heads}"
+            )
+        side_config = copy.deepcopy(config)
+        side_config.hidden_size, side_config.intermediate_size = d // r, config.intermediate_size // r
+        self.keep = keep
+        self.temperature = gate_temperature
+        self.down_in = nn.Linear(d, d // r)
+        self.downs = nn.ModuleList(nn.Linear(d, d // r) for _ in keep)
+        self.gates = nn.Parameter(torch.zeros(len(keep)))  # alpha_i = 0: g_i = 0.5
+        self.blocks = nn.ModuleList(type(blocks[i])(side_config) for i in keep)
+        self.norm = nn.LayerNorm(d // r, eps=config.layer_norm_eps)
+        self.up = nn.Linear(d // r, d)
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None) -> torch.Tensor:
+        side = self.down_in(hidden_states[0])
+        gates = torch.sigmoid(self.gates / self.temperature)
+        for j, layer in enumerate(self.keep):
+            side = gates[j] * side + (1 - gates[j]) * self.downs[j](hidden_states[layer + 1])
+            side = self.blocks[j](side, attention_mask)
+        return self.up(self.norm(side))
+
+
+def _causal_padding_mask(token_mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, N, N) boolean mask, True where query i may attend key j: j <= i and j real."""
+    n = token_mask.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=token_mask.device).tril()
+    return (causal[None] & token_mask[:, None, :])[:, None]
+
+
+class LadderSideTuned(nn.Module):
+    """The backbone (frozen, no graph) plus one side network per tower."""
+
+    def __init__(self, backbone: ClipDualEncoder, cfg: LSTConfig):
+        super().__init__()
+        self.backbone = backbone
+        towers = backbone.blocks()
+        depth = len(towers["vision"])
+        if any(not 0 <= i < len(b) for b in towers.values() for i in cfg.drop_layers):
+            raise ConfigError(f"lst: drop_layers={cfg.drop_layers} must index the towers' layers (0..{depth - 1})")
+        self.side = nn.ModuleDict(
+            {
+                tower: LadderSide(blocks, [i for i in range(len(blocks)) if i not in cfg.drop_layers], cfg.r, cfg.gate_temperature)
+                for tower, blocks in towers.items()
+            }
+        )
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.backbone.logit_scale
+
+    def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            states = self.backbone.tower_states(tower, **inputs)
+        mask = _causal_padding_mask(states.token_mask) if tower == "text" else None
+        tokens = self.side[tower](states.hidden_states, mask)
+        return self.backbone.tower_head(tower, tokens, states.pool_index)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._encode("vision", pixel_values=pixel_values)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._encode("text", input_ids=input_ids, attention_mask=attention_mask)
+
+
+# --------------------------------------------------------------------------- pruned init
+
+
+def fisher_importance(
+    backbone: ClipDualEncoder, batches: Iterator[dict[str, torch.Tensor]], n_batches: int
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Sum of squared gradients of the contrastive loss per backbone weight."""
+    params = [p for blocks in backbone.blocks().values() for p in blocks.parameters()]
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    scores = {p: torch.zeros_like(p) for p in params}
+    try:
+        with torch.enable_grad():
+            for _ in range(n_batches):
+                batch = next(batches)
+                loss = contrastive_loss(
+                    backbone.encode_image(batch["pixel_values"]),
+                    backbone.encode_text(batch["input_ids"], batch["attention_mask"]),
+                    backbone.logit_scale,
+                )
+                grads = torch.autograd.grad(loss, params)
+                for p, g in zip(params, grads, strict=True):
+                    scores[p] += g.square()
+    finally:
+        for p, flag in zip(params, saved, strict=True):
+            p.requires_grad_(flag)
+    return scores
+
+
+def _row_scores(linear: nn.Linear, importance: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    rows = importance(linear.weight).sum(dim=1)
+    return rows + importance(linear.bias) if linear.bias is not None else rows
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    return scores.topk(k).indices.sort().values
+
+
+def prune_block_into(side: nn.Module, block: nn.Module, importance: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Copy the most important `1/r` of ``block``'s rows into ``side`` (same layout, every
+    width divided by r). Q/K/V rows are chosen jointly, per head (heads keep their
+    structure); each matrix's input columns follow the choice of the matrix feeding it;
+    the residual-stream rows are those the block's residual writers (out_proj, fc2) rank
+    highest."""
+    attn, side_attn = block.self_attn, side.self_attn
+    d_side, heads = side_attn.embed_dim, attn.num_heads
+    head_dim, side_head_dim = attn.head_dim, side_attn.head_dim
+    resid = _top(_row_scores(attn.out_proj, importance) + _row_scores(block.mlp.fc2, importance), d_side)
+
+    qkv = sum(_row_scores(getattr(attn, n), importance) for n in ("q_proj", "k_proj", "v_proj")).view(heads, head_dim)
+    per_head = qkv.topk(side_head_dim, dim=1).indices.sort(dim=1).values
+    attn_rows = (per_head + torch.arange(heads)[:, None] * head_dim).flatten()
+    mlp_rows = _top(_row_scores(block.mlp.fc1, importance), side.mlp.fc1.out_features)
+
+    def copy_linear(dst: nn.Linear, src: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        dst.weight.copy_(src.weight[rows][:, cols])
+        if src.bias is not None:
+            dst.bias.copy_(src.bias[rows])
+
+    with torch.no_grad():
+        for name in ("q_proj", "k_proj", "v_proj"):
+            copy_linear(getattr(side_attn, name), getattr(attn, name), attn_rows, resid)
+        copy_linear(side_attn.out_proj, attn.out_proj, resid, attn_rows)
+        copy_linear(side.mlp.fc1, block.mlp.fc1, mlp_rows, resid)
+        copy_linear(side.mlp.fc2, block.mlp.fc2, resid, mlp_rows)
+        for norm in ("layer_norm1", "layer_norm2"):
+            getattr(side, norm).weight.copy_(getattr(block, norm).weight[resid])
+            getattr(side, norm).bias.copy_(getattr(block, norm).bias[resid])
+
+
+@register("lst", LSTConfig, needs_data=True)
+def apply(backbone: ClipDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> LadderSideTuned:
+    """``data(batch_size)`` yields training batches for the Fisher ranking (setup: it runs
+    before the measured steps, so it is outside the training memory figure)."""
+    backbone.requires_grad_(False)
+    model = LadderSideTuned(backbone, cfg)
+    if cfg.init != "random":
+        if cfg.init == "fisher":
+            fisher = fisher_importance(backbone, data(cfg.fisher_batch_size), max(1, cfg.fisher_samples // cfg.fisher_batch_size))
+            importance = fisher.__getitem__
+        else:
+            importance = torch.abs
+        for tower in TOWERS:
+            side = model.side[tower]
+            for j, layer in enumerate(side.keep):
+                prune_block_into(side.blocks[j], backbone.blocks()[tower][layer], importance)
+    return model
