@@ -189,14 +189,14 @@ def _find(kind: str, name_or_path: str) -> Path:
         return path
     candidate = PROJECT_ROOT / kind / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        known = ", ".join(p.stem for p in sorted((PROJECT_ROOT / kind).glob("*.yaml")))
+        known = ", ".join(p.stem for p in available(kind))
         raise ConfigError(f"unknown {kind[:-1]} '{name_or_path}'; known: {known} (or pass a .yaml path)")
     return candidate
 
 
 def available(kind: str) -> list[Path]:
     """The YAML files of ``kind`` ('suites' or 'methods') shipped with the project."""
-    return sorted((PROJECT_ROOT / kind).glob("*.yaml"))
+    return sorted((PROJECT_ROOT / kind).glob("*.yaml"), key=lambda p: p.stem)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
