@@ -17,6 +17,7 @@ from petlbench import config as cfgmod
 from petlbench import records
 from petlbench.config import ConfigError, SuiteConfig, Variant
 from petlbench.models.resolve import resolve as resolve_model
+from petlbench.registry import registered
 from petlbench.train import DivergedError, RunOutcome, run
 
 
@@ -37,11 +38,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_variants() -> list[str]:
+    """One variant per registered method: the one named after it (`methods/<method>.yaml`)."""
+    shipped = {p.stem for p in cfgmod.available("methods")}
+    return [name for name in sorted(registered()) if name in shipped]
+
+
 def make_plan(suite: str, methods: list[str] | None, seeds: list[int] | None, output: Path | None, overrides: list[str]) -> Plan:
     """Validate everything a sweep needs before any run starts."""
     suite_cfg = cfgmod.load_suite(suite, overrides)
     resolve_model(suite_cfg.model.name)
-    names = methods or [p.stem for p in cfgmod.available("methods")]
+    names = methods or default_variants()
+    if names == ["all"]:
+        names = [p.stem for p in cfgmod.available("methods")]
     variants = [cfgmod.load_variant(name, overrides) for name in names]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Plan(suite_cfg, variants, seeds or suite_cfg.seeds, list(overrides), output or Path("results") / suite_cfg.name / stamp)

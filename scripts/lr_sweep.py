@@ -1,15 +1,18 @@
 """Learning-rate sweep on the suite's *validation* split (methods.md, fairness rules).
 
-    python scripts/lr_sweep.py --suite vl-retrieval --seed 0 > docs/lr-sweep.md
+    python scripts/lr_sweep.py --suite vl-retrieval --seed 0     # writes docs/lr-sweep.md
 
-Each variant runs over its grid with `eval.split=val`; the best validation rSum picks the
-default `lr` written in methods/<variant>.yaml. Records go to results/lr-sweep/<variant>/lr<LR>/.
-The test split is never looked at here.
+Each variant runs over its grid with `eval.split=val`; when the best validation rSum sits
+at an end of the grid, the grid is extended past that end (1-3-10 steps) until the best is
+inside it, at most `--max-extend` times. The best picks the default `lr` written in
+methods/<variant>.yaml. Records go to results/lr-sweep/<variant>/lr<LR>/, so a re-run
+resumes. The test split is never looked at here.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -17,11 +20,35 @@ import torch
 
 from petlbench.sweep import make_plan, run_plan
 
+# Three points per method around the usual range (frozen-backbone methods want 10-100x the
+# full fine-tuning rate). Variants of one method (adapter-pfeiffer, prompt-shallow) take
+# their method's rate.
 GRIDS = {
-    "full": [3e-5, 1e-4, 3e-4, 1e-3],
-    "linear": [3e-3, 1e-2, 3e-2, 1e-1],
-    "partial": [1e-4, 3e-4, 1e-3, 3e-3],
+    "full": [1e-4, 3e-4, 1e-3],
+    "partial": [3e-4, 1e-3, 3e-3],
+    "linear": [1e-2, 3e-2, 1e-1],
+    "bitfit": [3e-3, 1e-2, 3e-2],
+    "adapter": [1e-3, 3e-3, 1e-2],
+    "lora": [1e-3, 3e-3, 1e-2],
+    "prompt": [3e-3, 1e-2, 3e-2],
+    "lst": [1e-3, 3e-3, 1e-2],
+    "unipt": [3e-3, 1e-2, 3e-2],
 }
+
+
+def _step(lr: float, up: bool) -> float:
+    """The next point of the 1-3-10 series above or below ``lr``."""
+    mantissa = lr / 10 ** math.floor(math.log10(lr) + 1e-9)
+    factor = (3 if mantissa < 2 else 10 / 3) if up else (1 / 3 if mantissa > 2 else 0.3)
+    return float(f"{lr * factor:.3g}")
+
+
+def val_rsum(args: argparse.Namespace, variant: str, lr: float) -> float:
+    """Validation rSum of one (variant, lr) run (resumed from its record when done)."""
+    overrides = ["eval.split=val", f"method.lr={lr}"]
+    plan = make_plan(args.suite, [variant], [args.seed], args.output / variant / f"lr{lr:g}", overrides)
+    (record,) = run_plan(plan, torch.device("cpu"))
+    return record["metrics"]["rsum"] if record["run"]["status"] == "ok" else float("-inf")
 
 
 def main() -> None:
@@ -30,26 +57,36 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default=",".join(GRIDS))
     p.add_argument("--output", type=Path, default=Path("results/lr-sweep"))
+    p.add_argument("--max-extend", type=int, default=2, help="grid extensions past an end that wins")
+    p.add_argument("--table", type=Path, default=Path("docs/lr-sweep.md"), help="where the markdown table goes")
     args = p.parse_args()
 
     rows = []
     for variant in args.variants.split(","):
-        scores = {}
-        for lr in GRIDS[variant]:
-            overrides = ["eval.split=val", f"method.lr={lr}"]
-            plan = make_plan(args.suite, [variant], [args.seed], args.output / variant / f"lr{lr:g}", overrides)
-            (record,) = run_plan(plan, torch.device("cpu"))
-            scores[lr] = record["metrics"]["rsum"] if record["run"]["status"] == "ok" else float("nan")
-        best = max(scores, key=lambda lr: scores[lr] if scores[lr] == scores[lr] else -1)
+        scores = {lr: val_rsum(args, variant, lr) for lr in GRIDS[variant]}
+        for _ in range(args.max_extend):
+            best = max(scores, key=scores.__getitem__)
+            if min(scores) < best < max(scores):
+                break
+            lr = _step(best, up=best == max(scores))
+            scores[lr] = val_rsum(args, variant, lr)
+        scores = dict(sorted(scores.items()))
+        best = max(scores, key=scores.__getitem__)
         rows.append((variant, scores, best))
-        print(f"{variant}: " + ", ".join(f"{lr:g} -> {s:.1f}" for lr, s in scores.items()), file=sys.stderr)
+        print(f"{variant}: " + ", ".join(f"{lr:g} -> {s:.1f}" for lr, s in scores.items()), file=sys.stderr, flush=True)
 
-    print(f"Validation rSum by learning rate (`python scripts/lr_sweep.py --suite {args.suite} --seed {args.seed}`):\n")
-    print("| variant | " + " | ".join("lr / val rSum" for _ in range(4)) + " | chosen lr |")
-    print("|---|" + "---|" * 5)
+    width = max(len(scores) for _, scores, _ in rows)
+    lines = [
+        f"Validation rSum by learning rate (`python scripts/lr_sweep.py --suite {args.suite} --seed {args.seed}`):",
+        "",
+        "| variant | " + " | ".join("lr: val rSum" for _ in range(width)) + " | chosen lr |",
+        "|---|" + "---|" * (width + 1),
+    ]
     for variant, scores, best in rows:
         cells = [f"{lr:g}: **{s:.1f}**" if lr == best else f"{lr:g}: {s:.1f}" for lr, s in scores.items()]
-        print(f"| {variant} | " + " | ".join(cells) + f" | {best:g} |")
+        lines.append(f"| {variant} | " + " | ".join(cells + [""] * (width - len(cells))) + f" | {best:g} |")
+    args.table.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -112,3 +112,13 @@ def test_list_shows_suites_and_variants(cli):
     assert "vl-retrieval" in out
     for variant in VARIANTS:
         assert f"  {variant} " in out
+
+
+def test_default_methods_are_one_variant_per_registered_method():
+    from petlbench.sweep import make_plan
+
+    plan = make_plan("vl-retrieval", None, None, None, [])
+    assert sorted(v.method for v in plan.variants) == sorted(registered())
+    assert all(v.name == v.method for v in plan.variants)
+    everything = make_plan("vl-retrieval", ["all"], None, None, [])
+    assert [v.name for v in everything.variants] == VARIANTS

@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 
 from petlbench.data import scenes
@@ -71,3 +72,15 @@ def test_tokenizer_knows_every_word(splits, source):
     assert all(tok.unk_token_id not in row for row in ids)
     assert all(len(row) == embedded.TEXT_LENGTH and embedded.EOS_ID in row for row in ids)  # nothing truncated
     assert {w for c in captions for w in c.split()} <= set(scenes.vocabulary())
+
+
+def test_suite_text_length_fits_the_longest_caption_exactly():
+    """Three objects in corner cells (two-word names in every synonym) with a two-word
+    relation give the longest captions: they must fit the suite's text length, untruncated."""
+    from petlbench.config import load_suite
+
+    length = load_suite("vl-retrieval").data.text_length
+    tok = embedded.build_tokenizer()
+    worst = tuple(scenes.SceneObject(cell, "triangle", "purple", "small") for cell in (0, 2, 8))
+    lengths = [len(tok(c)["input_ids"]) for seed in range(20) for c in scenes.captions(worst, np.random.default_rng(seed))]
+    assert max(lengths) == length
