@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from petlbench.config import PROJECT_ROOT
+from petlbench.config import PROJECT_ROOT, ConfigError
 
 SCHEMA = 1
 STATUSES = ("ok", "oom", "diverged", "unsupported", "error")
@@ -49,6 +49,18 @@ def read(path: Path) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def read_all(directory: Path) -> list[dict[str, Any]]:
+    """Every record in ``directory``, sorted by variant and seed. Subfolders are not read:
+    one folder is one sweep, and two sweeps may hold the same (variant, seed)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such folder")
+    found = [r for p in sorted(directory.glob("*.json")) if isinstance(r := read(p), dict) and r.get("schema") == SCHEMA]
+    if not found:
+        raise ConfigError(f"{directory}: no result records (*.json with schema {SCHEMA})")
+    return sorted(found, key=lambda r: (r["run"]["variant"], r["run"]["seed"]))
 
 
 def is_done(path: Path, run_hash: str) -> bool:

@@ -1,36 +1,155 @@
-"""Tables (and later plots and comparisons) built from result records only."""
+"""Tables, plots and comparisons, built from result records only (never from live objects).
+
+What every view shares lives here, once: how a figure is read from a record, the memory
+unit of a column, how statuses and memory sources are named, how seeds are grouped, and
+the split by `suite_hash` (records share a table, a figure or a comparison only when their
+resolved suites are equal).
+"""
 
 from __future__ import annotations
 
-from tabulate import tabulate
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 GIB, MIB = 2**30, 2**20
 
+STATUS_LABELS = {"ok": "ok", "oom": "OOM", "diverged": "diverged", "unsupported": "unsupported", "error": "error"}
+SOURCE_LABELS = {"cuda": "CUDA", "cpu-accounting": "CPU accounting", "estimate": "estimate"}
+RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
-def memory_unit(values: list[int | None]) -> tuple[str, int]:
+# How each named figure is read from a record, in base units (bytes, parameters, seconds,
+# percent). A figure a record lacks (a failed run, an estimate without metrics) is None.
+FIGURES: dict[str, Callable[[dict], Any]] = {
+    "params_trainable": lambda r: r["cost"]["params_trainable"],
+    "params_total": lambda r: r["cost"]["params_total"],
+    "params_percent": lambda r: 100 * r["cost"]["params_trainable"] / r["cost"]["params_total"],
+    "memory_source": lambda r: r["cost"]["memory"]["source"],
+    "train_peak_bytes": lambda r: r["cost"]["memory"]["train_peak_bytes"],
+    "eval_peak_bytes": lambda r: r["cost"]["memory"]["eval_peak_bytes"],
+    "train_breakdown": lambda r: r["cost"]["memory"]["train_breakdown"],
+    "step_time_s": lambda r: r["cost"]["step_time_s_median"],
+    "eval_s": lambda r: r["cost"]["eval_s"],
+    **{name: (lambda r, name=name: r["metrics"][name]) for name in (*RECALLS, "rsum")},
+}
+
+
+def value(record: dict, figure: str) -> Any:
+    """The named figure of ``record``, or None where it was not recorded."""
+    try:
+        return FIGURES[figure](record)
+    except (KeyError, TypeError):  # the section or the key is absent (None for a failed run)
+        return None
+
+
+def memory_unit(values: Iterable[int | None]) -> tuple[str, int]:
     """MiB when every figure is under 1 GiB, else GiB (measurement.md: one unit per column)."""
     present = [v for v in values if v is not None]
     return ("MiB", MIB) if all(v < GIB for v in present) else ("GiB", GIB)
 
 
-def summary_table(records: list[dict]) -> str:
-    """One row per record: variant, seed, status, trainable params, train peak, rSum."""
-    peaks = [r["cost"].get("memory", {}).get("train_peak_bytes") if r.get("cost") else None for r in records]
-    unit, div = memory_unit(peaks)
-    sources = sorted({r["cost"]["memory"]["source"] for r in records if r.get("cost")})
-    rows = []
-    for r, peak in zip(records, peaks, strict=True):
-        ok = r["run"]["status"] == "ok"
-        cost = r.get("cost") or {}
-        rows.append(
-            [
-                r["run"]["variant"],
-                r["run"]["seed"],
-                r["run"]["status"],
-                f"{cost['params_trainable']:,}" if "params_trainable" in cost else "-",
-                f"{peak / div:.2f}" if ok and peak is not None else r["run"]["status"].upper(),
-                f"{r['metrics']['rsum']:.1f}" if ok else "-",
-            ]
-        )
-    headers = ["variant", "seed", "status", "trainable params", f"train peak ({unit}, {'/'.join(sources) or '-'})", "rSum"]
-    return tabulate(rows, headers=headers, colalign=("left", "right", "left", "right", "right", "right"))
+def status_label(status: str) -> str:
+    """How a status shows in tables: a failed run is a label, never a zero."""
+    return STATUS_LABELS.get(status, status)
+
+
+def sources(records: Iterable[dict]) -> list[str]:
+    """The memory sources (`cuda`, `cpu-accounting`, `estimate`) behind ``records``."""
+    return sorted({s for r in records if (s := value(r, "memory_source"))})
+
+
+def source_label(records: Iterable[dict]) -> str:
+    """The memory sources of ``records``, named for a header ("CPU accounting")."""
+    return "/".join(SOURCE_LABELS.get(s, s) for s in sources(records)) or "-"
+
+
+@dataclass
+class Group:
+    """The records behind one row or one point: one variant (and seed, or memory source)."""
+
+    key: tuple
+    records: list[dict]
+
+    @property
+    def variant(self) -> str:
+        return self.records[0]["run"]["variant"]
+
+    @property
+    def method(self) -> str:
+        return self.records[0]["run"]["method"]
+
+    @property
+    def ok(self) -> list[dict]:
+        return [r for r in self.records if r["run"]["status"] == "ok"]
+
+    def failure_label(self) -> str:
+        """What the row shows where no run succeeded, e.g. "OOM" or "OOM/error"."""
+        return "/".join(dict.fromkeys(status_label(r["run"]["status"]) for r in self.records if r["run"]["status"] != "ok"))
+
+    def status_counts(self) -> str:
+        """E.g. "3 ok" or "2 ok, 1 diverged": how many seeds a mean stands on."""
+        counts = Counter(r["run"]["status"] for r in self.records)
+        return ", ".join(f"{n} {status_label(s)}" for s, n in sorted(counts.items(), key=lambda kv: kv[0] != "ok"))
+
+    def stats(self, figure: str, scale: float = 1) -> tuple[float, float | None, int] | None:
+        """Mean, sample standard deviation (None for a single seed) and count of the
+        figure over the successful runs, divided by ``scale``; None where none recorded it."""
+        values = [v / scale for r in self.ok if (v := value(r, figure)) is not None]
+        if not values:
+            return None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
+
+
+def group(records: list[dict], by: tuple[str, ...]) -> list[Group]:
+    """Records grouped by run fields (``variant``, ``seed``) in the order of their keys;
+    when the records mix memory sources, the source is part of the key, so that a mean
+    never mixes a CUDA figure with a CPU one."""
+    mixed = len(sources(records)) > 1
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        key = tuple(r["run"][field] for field in by) + ((value(r, "memory_source") or "",) if mixed else ())
+        groups.setdefault(key, []).append(r)
+    return [Group(key, rs) for key, rs in sorted(groups.items())]
+
+
+def by_suite(records: list[dict]) -> dict[str, list[dict]]:
+    """Records split by `suite_hash`, in order of first appearance."""
+    split: dict[str, list[dict]] = {}
+    for r in records:
+        split.setdefault(r["run"]["suite_hash"], []).append(r)
+    return split
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, val in data.items():
+        if isinstance(val, dict):
+            out.update(_flatten(val, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = val
+    return out
+
+
+def suite_differences(suites: Iterable[dict]) -> str:
+    """Why records with different `suite_hash` cannot share a table: the resolved suite
+    keys whose values differ, e.g. "train.steps (150 vs 4)"."""
+    flat = [{k: v for k, v in _flatten(s).items() if k not in ("seeds", "description")} for s in suites]
+    keys = sorted(set().union(*flat))
+    diffs = [f"{k} ({' vs '.join(str(f.get(k, '-')) for f in flat)})" for k in keys if len({str(f.get(k)) for f in flat}) > 1]
+    return ", ".join(diffs) or "no recorded key (the hash changed with the code)"
+
+
+def split_note(split: dict[str, list[dict]]) -> str | None:
+    """One sentence saying why the records are reported apart, or None when they are not."""
+    if len(split) < 2:
+        return None
+    hashes = ", ".join(split)
+    why = suite_differences(rs[0]["config"]["suite"] for rs in split.values())
+    return f"These records come from {len(split)} different suite configurations (suite_hash {hashes}) and are reported separately: they differ in {why}."
+
+
+def suite_title(records: list[dict]) -> str:
+    run = records[0]["run"]
+    return f"{run['suite']} v{run['suite_version']} (suite_hash {run['suite_hash']})"

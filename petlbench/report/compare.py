@@ -1,0 +1,110 @@
+"""Regression check between two record folders: a memory or parameter figure that grew,
+a run that no longer succeeds or no longer exists fails; records measured under different
+conditions are refused rather than compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tabulate import tabulate
+
+from petlbench.config import ConfigError
+from petlbench.report import memory_unit, status_label, suite_differences, value
+
+# Exact CPU-accounting figures change with these (measurement.md): compare them only
+# between equal versions.
+VERSIONED = ("torch", "transformers", "peft")
+GROWTH_CHECKED = ("train_peak_bytes", "eval_peak_bytes", "params_trainable")
+
+
+@dataclass
+class Comparison:
+    """What `compare` found: the table of old and new figures and every failure."""
+
+    table: str
+    compared: int
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+    def text(self) -> str:
+        verdict = [f"FAIL: {f}" for f in self.failures] or [f"OK: {self.compared} records compared, no regression"]
+        return "\n".join([self.table, "", *self.notes, *verdict])
+
+
+def _key(record: dict) -> tuple[str, str, int]:
+    run = record["run"]
+    return run["suite"], run["variant"], run["seed"]
+
+
+def _name(key: tuple[str, str, int]) -> str:
+    return f"{key[1]} seed {key[2]} ({key[0]})"
+
+
+def _incomparable(pairs: list[tuple[dict, dict]]) -> list[str]:
+    """Why the matched records cannot be compared (empty when they can)."""
+    reasons = []
+    hashes = {(b["run"]["suite"], b["run"]["suite_hash"], c["run"]["suite_hash"]): (b, c) for b, c in pairs}
+    for (suite, old, new), (b, c) in hashes.items():
+        if old != new:
+            why = suite_differences([b["config"]["suite"], c["config"]["suite"]])
+            reasons.append(f"suite {suite}: suite_hash {old} (baseline) vs {new} (current), differing in {why}")
+    for b, c in pairs:
+        old, new = value(b, "memory_source"), value(c, "memory_source")
+        if old and new and old != new:
+            reasons.append(f"{_name(_key(b))}: memory measured by {old} (baseline) vs {new} (current)")
+        elif old == new == "cpu-accounting":
+            changed = [f"{p} {b['env'].get(p)} vs {c['env'].get(p)}" for p in VERSIONED if b["env"].get(p) != c["env"].get(p)]
+            if changed:
+                reasons.append(
+                    f"exact CPU-accounting figures compare only between equal versions: {', '.join(changed)} (baseline vs current)"
+                )
+    return list(dict.fromkeys(reasons))
+
+
+def compare(baseline: list[dict], current: list[dict], tolerance: float = 0.02, metric_tolerance: float | None = None) -> Comparison:
+    """Match records by (suite, variant, seed) and check each figure. Raises ConfigError
+    when the two folders are not comparable."""
+    now = {_key(r): r for r in current}
+    pairs = [(b, now[_key(b)]) for b in baseline if _key(b) in now]
+    if reasons := _incomparable(pairs):
+        raise ConfigError("baseline and current are not comparable: " + "; ".join(reasons))
+
+    unit, unit_bytes = memory_unit(value(r, f) for r in baseline + current for f in GROWTH_CHECKED[:2])
+    shown = {
+        "train_peak_bytes": (f"train peak ({unit})", lambda v: f"{v / unit_bytes:.2f}"),
+        "eval_peak_bytes": (f"eval peak ({unit})", lambda v: f"{v / unit_bytes:.2f}"),
+        "params_trainable": ("trainable params", lambda v: f"{v:,}"),
+        "rsum": ("rSum", lambda v: f"{v:.1f}"),
+    }
+    failures = [f"{_name(_key(b))} is missing from CURRENT" for b in baseline if _key(b) not in now]
+    rows = []
+    for b, c in pairs:
+        name, old_status, new_status = _name(_key(b)), b["run"]["status"], c["run"]["status"]
+        if old_status == "ok" and new_status != "ok":
+            failures.append(f"{name} was ok and is now {status_label(new_status)}")
+        row = [
+            *_key(b),
+            status_label(old_status) if old_status == new_status else f"{status_label(old_status)} → {status_label(new_status)}",
+        ]
+        for figure, (_, fmt) in shown.items():
+            old, new = value(b, figure), value(c, figure)
+            if old is None or new is None or old_status != "ok" or new_status != "ok":
+                row.append(fmt(old) if old is not None else "-")
+                continue
+            change = (new - old) / old if old else (float("inf") if new > old else 0.0)
+            row.append(fmt(old) if new == old else f"{fmt(old)} → {fmt(new)} ({change:+.2%})")
+            if figure in GROWTH_CHECKED and change > tolerance:
+                failures.append(f"{name}: {shown[figure][0]} grew {change:+.2%} (tolerance {tolerance:.2%})")
+            if figure == "rsum" and metric_tolerance is not None and -change > metric_tolerance:
+                failures.append(f"{name}: rSum dropped {change:+.2%} (tolerance {metric_tolerance:.2%})")
+        rows.append(row)
+    headers = ["suite", "variant", "seed", "status", *(h for h, _ in shown.values())]
+    table = tabulate(rows, headers=headers, disable_numparse=True, colalign=["left"] * 4 + ["right"] * len(shown))
+    new_runs = [_name(k) for k in now if k not in {_key(b) for b in baseline}]
+    notes = [f"not in BASELINE (not compared): {', '.join(new_runs)}"] if new_runs else []
+    return Comparison(table, len(pairs), failures, notes)

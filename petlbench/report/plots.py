@@ -1,0 +1,171 @@
+"""Figures for a paper at single-column width (3.5 in), PNG and PDF: memory vs rSum with
+the Pareto frontier, trainable parameters vs rSum, and the train peak by category.
+
+Each method (registry name) keeps one colour and marker in every figure and every run,
+whatever subset of methods a folder holds. Figures use matplotlib's object API (no
+pyplot), so plotting needs no display and leaves no global state behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from petlbench.report import Group, by_suite, group, memory_unit, source_label, value
+
+WIDTH_IN = 3.5
+STYLE = {
+    "font.size": 7,
+    "axes.labelsize": 7,
+    "legend.fontsize": 6,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "pdf.fonttype": 42,  # TrueType: text stays text, as publishers ask
+}
+# 10 colours x 9 markers: (colour, marker) pairs stay distinct for 90 methods.
+COLOURS = mpl.colormaps["tab10"].colors
+MARKERS = "osD^vP*Xh"
+MAX_AREA_PT2 = 400  # halo area of the variant with the most trainable parameters
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (cost, score) that no other point dominates — one with no
+    higher cost and no lower score, better in at least one — sorted by cost. Equal
+    points do not dominate each other, so both stay."""
+
+    def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return a[0] <= b[0] and a[1] >= b[1] and a != b
+
+    front = [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
+    return sorted(front, key=lambda i: points[i])
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, tuple[tuple[float, float, float], str]]:
+    """(colour, marker) per method, fixed by its position among the registered methods
+    (unregistered names, from older records, follow in name order)."""
+    from petlbench.registry import registered
+
+    order = sorted(registered())
+    order += sorted(set(methods) - set(order))
+    return {m: (COLOURS[i % len(COLOURS)], MARKERS[i % len(MARKERS)]) for i, m in enumerate(order) if m in methods}
+
+
+def _legend(fig: Figure, ax, styles: dict) -> None:
+    handles = [Line2D([], [], ls="", marker=marker, markersize=4, color=colour, label=m) for m, (colour, marker) in styles.items()]
+    ax.legend(handles=handles, ncol=min(len(handles), 5), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, handletextpad=0.2)
+
+
+def _scatter(ax, rows: list[Group], xs: list[float], styles: dict, areas: list[float] | None = None) -> list[float]:
+    """One point per variant at (x, mean rSum), with the seed spread as an error bar.
+    ``areas`` (pt²) are drawn as translucent halos behind the fixed-size markers, so that
+    a variant with very few parameters stays visible."""
+    ys = []
+    for i, (row, x) in enumerate(zip(rows, xs, strict=True)):
+        colour, marker = styles[row.method]
+        y, std, _ = row.stats("rsum")
+        if areas:
+            ax.scatter([x], [y], s=areas[i], color=colour, marker=marker, alpha=0.3, linewidths=0, zorder=2)
+        ax.scatter([x], [y], s=14, color=colour, marker=marker, linewidths=0, zorder=3)
+        if std:
+            ax.errorbar([x], [y], yerr=[std], fmt="none", ecolor=colour, elinewidth=0.6, capsize=1.5, zorder=2)
+        ys.append(y)
+    return ys
+
+
+def memory_vs_rsum(rows: list[Group], styles: dict, unit: tuple[str, int], source: str) -> Figure:
+    """Train peak memory vs rSum; marker area proportional to trainable parameters; the
+    Pareto frontier (lower memory, higher rSum) drawn and its members named."""
+    fig = Figure(figsize=(WIDTH_IN, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    xs = [row.stats("train_peak_bytes", unit[1])[0] for row in rows]
+    params = [row.stats("params_trainable")[0] for row in rows]
+    ys = _scatter(ax, rows, xs, styles, areas=[MAX_AREA_PT2 * p / (max(params) or 1) for p in params])
+    front = pareto_front(list(zip(xs, ys, strict=True)))
+    ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="0.4", lw=0.8, ls="--", zorder=1)
+    for i in front:
+        ax.annotate(rows[i].variant, (xs[i], ys[i]), xytext=(3, 3), textcoords="offset points", fontsize=6)
+    ax.margins(0.08)  # room for the largest halos
+    ax.set_xlabel(f"train peak memory ({unit[0]}, {source})")
+    ax.set_ylabel("rSum (max 600)")
+    ax.set_title("shaded area ∝ trainable parameters; dashed: Pareto frontier", fontsize=6)
+    _legend(fig, ax, styles)
+    return fig
+
+
+def params_vs_rsum(rows: list[Group], styles: dict) -> Figure:
+    fig = Figure(figsize=(WIDTH_IN, 2.8), layout="constrained")
+    ax = fig.add_subplot()
+    _scatter(ax, rows, [row.stats("params_trainable", 1e6)[0] for row in rows], styles)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (M, log scale)")
+    ax.set_ylabel("rSum (max 600)")
+    _legend(fig, ax, styles)
+    return fig
+
+
+def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], source: str) -> Figure:
+    """A stacked bar per variant: the train peak by category (mean over seeds). Where the
+    categories do not add up to the peak (on CUDA only resident tensors are categorised),
+    the rest is drawn as "other"."""
+    breakdowns = []
+    for row in rows:
+        seeds = [value(r, "train_breakdown") for r in row.ok]
+        cats = {k: sum(b.get(k, 0) for b in seeds) / len(seeds) for k in dict.fromkeys(k for b in seeds for k in b)}
+        rest = row.stats("train_peak_bytes")[0] - sum(cats.values())
+        breakdowns.append({**cats, **({"other": rest} if rest > 0 else {})})
+    categories = list(dict.fromkeys(k for b in breakdowns for k in b))
+    shades = mpl.colormaps["Blues"]([0.85 - 0.6 * i / max(len(categories) - 1, 1) for i in range(len(categories))])
+    fig = Figure(figsize=(WIDTH_IN, 2.8), layout="constrained")
+    ax = fig.add_subplot()
+    x = range(len(rows))
+    bottom = [0.0] * len(rows)
+    for cat, shade in zip(categories, shades, strict=True):
+        heights = [b.get(cat, 0) / unit[1] for b in breakdowns]
+        ax.bar(x, heights, bottom=bottom, color=shade, width=0.7, label=cat.replace("_", " "))
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    for i, row in enumerate(rows):  # the method's marker on top ties each bar to the other figures
+        colour, marker = styles[row.method]
+        ax.scatter([i], [bottom[i]], color=colour, marker=marker, s=14, zorder=3, clip_on=False)
+    ax.set_xticks(list(x), [row.variant for row in rows], rotation=45, ha="right")
+    ax.set_ylabel(f"train peak memory ({unit[0]}, {source})")
+    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(categories))
+    return fig
+
+
+def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    fig.savefig(paths[0], dpi=300)
+    fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible bytes for committed figures
+    return paths
+
+
+def write_plots(records: list[dict], out: Path) -> list[Path]:
+    """Every figure for the successful runs in ``records``, one set per suite
+    configuration (suffixed by its `suite_hash` when there are several); the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = by_suite(records)
+    written = []
+    with mpl.rc_context(STYLE):
+        for suite_hash, suite_records in split.items():
+            suffix = f"-{suite_hash}" if len(split) > 1 else ""
+            rows = [row for row in group(suite_records, ("variant",)) if row.ok]
+            styles = method_styles(sorted({row.method for row in rows}))
+            unit = memory_unit(value(r, "train_peak_bytes") for r in suite_records)
+            source = source_label(suite_records)
+            scored = [row for row in rows if row.stats("rsum") and row.stats("params_trainable")]
+            if scored:
+                measured = [row for row in scored if row.stats("train_peak_bytes")]
+                if measured:
+                    written += _save(memory_vs_rsum(measured, styles, unit, source), out, f"memory_vs_rsum{suffix}")
+                written += _save(params_vs_rsum(scored, styles), out, f"params_vs_rsum{suffix}")
+            broken_down = [row for row in rows if all(value(r, "train_breakdown") for r in row.ok)]
+            if broken_down:
+                written += _save(memory_breakdown(broken_down, styles, unit, source), out, f"memory_breakdown{suffix}")
+    return written

@@ -1,0 +1,196 @@
+"""Paper-style tables: one row per variant (mean ± std over seeds) or per run, in the
+column order papers use, as Markdown, LaTeX (booktabs) or CSV.
+
+A run that did not finish shows its status ("OOM", "diverged", ...) in place of its
+figures, never a zero; records of different suite configurations never share a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from petlbench.report import Group, by_suite, group, memory_unit, source_label, sources, split_note, status_label, suite_title, value
+
+BY = {"variant": ("variant",), "variant,seed": ("variant", "seed")}
+FORMATS = ("md", "latex", "csv")
+
+
+@dataclass(frozen=True)
+class Column:
+    figure: str  # a key of `petlbench.report.FIGURES`
+    header: str  # with "{unit}" (the table's memory unit) and "{source}" (its memory source)
+    decimals: int
+    lower_is_better: bool
+    scale: float | None = 1  # base unit per displayed unit; None: the table's memory unit
+
+
+COLUMNS = (
+    Column("params_trainable", "trainable (M)", 3, True, scale=1e6),
+    Column("params_percent", "trainable (%)", 2, True),
+    Column("train_peak_bytes", "train peak ({unit}{source})", 2, True, scale=None),
+    Column("step_time_s", "step time (ms)", 1, True, scale=1e-3),
+    *(Column(f"{d}_r{k}", f"{d} R@{k}", 1, False) for d in ("i2t", "t2i") for k in (1, 5, 10)),
+    Column("rsum", "rSum", 1, False),
+    Column("eval_peak_bytes", "eval peak ({unit})", 2, True, scale=None),
+    Column("eval_s", "eval time (s)", 1, True),
+)
+# The summary `petlbench run` prints after a sweep.
+SUMMARY_COLUMNS = ("params_trainable", "train_peak_bytes", "rsum")
+
+
+@dataclass
+class Cell:
+    """A figure over one row's successful runs; ``label`` where none succeeded."""
+
+    mean: float | None = None
+    std: float | None = None
+    label: str = "-"
+
+    def text(self, decimals: int, pm: str = " ± ") -> str:
+        """A spread of exactly zero (parameter counts, exact CPU memory) is left out."""
+        if self.mean is None:
+            return self.label
+        out = f"{self.mean:.{decimals}f}"
+        return f"{out}{pm}{self.std:.{decimals}f}" if self.std else out
+
+
+@dataclass
+class Table:
+    """One suite configuration's rows, ready to render."""
+
+    title: str
+    per_run: bool  # one row per (variant, seed), else per variant with the spread over seeds
+    key_headers: list[str]
+    keys: list[list[str]]
+    columns: list[Column]
+    headers: list[str]
+    cells: list[list[Cell]]
+
+
+def _cell(row: Group, column: Column, scale: float) -> Cell:
+    if not row.ok:
+        return Cell(label=row.failure_label())
+    stats = row.stats(column.figure, scale)
+    return Cell(*stats[:2]) if stats else Cell()
+
+
+def build(records: list[dict], by: str = "variant", figures: tuple[str, ...] | None = None) -> Table:
+    """The table of one suite configuration's records (``figures``: a subset of columns)."""
+    per_seed = "seed" in BY[by]
+    mixed = len(sources(records)) > 1  # then the source is a column, not a header note
+    rows = group(records, BY[by])
+    unit, unit_bytes = memory_unit(value(r, f) for r in records for f in ("train_peak_bytes", "eval_peak_bytes"))
+    # A figure no run recorded (evaluation in an estimate) has no column; where no run
+    # succeeded, every column stays to show the status.
+    succeeded = any(r["run"]["status"] == "ok" for r in records)
+    columns = [
+        c
+        for c in COLUMNS
+        if (figures is None or c.figure in figures) and not (succeeded and all(value(r, c.figure) is None for r in records))
+    ]
+    source = "" if mixed else f", {source_label(records)}"
+    keys = [
+        [
+            row.variant,
+            row.method,
+            *([str(row.records[0]["run"]["seed"]), status_label(row.records[0]["run"]["status"])] if per_seed else [row.status_counts()]),
+            *([source_label(row.records)] if mixed else []),
+        ]
+        for row in rows
+    ]
+    return Table(
+        title=suite_title(records),
+        per_run=per_seed,
+        key_headers=["variant", "method", *(["seed", "status"] if per_seed else ["runs"]), *(["memory source"] if mixed else [])],
+        keys=keys,
+        columns=columns,
+        headers=[c.header.format(unit=unit, source=source) for c in columns],
+        cells=[[_cell(row, c, c.scale or unit_bytes) for c in columns] for row in rows],
+    )
+
+
+def _text(table: Table, tablefmt: str) -> str:
+    rows = [
+        key + [cell.text(c.decimals) for c, cell in zip(table.columns, cells, strict=True)]
+        for key, cells in zip(table.keys, table.cells, strict=True)
+    ]
+    align = ["left"] * len(table.key_headers) + ["right"] * len(table.columns)
+    return tabulate(rows, headers=table.key_headers + table.headers, tablefmt=tablefmt, colalign=align, disable_numparse=True)
+
+
+_TEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return re.sub(r"[&%$#_{}\\~^]", lambda m: _TEX_SPECIAL[m.group()], text)
+
+
+def _best(table: Table, index: int) -> set[int]:
+    """Rows holding the best mean of a column, compared as displayed (ties share it)."""
+    column = table.columns[index]
+    shown = {i: round(cells[index].mean, column.decimals) for i, cells in enumerate(table.cells) if cells[index].mean is not None}
+    if not shown:
+        return set()
+    best = min(shown.values()) if column.lower_is_better else max(shown.values())
+    return {i for i, v in shown.items() if v == best}
+
+
+def _latex(table: Table) -> str:
+    """booktabs: units in the header, the best value of each column in bold."""
+    best = [_best(table, j) for j in range(len(table.columns))]
+    lines = [
+        f"% {table.title}",
+        r"\begin{tabular}{" + "l" * len(table.key_headers) + "r" * len(table.columns) + "}",
+        r"\toprule",
+        " & ".join(_tex(h) for h in table.key_headers + table.headers) + r" \\",
+        r"\midrule",
+    ]
+    for i, (key, cells) in enumerate(zip(table.keys, table.cells, strict=True)):
+        shown = [cell.text(c.decimals, pm=r" $\pm$ ") for c, cell in zip(table.columns, cells, strict=True)]
+        shown = [rf"\textbf{{{s}}}" if i in best[j] else s for j, s in enumerate(shown)]
+        lines.append(" & ".join([*(_tex(k) for k in key), *shown]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def _csv(table: Table) -> str:
+    """Numbers in the displayed units at full precision, the spread in a "… std" column."""
+    with_std = not table.per_run
+    headers = list(table.key_headers)
+    for header in table.headers:
+        headers += [header, f"{header} std"] if with_std else [header]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(headers)
+    for key, cells in zip(table.keys, table.cells, strict=True):
+        numbers = [[c.label if c.mean is None else c.mean, *([c.std] if with_std else [])] for c in cells]
+        writer.writerow(key + [x for pair in numbers for x in pair])
+    return out.getvalue().rstrip("\n")
+
+
+def report(records: list[dict], fmt: str = "md", by: str = "variant") -> str:
+    """Every table of ``records``, one per suite configuration, with the reason when
+    there is more than one."""
+    split = by_suite(records)
+    note = split_note(split)
+    comment = {"md": "", "latex": "% ", "csv": "# "}[fmt]
+    parts = []
+    for suite_records in split.values():
+        table = build(suite_records, by)
+        if fmt == "md":
+            parts.append(f"### {table.title}\n\n{_text(table, 'github')}")
+        elif fmt == "latex":
+            parts.append(_latex(table))
+        else:  # a lone CSV table stays plain CSV
+            parts.append(f"# {table.title}\n{_csv(table)}" if note else _csv(table))
+    return "\n\n".join(([comment + note] if note else []) + parts) + "\n"
+
+
+def summary_table(records: list[dict]) -> str:
+    """The short per-run table `petlbench run` prints when a sweep ends."""
+    return "\n\n".join(_text(build(rs, "variant,seed", SUMMARY_COLUMNS), "simple") for rs in by_suite(records).values())
