@@ -1,8 +1,9 @@
-"""`petlbench run | list`: the command line.
+"""`petlbench run | list | report | plot | compare | estimate`: the command line.
 
 Configuration errors print one line naming the file, the key and what is allowed, and
 exit with code 2 (no traceback). A sweep whose runs end in `error` exits with code 1
-after writing every record; `oom` and `diverged` are results, not failures.
+after writing every record; `oom` and `diverged` are results, not failures. `compare`
+exits with 1 on a regression and 2 when the two folders are not comparable.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from pathlib import Path
 
 from petlbench import config as cfgmod
 from petlbench.config import ConfigError
-from petlbench.report import summary_table
+from petlbench.report.tables import BY, FORMATS, summary_table
+
+
+def _fraction(text: str) -> float:
+    try:
+        if (value := float(text)) >= 0:
+            return value
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected a non-negative fraction such as 0.02, got {text!r}")
 
 
 def _int_list(text: str) -> list[int]:
@@ -21,6 +31,46 @@ def _int_list(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+
+
+def _size(text: str) -> int:
+    from petlbench.estimate import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from petlbench import estimate
+
+    if args.precision != "fp32":
+        raise ConfigError(f"--precision {args.precision}: not estimated yet (CPU and CUDA autocast differ; measurement.md)")
+    if args.grad_checkpointing:
+        raise ConfigError("--grad-checkpointing: not estimated yet (the training loop does not checkpoint either)")
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    job = estimate.make_job(args.model, args.suite, methods, args.seq_len)
+    if args.budget is None:
+        rows, batch = estimate.at_batch(job, args.batch_size), f"batch {args.batch_size}"
+    else:
+        rows, batch = estimate.within_budget(job, args.budget), f"the largest batch within {args.budget / 2**30:.2f} GiB"
+    if args.json:
+        print(estimate.as_json(job, rows))
+    else:
+        print(estimate.describe(job, batch))
+        print()
+        print(estimate.table(rows))
+    if args.output:
+        paths = estimate.write_records(job, rows, args.output)
+        print(f"{len(paths)} records in {args.output}", file=sys.stderr)
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -36,8 +86,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = run_plan(plan, device)
     print()
     print(summary_table(results))
+    _write_report(plan.output)
     failed = [r for r in results if r["run"]["status"] == "error"]
     return 1 if failed else 0
+
+
+def _write_report(folder: Path) -> None:
+    """A finished sweep's report (Markdown) and plots, next to its records."""
+    from petlbench.records import read_all
+    from petlbench.report.plots import write_plots
+    from petlbench.report.tables import report
+
+    found = read_all(folder)
+    (folder / "report.md").write_text(report(found))
+    plots = write_plots(found, folder)
+    print(f"report and plots in {folder}: " + ", ".join(["report.md", *(p.name for p in plots)]))
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from petlbench.records import read_all
+    from petlbench.report.tables import report
+
+    print(report(read_all(args.dir), args.format, args.by), end="")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from petlbench.records import read_all
+    from petlbench.report.plots import write_plots
+
+    plots = write_plots(read_all(args.dir), args.out or args.dir)
+    print("\n".join(str(p) for p in plots) or "nothing to plot: no successful run with figures")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from petlbench.records import read_all
+    from petlbench.report.compare import compare
+
+    result = compare(read_all(args.baseline), read_all(args.current), args.tolerance, args.metric_tolerance)
+    print(result.text())
+    return result.exit_code
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -62,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate method variants on a suite")
     run.add_argument("--suite", required=True, help="suite name (suites/NAME.yaml) or a YAML path")
-    run.add_argument("--methods", help="comma-separated variant names (methods/NAME.yaml); default: every variant")
+    run.add_argument(
+        "--methods",
+        help="comma-separated variant names (methods/NAME.yaml) or YAML paths; 'all' for every variant; default: the variant named after each registered method",
+    )
     run.add_argument("--seeds", type=_int_list, help="comma-separated seeds; default: the suite's seeds")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--output", type=Path, help="record folder; default results/<suite>/<timestamp>/")
@@ -77,6 +169,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list suites and method variants")
     lst.set_defaults(func=_cmd_list)
+
+    rep = sub.add_parser("report", help="tables from a folder of result records")
+    rep.add_argument("dir", type=Path, help="folder of result records (one sweep)")
+    rep.add_argument("--format", choices=FORMATS, default="md")
+    rep.add_argument("--by", choices=tuple(BY), default="variant", help="one row per variant (mean ± std over seeds) or per run")
+    rep.set_defaults(func=_cmd_report)
+
+    plot = sub.add_parser("plot", help="figures (PNG and PDF) from a folder of result records")
+    plot.add_argument("dir", type=Path, help="folder of result records (one sweep)")
+    plot.add_argument("--out", type=Path, help="folder for the figures; default: DIR")
+    plot.set_defaults(func=_cmd_plot)
+
+    cmp = sub.add_parser("compare", help="check CURRENT records against BASELINE records for regressions")
+    cmp.add_argument("baseline", type=Path, help="folder of baseline records")
+    cmp.add_argument("current", type=Path, help="folder of records to check")
+    cmp.add_argument(
+        "--tolerance", type=_fraction, default=0.02, help="allowed relative growth of a memory or parameter figure (default 0.02)"
+    )
+    cmp.add_argument("--metric-tolerance", type=_fraction, help="allowed relative drop of rSum (default: not checked)")
+    cmp.set_defaults(func=_cmd_compare)
+
+    est = sub.add_parser(
+        "estimate",
+        help="peak training memory of method variants on a real-size model, from fake tensors (no GPU, no weights)",
+        description="Estimate torch.cuda.max_memory_allocated of the suite's training step for every method variant, without allocating it.",
+    )
+    est.add_argument("--model", required=True, help="shipped model or architecture, or a folder with config.json")
+    size = est.add_mutually_exclusive_group(required=True)
+    size.add_argument("--batch-size", type=_positive_int, help="estimate the peak at this batch size")
+    size.add_argument("--budget", type=_size, help="find each variant's largest batch size whose peak fits, e.g. 24GiB or 512MiB")
+    est.add_argument("--seq-len", type=_positive_int, help="text tokens per caption; default: the model's maximum (77 for CLIP)")
+    est.add_argument("--methods", help="comma-separated variant names (methods/NAME.yaml) or YAML paths; default: every variant")
+    est.add_argument("--suite", default="vl-retrieval", help="suite whose training rules apply (optimizer, head, temperature, attention)")
+    est.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="only fp32 is estimated so far")
+    est.add_argument("--grad-checkpointing", action="store_true", help="not estimated so far")
+    est.add_argument("--json", action="store_true", help="print a JSON list, one object per variant")
+    est.add_argument("--output", type=Path, help="also write result records (memory source 'estimate') to this folder")
+    est.set_defaults(func=_cmd_estimate)
     return parser
 
 

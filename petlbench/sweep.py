@@ -56,9 +56,10 @@ def make_plan(suite: str, methods: list[str] | None, seeds: list[int] | None, ou
     return Plan(suite_cfg, variants, seeds or suite_cfg.seeds, list(overrides), output or Path("results") / suite_cfg.name / stamp)
 
 
-def _record(
+def make_record(
     plan: Plan, variant: Variant, seed: int, status: str, error: str | None, outcome: RunOutcome | None, device: torch.device, wall_s: float
 ) -> dict[str, Any]:
+    """The result record of one (variant, seed): what `run` measured, or an estimate."""
     suite = plan.suite
     return {
         "schema": records.SCHEMA,
@@ -107,7 +108,7 @@ def run_plan(plan: Plan, device: torch.device) -> list[dict[str, Any]]:
             except Exception as exc:  # a failing run is a result; the sweep goes on
                 status, error = "error", "".join(traceback.format_exception_only(exc)).strip()
                 traceback.print_exc()
-        record = _record(plan, variant, seed, status, error, outcome, device, time.perf_counter() - t0)
+        record = make_record(plan, variant, seed, status, error, outcome, device, time.perf_counter() - t0)
         records.write_atomic(path, record)
         rsum = f", rSum {record['metrics']['rsum']:.1f}" if status == "ok" else f": {error}"
         print(

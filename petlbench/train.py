@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from petlbench import config as cfgmod
@@ -22,9 +23,13 @@ from petlbench.config import ConfigError, SuiteConfig, Variant
 from petlbench.data.retrieval import RetrievalSplit, suite_splits, training_batches
 from petlbench.measure.memory import meter_for
 from petlbench.measure.params import parameter_counts
+from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.resolve import load_clip
 from petlbench.objective import contrastive_loss, evaluate, warmup_cosine
 from petlbench.registry import get_method
+
+# `MethodSpec.needs_data`: training batches of a given size, for a method's set-up.
+SetupData = Callable[[int], Iterator[dict[str, torch.Tensor]]]
 
 
 class DivergedError(RuntimeError):
@@ -33,9 +38,9 @@ class DivergedError(RuntimeError):
 
 @dataclass
 class RunOutcome:
-    """What one run measured; `sweep` turns it into a result record."""
+    """What one run measured (or estimated: no metrics); `sweep` turns it into a result record."""
 
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] | None = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     trainable_rule: dict[str, str] = field(default_factory=dict)
 
@@ -51,19 +56,26 @@ def _splits(suite: SuiteConfig, tokenizer) -> dict[str, RetrievalSplit]:
     return _SPLITS_CACHE[key]
 
 
+def _batch(split: RetrievalSplit, idx: torch.Tensor, cap: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """Images ``idx`` with their captions ``cap``, on ``device``."""
+    return {
+        "pixel_values": split.pixels[idx].to(device),
+        "input_ids": split.input_ids[idx, cap].to(device),
+        "attention_mask": split.attention_mask[idx, cap].to(device),
+    }
+
+
 def _setup_batches(split: RetrievalSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches for a method's set-up, from a sampler of their own, so that the
     training batches stay identical for every method."""
     generator = torch.Generator().manual_seed(seed + 7919)
     for idx, cap in training_batches(split.n_images, split.captions_per_image, batch_size, generator):
-        yield {
-            "pixel_values": split.pixels[idx].to(device),
-            "input_ids": split.input_ids[idx, cap].to(device),
-            "attention_mask": split.attention_mask[idx, cap].to(device),
-        }
+        yield _batch(split, idx, cap, device)
 
 
-def _optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: float) -> torch.optim.Optimizer:
+    """The suite's AdamW, its implementation passed explicitly (the defaults differ between
+    CPU and CUDA, and so do their temporaries)."""
     impl = suite.train.optimizer_impl
     return torch.optim.AdamW(
         params,
@@ -72,6 +84,44 @@ def _optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: float) 
         foreach=impl == "foreach",
         fused=True if impl == "fused" else None,
     )
+
+
+def prepare(backbone: ClipDualEncoder, suite: SuiteConfig, variant: Variant, data: SetupData | None = None) -> nn.Module:
+    """``variant``'s method applied to ``backbone``, then the suite's rules for the
+    projections and the logit scale: the model that `run` and the estimate both train.
+    ``data`` feeds the set-up of methods that read training data (`MethodSpec.needs_data`)."""
+    spec = get_method(variant.method)
+    model = spec.apply(backbone, variant.config, data=data) if spec.needs_data else spec.apply(backbone, variant.config)
+    if not spec.defines_head:
+        for projection in backbone.projections():
+            projection.requires_grad_(suite.train.head == "trainable")
+    backbone.logit_scale.requires_grad_(suite.train.temperature == "trainable")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"method {variant.name!r} leaves no trainable parameter")
+    return model
+
+
+def trainable_rule(suite: SuiteConfig, variant: Variant) -> dict[str, str]:
+    """The rules `prepare` applied to the projections and the logit scale, for the record."""
+    return {
+        "head": "defined by the method" if get_method(variant.method).defines_head else suite.train.head,
+        "temperature": suite.train.temperature,
+    }
+
+
+def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> torch.Tensor:
+    """One training step exactly as measurement.md defines it, for `run` and the estimate
+    alike: forward, contrastive loss, backward, optimizer step, ``zero_grad(set_to_none=True)``.
+    Returns the loss tensor (reading its value is the caller's: fake tensors have none)."""
+    loss = contrastive_loss(
+        model.encode_image(batch["pixel_values"]),
+        model.encode_text(batch["input_ids"], batch["attention_mask"]),
+        model.logit_scale,
+    )
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
 
 
 def _sync(device: torch.device) -> None:
@@ -90,37 +140,19 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
     splits = _splits(suite, tokenizer)
     train_split, eval_split = splits["train"], splits[suite.eval.split]
 
-    spec = get_method(variant.method)
-    if spec.needs_data:
-        model = spec.apply(backbone, variant.config, data=lambda batch_size: _setup_batches(train_split, batch_size, seed, device))
-    else:
-        model = spec.apply(backbone, variant.config)
-    if not spec.defines_head:
-        for projection in backbone.projections():
-            projection.requires_grad_(suite.train.head == "trainable")
-    backbone.logit_scale.requires_grad_(suite.train.temperature == "trainable")
+    model = prepare(backbone, suite, variant, data=lambda batch_size: _setup_batches(train_split, batch_size, seed, device))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError(f"method {variant.name!r} leaves no trainable parameter")
 
     steps, bs = suite.train.steps, suite.train.batch_size
-    opt = _optimizer(trainable, suite, variant.config.lr)
+    opt = make_optimizer(trainable, suite, variant.config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(suite.train.warmup_steps, steps))
     batches = training_batches(train_split.n_images, train_split.captions_per_image, bs, torch.Generator().manual_seed(seed))
     model.train()
 
-    def train_step() -> float:
+    def step() -> float:
         idx, cap = next(batches)
-        loss = contrastive_loss(
-            model.encode_image(train_split.pixels[idx].to(device)),
-            model.encode_text(train_split.input_ids[idx, cap].to(device), train_split.attention_mask[idx, cap].to(device)),
-            model.logit_scale,
-        )
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        value = train_step(model, _batch(train_split, idx, cap, device), opt).item()
         sched.step()
-        value = loss.item()
         if not math.isfinite(value):
             raise DivergedError(f"loss became {value}")
         return value
@@ -134,7 +166,7 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
-            loss = train_step()
+            loss = step()
             _sync(device)
             times.append(time.perf_counter() - t0)
             if progress is not None:
@@ -179,8 +211,4 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
         "train_s": train_s,
         "eval_s": eval_s,
     }
-    rule = {
-        "head": "defined by the method" if spec.defines_head else suite.train.head,
-        "temperature": suite.train.temperature,
-    }
-    return RunOutcome(metrics=metrics, cost=cost, trainable_rule=rule)
+    return RunOutcome(metrics=metrics, cost=cost, trainable_rule=trainable_rule(suite, variant))

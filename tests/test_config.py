@@ -78,7 +78,12 @@ def test_method_file_errors(cli, tmp_path):
 
 def test_unknown_names(cli):
     _expect_error(cli, ["run", "--suite", "nope"], "unknown suite 'nope'", "known: vl-retrieval")
-    _expect_error(cli, ["run", "--suite", "vl-retrieval", "--methods", "nope"], "unknown method 'nope'", "known: adapter, adapter-pfeiffer, bitfit, full")
+    _expect_error(
+        cli,
+        ["run", "--suite", "vl-retrieval", "--methods", "nope"],
+        "unknown method 'nope'",
+        "known: adapter, adapter-pfeiffer, bitfit, full",
+    )
     _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "model.name=/no/such/model"], "'/no/such/model'", "embedded-clip")
 
 

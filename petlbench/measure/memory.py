@@ -33,13 +33,21 @@ class PhasePeak:
     breakdown: dict[str, int] = field(default_factory=dict)
 
 
+def allocated_bytes(nbytes: int, granularity: int = 1) -> int:
+    """``nbytes`` rounded up to a multiple of ``granularity``: what an allocator handing out
+    blocks of that granularity holds for one allocation (a zero-byte storage holds none)."""
+    return -(-nbytes // granularity) * granularity
+
+
 class _LiveStorages(TorchDispatchMode):
     """Counts the bytes of every storage an operator returns, from its creation until it
-    is freed (weak-reference callback on the storage), and the peak of their sum."""
+    is freed (weak-reference callback on the storage), and the peak of their sum; each
+    storage counts as `allocated_bytes` with ``granularity``."""
 
-    def __init__(self, known: Iterable[torch.Tensor]):
+    def __init__(self, known: Iterable[torch.Tensor], granularity: int = 1):
         super().__init__()
         self._known = {id(t.untyped_storage()) for t in known}
+        self._granularity = granularity
         self._tracked: dict[int, tuple[weakref.ref, int]] = {}
         self.live = 0
         self.peak = 0
@@ -53,7 +61,7 @@ class _LiveStorages(TorchDispatchMode):
         key = id(storage)
         if key in self._known or key in self._tracked:
             return
-        nbytes = storage.nbytes()
+        nbytes = allocated_bytes(storage.nbytes(), self._granularity)
         self._tracked[key] = (weakref.ref(storage, lambda ref, key=key: self._free(key, ref)), nbytes)
         self.live += nbytes
         self.peak = max(self.peak, self.live)
@@ -66,12 +74,13 @@ class _LiveStorages(TorchDispatchMode):
         return out
 
 
-def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (shared storage counted once)."""
+def storage_bytes(tensors: Iterable[torch.Tensor], granularity: int = 1) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (shared storage counted once),
+    each as `allocated_bytes` with ``granularity``."""
     seen: dict[int, int] = {}
     for t in tensors:
         st = t.untyped_storage()
-        seen[id(st)] = st.nbytes()
+        seen[id(st)] = allocated_bytes(st.nbytes(), granularity)
     return sum(seen.values())
 
 
@@ -79,15 +88,19 @@ class CpuAccountingMeter:
     """Peak = bytes of the tensors alive when the phase starts (``resident``: parameters,
     buffers, optimizer state) + the peak of the tensor bytes created during the phase.
     ``ignore`` are tensors whose views must not count (the data set held in host memory,
-    which a CUDA run would not hold on the device)."""
+    which a CUDA run would not hold on the device). ``granularity`` rounds each storage up
+    as an allocator would (`petlbench.measure.estimate` models CUDA's with it)."""
 
     source = "cpu-accounting"
+
+    def __init__(self, granularity: int = 1):
+        self.granularity = granularity
 
     @contextmanager
     def phase(self, resident: dict[str, list[torch.Tensor]], ignore: Iterable[torch.Tensor] = ()) -> Iterator[PhasePeak]:
         gc.collect()
-        breakdown = {name: storage_bytes(ts) for name, ts in resident.items()}
-        mode = _LiveStorages([*(t for ts in resident.values() for t in ts), *ignore])
+        breakdown = {name: storage_bytes(ts, self.granularity) for name, ts in resident.items()}
+        mode = _LiveStorages([*(t for ts in resident.values() for t in ts), *ignore], self.granularity)
         result = PhasePeak(0, self.source)
         gc.disable()
         try:

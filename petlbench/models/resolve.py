@@ -1,11 +1,12 @@
-"""The one place where a model name becomes a local checkpoint folder (never a download)."""
+"""The one place where a model name becomes a local folder (never a download): a shipped
+checkpoint, a shipped architecture (config only, for estimates), or a user's folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPModel
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 from transformers.utils import logging as hf_logging
 
 from petlbench.config import ConfigError
@@ -13,23 +14,38 @@ from petlbench.models.clip import ClipDualEncoder
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED = {"embedded-clip": ASSETS / "embedded-clip"}
+# Real-size architectures without weights (assets/architectures/README.md).
+ARCHITECTURES = {path.name: path for path in sorted((ASSETS / "architectures").iterdir()) if path.is_dir()}
 
 
 class ModelNotFoundError(ConfigError):
     """No local checkpoint for a model name (nothing is ever downloaded)."""
 
 
-def resolve(name: str) -> Path:
-    """A shipped model name or a local folder holding `config.json`."""
+def resolve(name: str, weights: bool = True) -> Path:
+    """A shipped model name, a shipped architecture name (only when ``weights`` is False:
+    it has a config and nothing else), or a local folder holding `config.json`."""
     if name in EMBEDDED:
         return EMBEDDED[name]
+    if name in ARCHITECTURES:
+        if weights:
+            raise ModelNotFoundError(
+                f"model {name!r} is a shipped architecture without weights (for `petlbench estimate`); "
+                "to train it, save a checkpoint with save_pretrained() and pass its path"
+            )
+        return ARCHITECTURES[name]
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return path
     raise ModelNotFoundError(
-        f"model {name!r} is neither a shipped model ({', '.join(sorted(EMBEDDED))}) nor a local "
-        "folder with config.json; save a checkpoint with save_pretrained() and pass its path"
+        f"model {name!r} is neither a shipped model ({', '.join(EMBEDDED)}), nor a shipped architecture for estimates "
+        f"({', '.join(ARCHITECTURES)}), nor a local folder with config.json; save a checkpoint with save_pretrained() and pass its path"
     )
+
+
+def load_config(name: str) -> CLIPConfig:
+    """The architecture of a shipped model, a shipped architecture or a local folder."""
+    return CLIPConfig.from_pretrained(resolve(name, weights=False), local_files_only=True)
 
 
 def load_clip(name: str, attn_implementation: str, device: torch.device) -> tuple[ClipDualEncoder, object]:

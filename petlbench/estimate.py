@@ -1,0 +1,206 @@
+"""`petlbench estimate`: the peak training memory of method variants on a real-size model,
+or the largest batch size that fits a memory budget, from fake tensors
+(`petlbench.measure.estimate`): no GPU, no weights, a few seconds per variant."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import torch
+from tabulate import tabulate
+from tqdm.auto import tqdm
+from transformers import CLIPConfig
+
+from petlbench import config as cfgmod
+from petlbench import records
+from petlbench.config import ConfigError, SuiteConfig, Variant
+from petlbench.measure.estimate import CUDA_GRANULARITY, CUDA_WORKSPACE_BYTES, FakeTraining, MiB, largest_batch
+from petlbench.measure.memory import PhasePeak
+from petlbench.models.resolve import load_config
+from petlbench.report import memory_unit
+from petlbench.sweep import Plan, make_record
+from petlbench.train import RunOutcome, trainable_rule
+
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+# The breakdown of a peak, in table order, with column names.
+PARTS = {"parameters": "parameters", "optimizer_state": "optimizer state", "transient_peak": "transient peak", "workspace": "workspace"}
+# An estimate depends on no seed; records still name one (`records.record_path`).
+SEED = 0
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: a number with a binary unit ('24GiB', '1.5 GiB', '512MiB') or a
+    plain byte count. Decimal units ('24GB') are refused rather than guessed: the two
+    readings differ by 7% (measurement.md never writes GB for a binary quantity)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB)?\s*", text)
+    nbytes = int(Decimal(match[1]) * UNITS[match[2] or "B"]) if match else 0
+    if nbytes < 1:
+        raise ValueError(f"{text!r} is not a memory size: write a positive number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. 24GiB")
+    return nbytes
+
+
+@dataclass
+class Job:
+    """What every estimate of one command shares."""
+
+    model: str
+    config: CLIPConfig
+    suite: SuiteConfig  # whose training rules apply, with the model and text length replaced
+    variants: list[Variant]
+
+
+@dataclass
+class Row:
+    """One variant's estimate at one batch size."""
+
+    variant: Variant
+    batch_size: int
+    peak: PhasePeak
+    params: dict[str, int]
+    wall_s: float
+    budget_bytes: int | None = None
+    max_batch_size: int | None = None  # with a budget: the answer (0: not even batch 1 fits)
+
+
+def make_job(model: str, suite: str, methods: list[str] | None, text_length: int | None) -> Job:
+    """Validate the model, the suite, the variants (default: every shipped variant) and
+    the text length (default: the model's maximum) before anything is estimated."""
+    config = load_config(model)
+    max_text = config.text_config.max_position_embeddings
+    if text_length is not None and not 1 <= text_length <= max_text:
+        raise ConfigError(f"--seq-len {text_length}: the model {model!r} has 1 to {max_text} text positions")
+    suite_cfg = cfgmod.load_suite(suite)
+    suite_cfg = dataclasses.replace(
+        suite_cfg,
+        description=f"estimate for {model} under the training rules of suite {suite_cfg.name}",
+        model=dataclasses.replace(suite_cfg.model, name=model),
+        data=dataclasses.replace(suite_cfg.data, text_length=text_length or max_text),
+    )
+    names = methods or [p.stem for p in cfgmod.available("methods")]
+    return Job(model, config, suite_cfg, [cfgmod.load_variant(name) for name in names])
+
+
+def _estimates(job: Job, measure: Callable[[FakeTraining], tuple[int, PhasePeak, int | None]], budget: int | None = None) -> list[Row]:
+    """A row per variant from ``measure(training) -> (batch size, peak, largest batch)``."""
+    rows = []
+    for variant in tqdm(job.variants, desc="estimate", unit="variant", leave=False, disable=None):
+        t0 = time.perf_counter()
+        training = FakeTraining(job.config, job.suite, variant, job.suite.data.text_length)
+        batch_size, peak, largest = measure(training)
+        rows.append(Row(variant, batch_size, peak, training.params, time.perf_counter() - t0, budget, largest))
+    return rows
+
+
+def at_batch(job: Job, batch_size: int) -> list[Row]:
+    """Every variant's estimated training peak at ``batch_size``."""
+    return _estimates(job, lambda training: (batch_size, training.peak(batch_size), None))
+
+
+def within_budget(job: Job, budget: int) -> list[Row]:
+    """Every variant's largest batch size whose estimated peak fits ``budget`` bytes, with
+    the estimate at that batch size (at batch 1 where none fits)."""
+
+    def measure(training: FakeTraining) -> tuple[int, PhasePeak, int]:
+        peaks: dict[int, PhasePeak] = {}
+
+        def peak_bytes(batch_size: int) -> int:
+            peaks[batch_size] = training.peak(batch_size)
+            return peaks[batch_size].peak_bytes
+
+        largest = largest_batch(peak_bytes, budget)
+        return max(largest, 1), peaks[max(largest, 1)], largest
+
+    return _estimates(job, measure, budget)
+
+
+def describe(job: Job, batch: str) -> str:
+    """One paragraph saying what the figures are; ``batch`` says at which batch size."""
+    train = job.suite.train
+    return (
+        f"Estimated training peak on a GPU (torch.cuda.max_memory_allocated) of {job.model}, {batch}, "
+        f"{job.suite.data.text_length} text tokens, {train.precision}, AdamW {train.optimizer_impl}, "
+        f"head {train.head}, temperature {train.temperature} (suite {job.suite.name}): "
+        f"fake tensors, each allocation rounded up to {CUDA_GRANULARITY} B, plus {CUDA_WORKSPACE_BYTES / MiB:.0f} MiB "
+        "of cuBLAS workspaces (an unvalidated constant until checked on a GPU)."
+    )
+
+
+def table(rows: list[Row]) -> str:
+    """Method, trainable parameters, (largest batch,) peak and its breakdown, one memory unit."""
+    unit, scale = memory_unit(row.peak.peak_bytes for row in rows)
+    budget = any(row.budget_bytes is not None for row in rows)
+    body = []
+    for row in rows:
+        parts = [f"{row.peak.breakdown.get(key, 0) / scale:.2f}" for key in PARTS]
+        largest = [row.max_batch_size or "none"] if budget else []
+        body.append([row.variant.name, f"{row.params['params_trainable']:,}", *largest, f"{row.peak.peak_bytes / scale:.2f}", *parts])
+    peak_header = f"train peak at it ({unit})" if budget else f"train peak ({unit})"
+    headers = [
+        "method",
+        "trainable params",
+        *(["largest batch"] if budget else []),
+        peak_header,
+        *(f"{name} ({unit})" for name in PARTS.values()),
+    ]
+    return tabulate(body, headers=headers, disable_numparse=True, colalign=("left", *["right"] * (len(headers) - 1)))
+
+
+def as_json(job: Job, rows: list[Row]) -> str:
+    """A list with one object per variant."""
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {
+            "method": row.variant.name,
+            "registered_method": row.variant.method,
+            "model": job.model,
+            "batch_size": row.batch_size,
+            "text_length": job.suite.data.text_length,
+            "precision": job.suite.train.precision,
+            "optimizer_impl": job.suite.train.optimizer_impl,
+            **row.params,
+            "train_peak_bytes": row.peak.peak_bytes,
+            "breakdown": row.peak.breakdown,
+        }
+        if row.budget_bytes is not None:
+            item.update(budget_bytes=row.budget_bytes, max_batch_size=row.max_batch_size)
+        out.append(item)
+    return json.dumps(out, indent=2)
+
+
+def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
+    """Result records of the usual schema (memory source ``estimate``, no metrics); a
+    budget no batch size fits is recorded as ``oom`` at batch 1."""
+    paths = []
+    for row in rows:
+        suite = dataclasses.replace(job.suite, train=dataclasses.replace(job.suite.train, batch_size=row.batch_size))
+        memory = {
+            "source": "estimate",
+            "target": "cuda",
+            "allocation_granularity_bytes": CUDA_GRANULARITY,
+            "train_peak_bytes": row.peak.peak_bytes,
+            "eval_peak_bytes": None,
+            "train_reserved_peak_bytes": None,
+            "eval_reserved_peak_bytes": None,
+            "train_breakdown": row.peak.breakdown,
+            "measured_steps": [1, 1],
+            "budget_bytes": row.budget_bytes,
+        }
+        outcome = RunOutcome(metrics=None, cost={**row.params, "memory": memory}, trainable_rule=trainable_rule(suite, row.variant))
+        status, error = (
+            ("oom", f"estimated peak at batch 1 exceeds the budget of {row.budget_bytes} bytes")
+            if row.max_batch_size == 0
+            else ("ok", None)
+        )
+        plan = Plan(suite, job.variants, [SEED], [], output)
+        path = records.record_path(output, row.variant.name, SEED)
+        records.write_atomic(path, make_record(plan, row.variant, SEED, status, error, outcome, torch.device("cpu"), row.wall_s))
+        paths.append(path)
+    return paths

@@ -1,0 +1,188 @@
+"""Peak training memory of a real-size model without allocating it (measurement.md,
+"Without the hardware: estimation with fake tensors").
+
+The suite's own training step (`petlbench.train.train_step`: same loss, same AdamW
+implementation) runs on fake tensors under the CPU accounting (`CpuAccountingMeter`): one
+warm-up step creates the optimizer state, the next step is measured. For the CUDA target
+the figure is then shaped like `torch.cuda.max_memory_allocated`: every storage rounded up
+to the caching allocator's granularity, AdamW's host-side step counters left out, and a
+workspace constant added.
+
+Route (the only one that works for every method, PEFT included): build the model and
+apply the method on the ``meta`` device outside the fake mode (PEFT calls ``.to()``,
+which fails on fake parameters); inside the mode, replace every parameter and buffer by a
+fake ``cpu`` tensor. Fake ``cuda`` tensors cannot run backward without a GPU, and the step
+must not run on meta tensors (meta takes the math attention path, which saves the whole
+attention matrix for backward, unlike the CPU and CUDA fused kernels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from transformers import AutoModel, CLIPConfig
+
+from petlbench.config import SuiteConfig, Variant
+from petlbench.measure.memory import CpuAccountingMeter, PhasePeak
+from petlbench.measure.params import parameter_counts
+from petlbench.models.clip import ClipDualEncoder
+from petlbench.registry import get_method
+from petlbench.train import make_optimizer, prepare, train_step
+
+MiB = 2**20
+
+# The CUDA caching allocator hands out blocks in multiples of 512 bytes, 512 at least
+# (`kMinBlockSize` and `round_size` in c10/cuda/CUDACachingAllocator.cpp). A lower bound:
+# a cached block up to 1 MiB larger than the request is handed out whole, unsplit.
+CUDA_GRANULARITY = 512
+
+# Workspaces PyTorch takes from the caching allocator on the first matrix product of a
+# thread and keeps, so they are inside `max_memory_allocated` (ATen/cuda/CublasHandlePool.cpp,
+# torch 2.6-2.13): per (cuBLAS handle, stream), 32 MiB for cuBLAS on Hopper (sm90; 8 MiB +
+# 128 KiB on other GPUs: this takes the larger) and 1 MiB for cuBLASLt (CUBLASLT_WORKSPACE_SIZE
+# default). Handles are per thread, and a training step uses two threads: forward on the
+# caller's, backward on the autograd engine's device thread. Scratch that kernels allocate
+# and free within a call (attention backward) is not in it. Unvalidated until a GPU run
+# measures it (scripts/measure_cuda.py).
+CUDA_WORKSPACE_BYTES = 2 * (32 * MiB + 1 * MiB)
+
+Target = Literal["cuda", "cpu"]
+"""What the figure models: ``cuda``, `max_memory_allocated` on a GPU; ``cpu``, the CPU
+accounting of a real run on this machine (tensor bytes exactly, no rounding, no workspace)."""
+
+
+def data_free(variant: Variant) -> Variant:
+    """``variant`` with a set-up that reads no training data. LST ranks its side blocks' rows
+    on training data (Fisher): the ranking only picks the side network's initial values,
+    before training and outside the training figure, and its random init builds the same
+    shapes. (LST is the only method with `needs_data`; its config has ``init``.)"""
+    if not get_method(variant.method).needs_data:
+        return variant
+    return dataclasses.replace(variant, config=dataclasses.replace(variant.config, init="random"))
+
+
+def random_batch(config: CLIPConfig, batch_size: int, text_length: int) -> dict[str, torch.Tensor]:
+    """A training batch with the shapes and dtypes of the suite's data (`RetrievalSplit`).
+    Values do not change the memory with one exception: transformers builds the text
+    tower's attention mask only when a caption is padded (and always on fake tensors, whose
+    values it cannot read), so the second half of every caption is padding, as in real data."""
+    vision = config.vision_config
+    mask = torch.ones(batch_size, text_length, dtype=torch.long)
+    mask[:, (text_length + 1) // 2 :] = 0
+    return {
+        "pixel_values": torch.randn(batch_size, vision.num_channels, vision.image_size, vision.image_size),
+        "input_ids": torch.randint(config.text_config.vocab_size, (batch_size, text_length)),
+        "attention_mask": mask,
+    }
+
+
+def _materialize(model: nn.Module) -> None:
+    """Replace every (meta) parameter and buffer of ``model`` by an uninitialised tensor on
+    the cpu, of the same shape, dtype and ``requires_grad``: fake when called inside a fake
+    mode. A tensor shared between modules stays shared."""
+    slots = [
+        (module, name, tensor)
+        for module in model.modules()
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+    ]
+    replaced: dict[int, torch.Tensor] = {}
+    for module, name, tensor in slots:  # `slots` keeps every old tensor alive: ids stay unique
+        if id(tensor) not in replaced:
+            new = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu")
+            replaced[id(tensor)] = nn.Parameter(new, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else new
+        setattr(module, name, replaced[id(tensor)])
+
+
+class FakeTraining:
+    """One variant's model and optimizer on fake tensors, for the suite's training step on
+    ``config``'s architecture; `peak` measures a step at any batch size."""
+
+    def __init__(self, config: CLIPConfig, suite: SuiteConfig, variant: Variant, text_length: int, target: Target = "cuda"):
+        self.config, self.suite, self.text_length, self.target = config, suite, text_length, target
+        with torch.device("meta"):
+            clip = AutoModel.from_config(config, attn_implementation=suite.model.attn_implementation)
+        self.model = prepare(ClipDualEncoder(clip), suite, data_free(variant))
+        self.params = parameter_counts(self.model)
+        self.fake_mode = FakeTensorMode()
+        with self.fake_mode:
+            _materialize(self.model)
+            self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], suite, variant.config.lr)
+        self.model.train()
+        self._warm = False
+
+    def _step(self, batch_size: int) -> None:
+        train_step(self.model, random_batch(self.config, batch_size, self.text_length), self.opt)
+
+    def peak(self, batch_size: int) -> PhasePeak:
+        """The peak of a steady-state step at ``batch_size`` (the first call runs the
+        warm-up step first), broken down like the CPU accounting, plus ``workspace``."""
+        cuda = self.target == "cuda"
+        with self.fake_mode:
+            if not self._warm:
+                self._step(batch_size)
+                self._warm = True
+            # AdamW keeps its step counters on the host unless fused (`_init_group` in
+            # torch/optim/adamw.py): on CUDA they are not device memory.
+            host_steps = cuda and self.suite.train.optimizer_impl != "fused"
+            state = [(key, t) for s in self.opt.state.values() for key, t in s.items() if torch.is_tensor(t)]
+            on_host = [t for key, t in state if host_steps and key == "step"]
+            on_device = [t for key, t in state if not (host_steps and key == "step")]
+            weights = [*self.model.parameters(), *self.model.buffers()]
+            meter = CpuAccountingMeter(granularity=CUDA_GRANULARITY if cuda else 1)
+            with meter.phase({"parameters": weights, "optimizer_state": on_device}, ignore=on_host) as peak:
+                self._step(batch_size)
+        if cuda:
+            peak.breakdown["workspace"] = CUDA_WORKSPACE_BYTES
+            peak.peak_bytes += CUDA_WORKSPACE_BYTES
+        peak.source = "estimate"
+        return peak
+
+
+def largest_batch(peak: Callable[[int], int], budget: int, probe: int = 16, limit: int = 2**16) -> int:
+    """The largest batch size ``b`` in [1, ``limit``] with ``peak(b) <= budget``, 0 when
+    none fits; ``peak`` must grow with ``b``.
+
+    Memory is close to affine in the batch size, piecewise: where the peak happens moves
+    with the batch size (full fine-tuning peaks in the optimizer step at small batches and
+    in backward at large ones). So each guess is where the line through the last two
+    evaluated batch sizes meets the budget, followed by its neighbour: an exact line ends
+    the search there (four evaluations in all). After two guesses in a row that fail to
+    halve the bracket, a bisection step follows: O(log limit) evaluations at worst."""
+    peak = functools.cache(peak)
+    if peak(1) > budget:
+        return 0
+    fits, exceeds = 1, limit + 1  # peak(fits) <= budget < peak(exceeds); limit + 1: beyond the search
+    tried = [1]
+
+    def evaluate(b: int) -> None:
+        nonlocal fits, exceeds
+        if peak(b) <= budget:
+            fits = b
+        else:
+            exceeds = b
+        tried.append(b)
+
+    if min(probe, limit) > 1:
+        evaluate(min(probe, limit))
+    stalled = 0  # guesses in a row that did not halve the bracket
+    while exceeds - fits > 1:
+        width = exceeds - fits
+        a, b = tried[-2:] if len(tried) > 1 else (1, 1)
+        slope = (peak(b) - peak(a)) / (b - a) if b != a else 0
+        if stalled >= 2 or slope <= 0:
+            guess = (fits + exceeds) // 2
+        else:
+            guess = min(max(fits + 1, b + math.floor((budget - peak(b)) / slope)), exceeds - 1)
+        evaluate(guess)
+        neighbour = guess + 1 if guess == fits else guess - 1
+        if fits < neighbour < exceeds:
+            evaluate(neighbour)
+        stalled = stalled + 1 if exceeds - fits > width // 2 else 0
+    return fits

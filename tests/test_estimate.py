@@ -1,0 +1,219 @@
+"""The fake-tensor estimate against the real CPU accounting, the CUDA rounding, the budget
+search and the `estimate` command."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, CLIPConfig, CLIPModel
+
+from petlbench import records
+from petlbench.cli import main
+from petlbench.config import load_suite, load_variant
+from petlbench.estimate import parse_size
+from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, FakeTraining, data_free, largest_batch, random_batch
+from petlbench.measure.memory import CpuAccountingMeter, allocated_bytes
+from petlbench.models.clip import ClipDualEncoder
+from petlbench.models.resolve import load_config
+from petlbench.registry import registered
+from petlbench.train import make_optimizer, prepare, train_step
+
+SUITE = load_suite("vl-retrieval")
+BATCH = 4
+# Written by scripts/measure_cuda.py on a GPU (max_memory_allocated per variant and batch size).
+CUDA_FIXTURE = Path(__file__).parent / "fixtures" / "cuda_memory.json"
+
+
+def tiny_config() -> CLIPConfig:
+    """Small enough for real steps of every method in a fraction of a second, with widths
+    every shipped variant accepts (LST's r=4 keeps whole heads, adapters' r=8 a bottleneck)."""
+    common = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2}
+    return CLIPConfig(
+        text_config={**common, "max_position_embeddings": 12, "vocab_size": 50, "bos_token_id": 48, "eos_token_id": 49, "pad_token_id": 49},
+        vision_config={**common, "image_size": 16, "patch_size": 8},
+        projection_dim=16,
+    )
+
+
+def real_accounting(config: CLIPConfig, method: str, text_length: int):
+    """The same step on real tensors under the existing meter, as `train.run` measures it:
+    warm-up step, then the measured step with parameters, buffers and optimizer state resident."""
+    torch.manual_seed(0)
+    variant = data_free(load_variant(method))
+    model = prepare(ClipDualEncoder(AutoModel.from_config(config, attn_implementation=SUITE.model.attn_implementation)), SUITE, variant)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], SUITE, variant.config.lr)
+    model.train()
+    train_step(model, random_batch(config, BATCH, text_length), opt)
+    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    with CpuAccountingMeter().phase({"parameters": [*model.parameters(), *model.buffers()], "optimizer_state": state}) as peak:
+        train_step(model, random_batch(config, BATCH, text_length), opt)
+    return peak, model
+
+
+@pytest.mark.parametrize("method", sorted(registered()))
+def test_fake_estimate_equals_real_cpu_accounting(method):
+    config = tiny_config()
+    text_length = config.text_config.max_position_embeddings
+    real, _ = real_accounting(config, method, text_length)
+    estimate = FakeTraining(config, SUITE, load_variant(method), text_length, target="cpu").peak(BATCH)
+    assert real.breakdown["transient_peak"] > 0
+    assert estimate.breakdown == real.breakdown
+    assert estimate.peak_bytes == real.peak_bytes
+
+
+@pytest.mark.skipif(not CUDA_FIXTURE.is_file(), reason="no GPU measurements yet: run scripts/measure_cuda.py on a CUDA machine")
+def test_estimate_within_5_percent_of_measured_cuda_peaks():
+    fixture = json.loads(CUDA_FIXTURE.read_text())
+    assert fixture["env"]["device"] == "cuda"
+    config, suite = load_config(fixture["model"]), load_suite(fixture["suite"])
+    ratios = {}
+    for method in dict.fromkeys(m["method"] for m in fixture["measurements"]):
+        training = FakeTraining(config, suite, load_variant(method), fixture["text_length"])
+        for m in fixture["measurements"]:
+            if m["method"] == method and m["status"] == "ok":
+                ratios[method, m["batch_size"]] = training.peak(m["batch_size"]).peak_bytes / m["peak_bytes"]
+    assert ratios
+    off = {key: round(ratio, 3) for key, ratio in ratios.items() if abs(ratio - 1) > 0.05}
+    assert not off, f"estimate / measured outside 1 ± 5%: {off}"
+
+
+def test_allocated_bytes_round_up_to_the_granularity():
+    assert [allocated_bytes(n, 512) for n in (0, 1, 511, 512, 513, 1024, 1025)] == [0, 512, 512, 512, 1024, 1024, 1536]
+    assert allocated_bytes(1234) == 1234
+
+
+def test_meter_rounds_every_storage_by_hand():
+    resident = torch.zeros(10)  # 40 B -> 512
+    with CpuAccountingMeter(granularity=512).phase({"parameters": [resident]}) as peak:
+        a = torch.empty(100)  # 400 B -> 512
+        b = torch.empty(129)  # 516 B -> 1024
+        c = torch.empty(0)  # no block
+        a[:10].add_(1)  # a view and an in-place op: nothing new
+        del a, b, c
+    assert peak.breakdown == {"parameters": 512, "transient_peak": 512 + 1024}
+
+
+def test_cuda_target_rounds_each_tensor_leaves_step_counters_on_the_host_and_adds_the_workspace():
+    config = tiny_config()
+    estimate = FakeTraining(config, SUITE, load_variant("full"), 12, target="cuda").peak(BATCH)
+    _, model = real_accounting(config, "full", 12)
+    weights = [*model.parameters(), *model.buffers()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rounded = lambda ts: sum(-(-t.numel() * t.element_size() // 512) * 512 for t in ts)  # noqa: E731
+    assert estimate.breakdown["parameters"] == rounded(weights)
+    assert estimate.breakdown["optimizer_state"] == 2 * rounded(trainable)  # exp_avg, exp_avg_sq; steps stay on the host
+    assert estimate.breakdown["workspace"] == CUDA_WORKSPACE_BYTES
+    assert estimate.peak_bytes == sum(estimate.breakdown.values())
+
+
+class Counted:
+    """A peak as a function of the batch size, recording where it was evaluated."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, b):
+        self.calls.append(b)
+        return self.fn(b)
+
+
+def test_budget_search_on_hand_checked_cases():
+    affine = Counted(lambda b: 1000 + 300 * b)
+    assert largest_batch(affine, 10_000) == 30  # 1000 + 300 * 30 = 10_000 fits exactly
+    assert affine.calls == [1, 16, 30, 31]  # batch 1, the probe, the line's answer, its neighbour
+    assert largest_batch(lambda b: 1000 + 300 * b, 9_999) == 29
+    # 1000 + 300 b + b^2 <= 10_000: b = 27 gives 9_829, b = 28 gives 10_184
+    assert largest_batch(lambda b: 1000 + 300 * b + b * b, 10_000) == 27
+    # the line predicts 30, but every batch above 20 costs 5000 more: 21 gives 12_300
+    assert largest_batch(lambda b: 1000 + 300 * b + (5000 if b > 20 else 0), 10_000) == 20
+    # full fine-tuning's shape: a flat optimizer-step peak, then a steep backward peak
+    piecewise = Counted(lambda b: max(90_000 + 10 * b, 1000 + 300 * b))
+    assert largest_batch(piecewise, 100_000) == 330  # 1000 + 300 * 330 = 100_000
+    assert len(piecewise.calls) <= 8
+    assert largest_batch(lambda b: 1000 + 300 * b, 1_299) == 0  # not even batch 1 (1_300)
+    flat = Counted(lambda b: 1000)
+    assert largest_batch(flat, 10_000, limit=64) == 64  # everything fits up to the limit
+    assert len(flat.calls) <= 2 * 6 + 2  # bisection steps (with neighbours) over 64
+
+
+def test_parse_size():
+    assert parse_size("24GiB") == 24 * 2**30
+    assert parse_size("512MiB") == 512 * 2**20
+    assert parse_size("1.5 GiB") == 3 * 2**29
+    assert parse_size("4096") == 4096
+    for bad in ("24GB", "24 gib", "GiB", "-1GiB", "0", "0.1B", "", "1e9"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    """A checkpoint folder as a user would have it: save_pretrained of a CLIPModel."""
+    folder = tmp_path / "tiny-clip"
+    CLIPModel(tiny_config()).save_pretrained(folder)
+    return folder
+
+
+def test_cli_json_on_a_checkpoint_folder(cli, tiny_folder, tmp_path):
+    out_dir = tmp_path / "records"
+    code, out, err = cli(
+        "estimate", "--model", str(tiny_folder), "--batch-size", "3", "--methods", "full,lora", "--json", "--output", str(out_dir)
+    )
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["method"] for r in rows] == ["full", "lora"]
+    config = tiny_config()
+    n_params = sum(p.numel() for p in CLIPModel(config).parameters())
+    for row in rows:
+        assert row["batch_size"] == 3 and row["text_length"] == config.text_config.max_position_embeddings
+        assert row["train_peak_bytes"] == sum(row["breakdown"].values())
+        assert row["breakdown"]["workspace"] == CUDA_WORKSPACE_BYTES
+        assert row["params_total"] >= n_params
+    assert rows[0]["params_trainable"] == n_params - 1  # everything but the frozen logit scale
+    assert 0 < rows[1]["params_trainable"] < n_params // 10
+    saved = records.read_all(out_dir)
+    assert [(r["run"]["variant"], r["run"]["status"], r["metrics"]) for r in saved] == [("full", "ok", None), ("lora", "ok", None)]
+    assert saved[0]["cost"]["memory"]["source"] == "estimate"
+    assert saved[0]["cost"]["memory"]["train_peak_bytes"] == rows[0]["train_peak_bytes"]
+    assert saved[0]["config"]["suite"]["train"]["batch_size"] == 3
+
+
+def test_cli_budget_table(cli, tiny_folder):
+    code, out, err = cli("estimate", "--model", str(tiny_folder), "--budget", "80MiB", "--methods", "linear")
+    assert code == 0, err
+    assert "largest batch" in out and "linear" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "2", "--budget", "24GB"], "not a memory size"),
+        (["--budget", "24GB"], "not a memory size"),
+        (["--budget", "0"], "not a memory size"),
+        (["--batch-size", "0"], "positive integer"),
+    ],
+)
+def test_cli_rejects_bad_sizes(capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["estimate", "--model", "clip-vit-base-patch32", *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--precision", "bf16"], "--precision bf16"),
+        (["--grad-checkpointing"], "--grad-checkpointing"),
+        (["--seq-len", "78"], "77 text positions"),
+        (["--methods", "nope"], "unknown method 'nope'"),
+    ],
+)
+def test_cli_config_errors_exit_2(cli, args, message):
+    code, _, err = cli("estimate", "--model", "clip-vit-base-patch32", "--batch-size", "2", *args)
+    assert code == 2 and message in err
+
+
+def test_shipped_architecture_is_config_only(cli):
+    code, _, err = cli("run", "--suite", "vl-retrieval", "--set", "model.name=clip-vit-base-patch32")
+    assert code == 2 and "without weights" in err

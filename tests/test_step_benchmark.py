@@ -1,0 +1,40 @@
+"""Training-step timing of every registered method (pytest-benchmark), with the step's
+CPU-accounted memory peak in `extra_info`.
+
+Timing history: `pytest tests/test_step_benchmark.py --benchmark-autosave`, later
+`--benchmark-compare`. Nothing here asserts a time: machines are noisy; the memory figure
+is guarded by `petlbench compare` in CI instead.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from petlbench.config import load_suite, load_variant
+from petlbench.measure.memory import CpuAccountingMeter
+from petlbench.models.resolve import load_clip
+from petlbench.registry import registered
+from petlbench.train import make_optimizer, prepare, train_step
+
+BATCH = 16
+
+
+@pytest.mark.parametrize("method", sorted(registered()))
+def test_training_step(benchmark, method):
+    torch.manual_seed(0)
+    suite = load_suite("vl-retrieval")
+    backbone, tok = load_clip(suite.model.name, suite.model.attn_implementation, torch.device("cpu"))
+    enc = tok(["a big red circle in the middle and a tiny blue ring at the top left"] * BATCH, padding="max_length",
+              max_length=suite.data.text_length, return_tensors="pt")  # fmt: skip
+    batch = {"pixel_values": torch.randn(BATCH, 3, 48, 48), "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    variant = load_variant(method)
+    model = prepare(backbone, suite, variant, data=lambda _size: itertools.repeat(batch))
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
+    train_step(model, batch, opt)  # warm-up: optimizer state
+    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    with CpuAccountingMeter().phase({"parameters": [*model.parameters(), *model.buffers()], "optimizer_state": state}) as peak:
+        train_step(model, batch, opt)
+    benchmark.extra_info.update({"batch_size": BATCH, "train_peak_bytes": peak.peak_bytes, **peak.breakdown})
+    loss = benchmark.pedantic(train_step, args=(model, batch, opt), rounds=3, iterations=1, warmup_rounds=1)
+    assert torch.isfinite(loss)
