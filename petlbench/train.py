@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from petlbench import config as cfgmod
 from petlbench.config import ConfigError, SuiteConfig, Variant
 from petlbench.data.retrieval import RetrievalSplit, suite_splits, training_batches
-from petlbench.measure.memory import meter_for
+from petlbench.measure.memory import meter_for, training_state
 from petlbench.measure.params import parameter_counts
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.resolve import load_clip
@@ -177,17 +177,15 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
     meter = meter_for(device)
     dataset = [train_split.pixels, train_split.input_ids, train_split.attention_mask,
                eval_split.pixels, eval_split.input_ids, eval_split.attention_mask]  # fmt: skip
-    weights = [*model.parameters(), *model.buffers()]
     t_train = time.perf_counter()
     run_steps(1)  # warm-up: creates the optimizer state
-    optimizer_state = [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t)]
-    with meter.phase({"parameters": weights, "optimizer_state": optimizer_state}, ignore=dataset) as train_peak:
+    with meter.phase(training_state(model, opt), ignore=dataset) as train_peak:
         run_steps(n_measured)
     step_times = run_steps(steps - 1 - n_measured)
     train_s = time.perf_counter() - t_train
 
     t_eval = time.perf_counter()
-    with meter.phase({"parameters": weights}, ignore=dataset) as eval_peak:
+    with meter.phase(training_state(model), ignore=dataset) as eval_peak:
         metrics = evaluate(model, eval_split, suite.eval.batch_size, device)
     eval_s = time.perf_counter() - t_eval
     n_eval_items = eval_split.n_images * (1 + eval_split.captions_per_image)

@@ -27,7 +27,7 @@ from transformers import AutoModel
 
 from petlbench.config import available, load_suite, load_variant
 from petlbench.measure.estimate import FakeTraining, data_free, random_batch
-from petlbench.measure.memory import meter_for
+from petlbench.measure.memory import meter_for, training_state
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.resolve import load_config
 from petlbench.train import make_optimizer, prepare, train_step
@@ -49,8 +49,7 @@ def measure(model_name: str, suite_name: str, variant_name: str, batch_size: int
         model.train()
         try:
             train_step(model, random_batch(config, batch_size, text_length), opt)
-            state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-            with meter_for(device).phase({"parameters": [*model.parameters(), *model.buffers()], "optimizer_state": state}) as peak:
+            with meter_for(device).phase(training_state(model, opt)) as peak:
                 train_step(model, random_batch(config, batch_size, text_length), opt)
         except torch.OutOfMemoryError:
             return {"method": variant_name, "batch_size": batch_size, "status": "oom"}

@@ -66,3 +66,17 @@ def test_identical_figures_run_to_run():
         return peak.breakdown
 
     assert step() == step()
+
+
+def test_training_state_counts_gradients_that_were_kept():
+    from petlbench.measure.memory import training_state
+
+    model = torch.nn.Linear(10, 4)  # 44 parameters
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 10)).sum().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=False)  # a regression that keeps the gradients allocated
+    state = {k: storage_bytes(v) for k, v in training_state(model, opt).items()}
+    assert state == {"parameters": 44 * F32, "gradients": 44 * F32, "optimizer_state": 44 * F32}
+    opt.zero_grad(set_to_none=True)
+    assert storage_bytes(training_state(model)["gradients"]) == 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from petlbench.config import load_suite, load_variant
-from petlbench.measure.memory import CpuAccountingMeter
+from petlbench.measure.memory import CpuAccountingMeter, training_state
 from petlbench.models.resolve import load_clip
 from petlbench.registry import registered
 from petlbench.train import make_optimizer, prepare, train_step
@@ -32,8 +32,7 @@ def test_training_step(benchmark, method):
     model = prepare(backbone, suite, variant, data=lambda _size: itertools.repeat(batch))
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
     train_step(model, batch, opt)  # warm-up: optimizer state
-    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-    with CpuAccountingMeter().phase({"parameters": [*model.parameters(), *model.buffers()], "optimizer_state": state}) as peak:
+    with CpuAccountingMeter().phase(training_state(model, opt)) as peak:
         train_step(model, batch, opt)
     benchmark.extra_info.update({"batch_size": BATCH, "train_peak_bytes": peak.peak_bytes, **peak.breakdown})
     loss = benchmark.pedantic(train_step, args=(model, batch, opt), rounds=3, iterations=1, warmup_rounds=1)

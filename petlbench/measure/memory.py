@@ -74,6 +74,16 @@ class _LiveStorages(TorchDispatchMode):
         return out
 
 
+def training_state(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> dict[str, list[torch.Tensor]]:
+    """What is alive between two training steps, by category: parameters and buffers,
+    gradients still held (none after `zero_grad(set_to_none=True)`), optimizer state."""
+    params = list(model.parameters())
+    state = {"parameters": [*params, *model.buffers()], "gradients": [p.grad for p in params if p.grad is not None]}
+    if opt is not None:
+        state["optimizer_state"] = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    return state
+
+
 def storage_bytes(tensors: Iterable[torch.Tensor], granularity: int = 1) -> int:
     """Bytes of the distinct storages behind ``tensors`` (shared storage counted once),
     each as `allocated_bytes` with ``granularity``."""

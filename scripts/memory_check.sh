@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The fast CI configuration of the embedded suite: every variant on tiny data with the
+# CPU accounting, whose figures are byte-exact on the pinned versions (constraints.txt).
+#
+#   CI:       scripts/memory_check.sh "$(mktemp -d)/current"   (runs, then compares)
+#   refresh:  rm -r results/baselines/vl-retrieval-ci && scripts/memory_check.sh --refresh
+#
+# A refresh is for an intended change: commit the new records with a message saying why
+# the figures moved.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BASELINE=results/baselines/vl-retrieval-ci
+if [ "${1:-}" = "--refresh" ]; then out=$BASELINE; else out=${1:?usage: memory_check.sh OUTPUT_DIR | --refresh}; fi
+
+petlbench run --suite vl-retrieval --methods all --device cpu --output "$out" \
+  --set data.train_images=64 --set data.val_images=16 --set data.test_images=32 \
+  --set train.batch_size=16 --set train.steps=4 --set train.warmup_steps=1 --set train.measure_steps=2
+
+if [ "$out" != "$BASELINE" ]; then
+  petlbench compare "$BASELINE" "$out" --tolerance 0.001
+fi
