@@ -1,0 +1,65 @@
+"""Step-time overhead of the CPU accounting mode on the embedded suite (issue: measurement
+must not distort what it measures more than it says).
+
+    python scripts/accounting_overhead.py --methods full,lst --steps 10
+
+Runs the suite's training step at its batch size with and without `CpuAccountingMeter`,
+alternating, and prints the median step times and their ratio per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import torch
+
+from petlbench.config import load_suite, load_variant
+from petlbench.data.retrieval import suite_splits, training_batches
+from petlbench.measure.memory import CpuAccountingMeter, training_state
+from petlbench.models.resolve import load_clip
+from petlbench.train import make_optimizer, prepare, train_step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="vl-retrieval")
+    p.add_argument("--methods", default="full,lst")
+    p.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
+    args = p.parse_args()
+
+    suite = load_suite(args.suite, ["data.train_images=640", "data.val_images=0", "data.test_images=0"])
+    device = torch.device("cpu")
+    for name in args.methods.split(","):
+        torch.manual_seed(0)
+        backbone, tok = load_clip(suite.model.name, suite.model.attn_implementation, device)
+        split = suite_splits(suite.data, tok)["train"]
+        sampler = training_batches(split.n_images, split.captions_per_image, suite.train.batch_size, torch.Generator().manual_seed(0))
+        batches = (
+            {"pixel_values": split.pixels[i], "input_ids": split.input_ids[i, c], "attention_mask": split.attention_mask[i, c]}
+            for i, c in sampler
+        )
+        variant = load_variant(name)
+        setup_batch = next(batches)  # LST's Fisher ranking: set-up, not timed
+        model = prepare(backbone, suite, variant, data=lambda _size: itertools.repeat(setup_batch))  # noqa: B023
+        opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite, variant.config.lr)
+        train_step(model, next(batches), opt)  # warm-up
+        plain, accounted = [], []
+        for _ in range(args.steps):
+            batch = next(batches)
+            t0 = time.perf_counter()
+            train_step(model, batch, opt)
+            plain.append(time.perf_counter() - t0)
+            batch = next(batches)
+            with CpuAccountingMeter().phase(training_state(model, opt)):
+                t0 = time.perf_counter()
+                train_step(model, batch, opt)
+                accounted.append(time.perf_counter() - t0)
+        a, b = statistics.median(plain), statistics.median(accounted)
+        print(f"{name:10s} step {a * 1e3:7.1f} ms plain, {b * 1e3:7.1f} ms with accounting: x{b / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()
