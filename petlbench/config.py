@@ -40,6 +40,11 @@ class DataConfig:
     test_images: int = 1000
     text_length: int = field(default=40, metadata={"help": "tokens per caption (padded)"})
 
+    def __post_init__(self):
+        for split in ("train", "val", "test"):
+            if getattr(self, f"{split}_images") < 1:
+                raise ConfigError(f"key 'data.{split}_images': every split needs at least one image")
+
 
 @dataclass
 class TrainConfig:
@@ -159,7 +164,10 @@ def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
             kwargs[name] = _coerce(data[name], hints[name], source, prefix + name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required key '{prefix}{name}' ({_type_name(hints[name])})")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a range check in the schema's __post_init__
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:

@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
     args = p.parse_args()
 
-    suite = load_suite(args.suite, ["data.train_images=640", "data.val_images=0", "data.test_images=0"])
+    suite = load_suite(args.suite, ["data.train_images=640", "data.val_images=1", "data.test_images=1"])
     device = torch.device("cpu")
     for name in args.methods.split(","):
         torch.manual_seed(0)

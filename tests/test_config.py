@@ -47,6 +47,10 @@ def test_choice_outside_allowed_values(cli):
                   "--set train.optimizer_impl=fast", "one of 'foreach', 'for-loop', 'fused'")  # fmt: skip
 
 
+def test_empty_split_is_rejected_before_anything_runs(cli):
+    _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "data.val_images=0"], "key 'data.val_images'", "at least one image")
+
+
 def test_override_wrong_type_and_unknown_key(cli):
     _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.steps=abc"], "--set train.steps=abc", "is not an integer")
     _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.stepz=3"], "unknown key 'train.stepz'", "allowed keys:")
