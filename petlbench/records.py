@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from petlbench.config import PROJECT_ROOT, ConfigError
+from petlbench.measure.nvml import driver_version
 
 SCHEMA = 1
 STATUSES = ("ok", "oom", "diverged", "unsupported", "error")
@@ -99,6 +100,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
+        env["driver"] = driver_version()
     else:
         env["device_name"] = platform.processor() or platform.machine()
     return env

@@ -3,8 +3,10 @@ and a failing run becomes a record instead of ending the sweep."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,8 +86,17 @@ def make_record(
     }
 
 
-def run_plan(plan: Plan, device: torch.device) -> list[dict[str, Any]]:
-    """Run every (variant, seed) not already done; return all records in grid order."""
+def _run_fresh_process(plan: Plan, variant: Variant, seed: int, device: torch.device) -> RunOutcome:
+    """One run in a new interpreter (spawned, not forked): on CUDA, allocator state, cuBLAS
+    handles and references leaked by one method would otherwise change the next one's figures."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run, plan.suite, variant, seed, device).result()
+
+
+def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> list[dict[str, Any]]:
+    """Run every (variant, seed) not already done; return all records in grid order.
+    ``isolate`` (default: on CUDA) runs each in a fresh process (measurement.md)."""
+    isolate = device.type == "cuda" if isolate is None else isolate
     out = []
     grid = [(v, s) for v in plan.variants for s in plan.seeds]
     for i, (variant, seed) in enumerate(grid, 1):
@@ -100,7 +111,7 @@ def run_plan(plan: Plan, device: torch.device) -> list[dict[str, Any]]:
             total=plan.suite.train.steps, desc=f"[{i}/{len(grid)}] {variant.name} seed {seed}", unit="step", leave=False, disable=None
         ) as bar:
             try:
-                outcome = run(plan.suite, variant, seed, device, bar)
+                outcome = _run_fresh_process(plan, variant, seed, device) if isolate else run(plan.suite, variant, seed, device, bar)
             except DivergedError as exc:
                 status, error = "diverged", str(exc)
             except torch.OutOfMemoryError as exc:

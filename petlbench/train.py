@@ -7,6 +7,7 @@ are timed. Evaluation is a separate measured phase.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -22,6 +23,7 @@ from petlbench import config as cfgmod
 from petlbench.config import ConfigError, SuiteConfig, Variant
 from petlbench.data.retrieval import RetrievalSplit, suite_splits, training_batches
 from petlbench.measure.memory import meter_for, training_state
+from petlbench.measure.nvml import NvmlPeak, NvmlSampler
 from petlbench.measure.params import parameter_counts
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.resolve import load_clip
@@ -124,6 +126,11 @@ def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.opti
     return loss
 
 
+def _nvml_figures(peak: NvmlPeak) -> dict[str, Any]:
+    """The NVML figure of the training window, for the record (absent, with why, without NVML)."""
+    return {"nvml_train_peak_bytes": peak.peak_bytes, "nvml_approximate": peak.approximate, "nvml_unavailable": peak.unavailable}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -179,7 +186,8 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
                eval_split.pixels, eval_split.input_ids, eval_split.attention_mask]  # fmt: skip
     t_train = time.perf_counter()
     run_steps(1)  # warm-up: creates the optimizer state
-    with meter.phase(training_state(model, opt), ignore=dataset) as train_peak:
+    nvml = NvmlSampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext()
+    with meter.phase(training_state(model, opt), ignore=dataset) as train_peak, nvml:
         run_steps(n_measured)
     step_times = run_steps(steps - 1 - n_measured)
     train_s = time.perf_counter() - t_train
@@ -201,6 +209,7 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
             "eval_reserved_peak_bytes": eval_peak.reserved_peak_bytes,
             "train_breakdown": train_peak.breakdown,
             "measured_steps": [1, n_measured],
+            **(_nvml_figures(nvml.result) if device.type == "cuda" else {}),
         },
         "step_time_s_median": median_step,
         "timed_steps": [n_measured + 1, steps - 1] if step_times else [],

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from petlbench import config, records, train
 from petlbench.registry import registered
@@ -124,3 +125,17 @@ def test_default_methods_are_one_variant_per_registered_method():
     assert all(v.name == v.method for v in plan.variants)
     everything = make_plan("vl-retrieval", ["all"], None, None, [])
     assert [v.name for v in everything.variants] == VARIANTS
+
+
+def test_a_run_in_a_fresh_process_gives_the_same_record(tmp_path):
+    """The CUDA path runs each (variant, seed) in a spawned process; on the CPU the exact
+    figures must not depend on where the run happened."""
+    from petlbench.sweep import make_plan, run_plan
+
+    overrides = [a for a in tiny_args() if a != "--set"]
+    here = run_plan(make_plan("vl-retrieval", ["lst"], [0], tmp_path / "here", overrides), torch.device("cpu"), isolate=False)
+    fresh = run_plan(make_plan("vl-retrieval", ["lst"], [0], tmp_path / "fresh", overrides), torch.device("cpu"), isolate=True)
+    for key in ("metrics", "trainable_rule"):
+        assert fresh[0][key] == here[0][key]
+    assert fresh[0]["cost"]["memory"]["train_peak_bytes"] == here[0]["cost"]["memory"]["train_peak_bytes"]
+    assert fresh[0]["cost"]["params_trainable"] == here[0]["cost"]["params_trainable"]
