@@ -63,6 +63,13 @@ class TrainConfig:
     temperature: Literal["frozen", "trainable"] = field(default="frozen", metadata={"help": "the logit scale, for every method"})
     measure_steps: int = field(default=2, metadata={"help": "steps after the warm-up step whose memory peak is measured"})
 
+    def __post_init__(self):
+        if self.steps < 2:
+            raise ConfigError("key 'train.steps': at least 2 (a warm-up step, then a measured one)")
+        for name in ("batch_size", "measure_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"key 'train.{name}': at least 1")
+
 
 @dataclass
 class EvalConfig:

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from petlbench import config as cfgmod
 from petlbench import records
 from petlbench.config import ConfigError, SuiteConfig, Variant
+from petlbench.models.resolve import load_config
 from petlbench.models.resolve import resolve as resolve_model
-from petlbench.registry import registered
+from petlbench.registry import UnsupportedError, registered
 from petlbench.train import DivergedError, RunOutcome, run
 
 
@@ -49,7 +50,12 @@ def default_variants() -> list[str]:
 def make_plan(suite: str, methods: list[str] | None, seeds: list[int] | None, output: Path | None, overrides: list[str]) -> Plan:
     """Validate everything a sweep needs before any run starts."""
     suite_cfg = cfgmod.load_suite(suite, overrides)
-    resolve_model(suite_cfg.model.name)
+    resolve_model(suite_cfg.model.name)  # with weights: an architecture-only name is an error here
+    max_text = load_config(suite_cfg.model.name).text_config.max_position_embeddings
+    if suite_cfg.data.text_length > max_text:
+        raise ConfigError(
+            f"key 'data.text_length': {suite_cfg.data.text_length} exceeds the {max_text} text positions of {suite_cfg.model.name}"
+        )
     names = methods or default_variants()
     if names == ["all"]:
         names = [p.stem for p in cfgmod.available("methods")]
@@ -114,6 +120,8 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
                 outcome = _run_fresh_process(plan, variant, seed, device) if isolate else run(plan.suite, variant, seed, device, bar)
             except DivergedError as exc:
                 status, error = "diverged", str(exc)
+            except UnsupportedError as exc:  # the method does not apply to this backbone
+                status, error = "unsupported", str(exc)
             except torch.OutOfMemoryError as exc:
                 status, error = "oom", f"{exc} (batch size {plan.suite.train.batch_size})"
             except Exception as exc:  # a failing run is a result; the sweep goes on

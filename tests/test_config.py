@@ -51,6 +51,14 @@ def test_empty_split_is_rejected_before_anything_runs(cli):
     _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "data.val_images=0"], "key 'data.val_images'", "at least one image")
 
 
+def test_range_errors_are_caught_before_anything_runs(cli):
+    _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.steps=1"], "key 'train.steps'", "at least 2")
+    _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.batch_size=0"], "key 'train.batch_size'", "at least 1")
+    _expect_error(
+        cli, ["run", "--suite", "vl-retrieval", "--set", "data.text_length=41"], "key 'data.text_length'", "exceeds the 40 text positions"
+    )
+
+
 def test_override_wrong_type_and_unknown_key(cli):
     _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.steps=abc"], "--set train.steps=abc", "is not an integer")
     _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.stepz=3"], "unknown key 'train.stepz'", "allowed keys:")
