@@ -1,11 +1,14 @@
 """The one place where a model name becomes a local folder (never a download): a shipped
-checkpoint, a shipped architecture (config only, for estimates), or a user's folder."""
+checkpoint, a shipped architecture (config only, for estimates), a user's folder, or a
+Hugging Face id already in the local cache."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 from transformers.utils import logging as hf_logging
 
@@ -37,10 +40,25 @@ def resolve(name: str, weights: bool = True) -> Path:
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return path
+    cached = _hub_cache(name)
+    if cached is not None:
+        return cached
     raise ModelNotFoundError(
         f"model {name!r} is neither a shipped model ({', '.join(EMBEDDED)}), nor a shipped architecture for estimates "
-        f"({', '.join(ARCHITECTURES)}), nor a local folder with config.json; save a checkpoint with save_pretrained() and pass its path"
+        f"({', '.join(ARCHITECTURES)}), nor a local folder with config.json, nor a Hugging Face id in the local cache "
+        f"({constants.HF_HUB_CACHE}); nothing is downloaded: fetch it on a machine with network (`hf download {name}`) "
+        "and copy the cache folder, or save_pretrained() a checkpoint and pass its path"
     )
+
+
+def _hub_cache(name: str) -> Path | None:
+    """The cached snapshot of Hugging Face id ``name``, looked up without any network access."""
+    if name.count("/") != 1 or Path(name).expanduser().exists():
+        return None
+    try:
+        return Path(snapshot_download(repo_id=name, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError):
+        return None
 
 
 def load_config(name: str) -> CLIPConfig:
