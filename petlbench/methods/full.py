@@ -11,7 +11,7 @@ class FullConfig(MethodConfig):
     pass
 
 
-@register("full", FullConfig, defines_head=True)
+@register("full", FullConfig, defines_head=True, backbones=("clip", "vse"))
 def apply(backbone, cfg: FullConfig):
     backbone.requires_grad_(True)
     return backbone

@@ -12,7 +12,7 @@ class LinearConfig(MethodConfig):
     pass
 
 
-@register("linear", LinearConfig, defines_head=True)
+@register("linear", LinearConfig, defines_head=True, backbones=("clip", "vse"))
 def apply(backbone, cfg: LinearConfig):
     backbone.requires_grad_(False)
     for projection in backbone.projections():

@@ -9,7 +9,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from petlbench.config import ConfigError, MethodConfig
-from petlbench.registry import register
+from petlbench.registry import backbone_kind, register
 
 
 @dataclass
@@ -33,20 +33,34 @@ def _block_linears(backbone) -> set[str]:
     }
 
 
-@register("lora", LoraConfig)
+# The CLIP role names of the attention linears, as a BERT layer names them (VSE family).
+BERT_NAMES = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
+
+
+def _targets_and_root(backbone, targets: list[str]) -> tuple[list[str], nn.Module]:
+    """The target names as the backbone's own modules spell them, and the module PEFT
+    injects into. On the VSE family only BERT's layers are blocks (the CNN has none), so
+    the CLIP names `q_proj`/`k_proj`/`v_proj` map to BERT's `query`/`key`/`value`."""
+    if backbone_kind(backbone) == "vse":
+        return [BERT_NAMES.get(name, name) for name in targets], backbone.bert
+    return list(targets), backbone.clip
+
+
+@register("lora", LoraConfig, backbones=("clip", "vse"))
 def apply(backbone, cfg: LoraConfig):
     # Only block layers may be targeted: PEFT would otherwise wrap a projection too, and the
     # loop's head rule (requires_grad on the projection module) would then switch LoRA
     # parameters on or off with it.
     allowed = _block_linears(backbone)
-    if not cfg.targets or not set(cfg.targets) <= allowed:
+    targets, root = _targets_and_root(backbone, cfg.targets)
+    if not targets or not set(targets) <= allowed:
         raise ConfigError(f"lora: targets {cfg.targets} must be a non-empty list of {', '.join(sorted(allowed))}")
     if cfg.r < 1:
         raise ConfigError(f"lora: r={cfg.r} must be at least 1")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"lora: dropout={cfg.dropout} must be in [0, 1)")
-    peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets), bias="none")
-    peft.inject_adapter_in_model(peft_config, backbone.clip)
+    peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
+    peft.inject_adapter_in_model(peft_config, root)
     # PEFT freezes all but its adapters already; say so here rather than rely on its policy.
     backbone.requires_grad_(False)
     for module in backbone.modules():

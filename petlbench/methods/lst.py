@@ -26,7 +26,7 @@ from torch import nn
 from petlbench.config import ConfigError, MethodConfig
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.objective import contrastive_loss
-from petlbench.registry import register
+from petlbench.registry import backbone_kind, register
 
 
 @dataclass
@@ -47,9 +47,10 @@ class LSTConfig(MethodConfig):
 class LadderSide(nn.Module):
     """The side network of one tower."""
 
-    def __init__(self, blocks: nn.ModuleList, keep: list[int], r: int, gate_temperature: float):
+    def __init__(self, blocks: nn.ModuleList, keep: list[int], r: int, gate_temperature: float, config=None):
+        """``config``: the blocks' model config, when the blocks do not carry it (BERT)."""
         super().__init__()
-        config = blocks[0].self_attn.config
+        config = config if config is not None else blocks[0].self_attn.config
         d = config.hidden_size
         if d % r or config.intermediate_size % r or (d // r) % config.num_attention_heads:
             raise ConfigError(
@@ -188,10 +189,15 @@ def prune_block_into(side: nn.Module, block: nn.Module, importance: Callable[[to
             getattr(side, norm).bias.copy_(getattr(block, norm).bias[resid])
 
 
-@register("lst", LSTConfig, needs_data=True)
-def apply(backbone: ClipDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> LadderSideTuned:
+@register("lst", LSTConfig, needs_data=True, backbones=("clip", "vse"))
+def apply(backbone: ClipDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> nn.Module:
     """``data(batch_size)`` yields training batches for the Fisher ranking (setup: it runs
-    before the measured steps, so it is outside the training memory figure)."""
+    before the measured steps, so it is outside the training memory figure). On the VSE
+    family: the text tower only (`lst_vse`)."""
+    if backbone_kind(backbone) == "vse":
+        from petlbench.methods.lst_vse import build  # it imports this module's blocks
+
+        return build(backbone, cfg, data)
     backbone.requires_grad_(False)
     model = LadderSideTuned(backbone, cfg)
     if cfg.init != "random":

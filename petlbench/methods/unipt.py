@@ -16,7 +16,7 @@ from torch import nn
 
 from petlbench.config import ConfigError, MethodConfig
 from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
-from petlbench.registry import register
+from petlbench.registry import backbone_kind, register
 
 # The authors clamp the L1 norm here: a query whose scores are all truncated attends to
 # nothing (zero weights) instead of dividing by zero.
@@ -130,12 +130,20 @@ class UniPTConfig(MethodConfig):
     )
 
 
-@register("unipt", UniPTConfig)
+@register("unipt", UniPTConfig, backbones=("clip", "vse"))
 def apply(backbone: ClipDualEncoder, cfg: UniPTConfig):
-    config = backbone.clip.config
-    embed = config.projection_dim  # the sub-configs' own projection_dim is not the model's
+    """The dual-encoder variant on CLIP; on the VSE family the CNN variant (image) and the
+    token-level variant (text), from `unipt_vse`."""
+    vse = backbone_kind(backbone) == "vse"
+    # the CLIP sub-configs' own projection_dim is not the model's
+    embed = backbone.embed_dim if vse else backbone.clip.config.projection_dim
     if cfg.downsample < 1 or embed % cfg.downsample:
         raise ConfigError(f"unipt: downsample={cfg.downsample} must be a positive divisor of the embedding width {embed}")
+    if vse:
+        from petlbench.methods.unipt_vse import build  # it imports this module's blocks
+
+        return build(backbone, embed // cfg.downsample)
+    config = backbone.clip.config
     backbone.requires_grad_(False)
     towers = {}
     for tower in TOWERS:

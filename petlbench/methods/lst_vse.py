@@ -1,0 +1,109 @@
+"""Ladder Side-Tuning on the VSE family's text tower (BERT); `lst`'s `apply` picks it for
+a `VseDualEncoder`.
+
+The side network is `lst.LadderSide` with BERT layers (every width divided by `r`), fed
+by BERT's L+1 hidden states under an explicit ``no_grad`` and ending in the frozen text
+head (per-token projection, masked mean) with autograd on. The CNN image tower has no
+side network (LST is defined on transformer blocks): its body runs under ``no_grad`` and
+only its head follows the suite's `train.head` rule. The frozen backbone runs in eval
+mode (BatchNorm statistics and BERT's dropout of a frozen feature extractor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from petlbench.config import ConfigError
+from petlbench.methods.lst import LadderSide, LSTConfig, _row_scores, _top, fisher_importance
+from petlbench.models.vse import VseDualEncoder
+
+
+class LadderSideTunedVse(nn.Module):
+    """The frozen VSE backbone plus a ladder side network on its text tower."""
+
+    def __init__(self, backbone: VseDualEncoder, cfg: LSTConfig):
+        super().__init__()
+        self.backbone = backbone
+        layers = backbone.bert.encoder.layer
+        if any(not 0 <= i < len(layers) for i in cfg.drop_layers):
+            raise ConfigError(f"lst: drop_layers={cfg.drop_layers} must index the text tower's layers (0..{len(layers) - 1})")
+        keep = [i for i in range(len(layers)) if i not in cfg.drop_layers]
+        self.side = nn.ModuleDict({"text": LadderSide(layers, keep, cfg.r, cfg.gate_temperature, config=backbone.bert.config)})
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.backbone.logit_scale
+
+    def train(self, mode: bool = True) -> LadderSideTunedVse:
+        """The side network follows ``mode``; the frozen backbone always runs in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            c5 = self.backbone.stage_maps(pixel_values)[-1]
+        return self.backbone.tower_head("vision", c5.flatten(2).transpose(1, 2))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            states = self.backbone.tower_states("text", input_ids=input_ids, attention_mask=attention_mask)
+        side = self.side["text"]
+        # the mask in the form the side layers' attention implementation expects
+        mask = create_bidirectional_mask(
+            config=side.blocks[0].attention.self.config, inputs_embeds=states.hidden_states[0], attention_mask=attention_mask
+        )
+        tokens = side(states.hidden_states, mask)
+        return self.backbone.tower_head("text", tokens, states.token_mask)
+
+
+def prune_bert_layer_into(side: nn.Module, layer: nn.Module, importance: Callable[[torch.Tensor], torch.Tensor], heads: int) -> None:
+    """`lst.prune_block_into` for BERT's layout: Q/K/V rows chosen jointly per head; the
+    residual-stream rows those the residual writers (attention output, output dense) rank
+    highest; each matrix's input columns follow the matrix feeding it; both LayerNorms
+    (post-LN in BERT) keep the residual rows."""
+    attn, side_attn = layer.attention.self, side.attention.self
+    d, d_side = attn.query.in_features, side_attn.query.in_features
+    head_dim, side_head_dim = d // heads, d_side // heads
+    writers = (layer.attention.output.dense, layer.output.dense)
+    resid = _top(sum(_row_scores(w, importance) for w in writers), d_side)
+    qkv = sum(_row_scores(getattr(attn, n), importance) for n in ("query", "key", "value")).view(heads, head_dim)
+    per_head = qkv.topk(side_head_dim, dim=1).indices.sort(dim=1).values
+    attn_rows = (per_head + torch.arange(heads)[:, None] * head_dim).flatten()
+    mlp_rows = _top(_row_scores(layer.intermediate.dense, importance), side.intermediate.dense.out_features)
+
+    def copy_linear(dst: nn.Linear, src: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        dst.weight.copy_(src.weight[rows][:, cols])
+        dst.bias.copy_(src.bias[rows])
+
+    with torch.no_grad():
+        for name in ("query", "key", "value"):
+            copy_linear(getattr(side_attn, name), getattr(attn, name), attn_rows, resid)
+        copy_linear(side.attention.output.dense, layer.attention.output.dense, resid, attn_rows)
+        copy_linear(side.intermediate.dense, layer.intermediate.dense, mlp_rows, resid)
+        copy_linear(side.output.dense, layer.output.dense, resid, mlp_rows)
+        for dst, src in (
+            (side.attention.output.LayerNorm, layer.attention.output.LayerNorm),
+            (side.output.LayerNorm, layer.output.LayerNorm),
+        ):
+            dst.weight.copy_(src.weight[resid])
+            dst.bias.copy_(src.bias[resid])
+
+
+def build(backbone: VseDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> LadderSideTunedVse:
+    backbone.requires_grad_(False)
+    model = LadderSideTunedVse(backbone, cfg).to(backbone.logit_scale.device)
+    if cfg.init != "random":
+        if cfg.init == "fisher":
+            fisher = fisher_importance(backbone, data(cfg.fisher_batch_size), max(1, cfg.fisher_samples // cfg.fisher_batch_size))
+            importance = fisher.__getitem__
+        else:
+            importance = torch.abs
+        side, layers = model.side["text"], backbone.bert.encoder.layer
+        for j, layer in enumerate(side.keep):
+            prune_bert_layer_into(side.blocks[j], layers[layer], importance, backbone.bert.config.num_attention_heads)
+    return model.train(backbone.training)

@@ -1,0 +1,131 @@
+"""VSE-style dual encoder: a CNN image tower (transformers' `ResNetModel`) and a
+BERT-style text tower (`BertModel`), each followed by a simple embedding head to a joint
+width. The second backbone family, to show which methods apply beyond CLIP.
+
+Heads (kept simple, not VSE∞'s GPO pooling):
+- image: global average pool of the last stage (C5), then a Linear to the joint width;
+- text: a per-token Linear to the joint width, then a masked mean over the unpadded tokens.
+
+Interface, by role, as `ClipDualEncoder` where it makes sense:
+- `encode_image`, `encode_text`, `logit_scale` (a Parameter, frozen at construction),
+  `projections()` (the two heads' Linears).
+- `blocks()` has the text tower only: a ResNet has stages of residual conv units, not
+  transformer blocks, so methods that walk blocks (adapters, prompts, partial, LoRA's
+  targets) see BERT's layers and nothing of the CNN.
+- `final_norms()` is empty (neither tower ends in a norm before its head).
+- `tower_states('text', ...)`: BERT's L+1 hidden states; `stage_maps(pixel_values)`: the
+  ResNet stage feature maps C2..C5 (B, C, H, W), what UniPT's CNN variant reads;
+  `tower_head(tower, tokens, token_mask)`: a head on tokens (side networks end in it).
+- A frozen image tower (no parameter training) always runs in eval mode, so its
+  BatchNorm running statistics stay bit-identical; when it trains (`full`), its
+  BatchNorms follow the module's train/eval mode as usual.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
+
+from petlbench.models.clip import TowerStates
+
+# CLIP's initial temperature (1/0.07), for a comparable contrastive loss.
+LOGIT_SCALE_INIT = math.log(1 / 0.07)
+
+
+def masked_token_mean(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """The text head's pooling: mean of ``tokens`` (B, N, e) over unpadded positions."""
+    mask = token_mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class VseDualEncoder(nn.Module):
+    kind = "vse"
+
+    def __init__(self, resnet: ResNetModel, bert: BertModel, embed_dim: int):
+        super().__init__()
+        self.resnet = resnet
+        self.bert = bert
+        self.embed_dim = embed_dim
+        self.image_projection = nn.Linear(resnet.config.hidden_sizes[-1], embed_dim)
+        self.text_projection = nn.Linear(bert.config.hidden_size, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT), requires_grad=False)
+
+    # -- image tower -------------------------------------------------------------------
+    def _image_tower_mode(self) -> None:
+        """Eval mode for a frozen CNN (BatchNorm statistics must not move); otherwise the
+        module's own mode."""
+        trains = any(p.requires_grad for p in self.resnet.parameters())
+        self.resnet.train(self.training and trains)
+
+    def stage_maps(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The ResNet stage outputs C2..C5, each (B, C_i, H_i, W_i). Runs under the
+        caller's grad mode."""
+        self._image_tower_mode()
+        out = self.resnet(pixel_values=pixel_values, output_hidden_states=True)
+        return tuple(out.hidden_states[1:])  # hidden_states[0] is the stem's output
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, embed_dim): global average pool of C5, then the image projection."""
+        self._image_tower_mode()
+        c5 = self.resnet(pixel_values=pixel_values).last_hidden_state
+        return self.image_projection(c5.mean(dim=(2, 3)))
+
+    # -- text tower --------------------------------------------------------------------
+    def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
+        """BERT's L+1 hidden states (embedding output, then each layer's output). The
+        text head pools by masked mean, so ``pool_index`` is the CLS position only for
+        the record; nothing here pools at it. The image tower has stage maps instead."""
+        if tower != "text":
+            raise ValueError("VseDualEncoder: the image tower is a CNN; read its stage maps with stage_maps()")
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        out = self.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        zeros = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        return TowerStates(out.hidden_states, mask.bool(), zeros)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, embed_dim): the projection per token, then a masked mean."""
+        tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return masked_token_mean(self.text_projection(tokens), attention_mask.bool())
+
+    def tower_head(self, tower: str, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The tower's head on (B, N, width) tokens: for 'vision' C5's positions as tokens
+        (their mean, then the projection), for 'text' BERT-width tokens (the projection per
+        token, then the masked mean). Runs under the caller's grad mode: side methods need
+        the gradient through it."""
+        if tower == "vision":
+            return self.image_projection(tokens.mean(dim=1))
+        return masked_token_mean(self.text_projection(tokens), token_mask)
+
+    # -- roles -------------------------------------------------------------------------
+    def projections(self) -> list[nn.Module]:
+        return [self.image_projection, self.text_projection]
+
+    def blocks(self) -> dict[str, nn.ModuleList]:
+        """The text tower's transformer layers; the CNN has none (see the module doc)."""
+        return {"text": self.bert.encoder.layer}
+
+    def final_norms(self) -> list[nn.Module]:
+        return []
+
+
+def vse_from_configs(resnet_config: ResNetConfig, bert_config: BertConfig, embed_dim: int) -> VseDualEncoder:
+    """Random weights from configs (nothing is downloaded; no checkpoints exist here)."""
+    return VseDualEncoder(ResNetModel(resnet_config), BertModel(bert_config, add_pooling_layer=False), embed_dim)
+
+
+def tiny_vse(embed_dim: int = 32, text_layers: int = 2, vocab_size: int = 100, max_text: int = 40) -> VseDualEncoder:
+    """A few-thousand-parameter VSE model for tests: a 4-stage basic-block ResNet (one
+    unit per stage) and a 2-layer BERT."""
+    resnet = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic")
+    bert = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=text_layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=max_text,
+    )
+    return vse_from_configs(resnet, bert, embed_dim)
