@@ -16,8 +16,10 @@ contrastive loss over one pair is constant, so importance is accumulated over ba
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Literal
 
 import torch
@@ -157,36 +159,59 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.topk(k).indices.sort().values
 
 
-def prune_block_into(side: nn.Module, block: nn.Module, importance: Callable[[torch.Tensor], torch.Tensor]) -> None:
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where a transformer block keeps the matrices pruning reads, as attribute paths: one
+    pruning routine serves every layout (CLIP's pre-LN block, BERT's post-LN layer)."""
+
+    qkv: tuple[str, str, str]
+    attn_out: str
+    fc1: str
+    fc2: str
+    norms: tuple[str, ...]  # LayerNorms on the residual stream
+
+    def __call__(self, block: nn.Module, path: str) -> nn.Module:
+        return attrgetter(path)(block)
+
+
+CLIP_BLOCK = BlockLayout(
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.out_proj", "mlp.fc1", "mlp.fc2", ("layer_norm1", "layer_norm2")
+)
+
+
+def prune_block_into(
+    side: nn.Module, block: nn.Module, importance: Callable[[torch.Tensor], torch.Tensor], heads: int, layout: BlockLayout = CLIP_BLOCK
+) -> None:
     """Copy the most important `1/r` of ``block``'s rows into ``side`` (same layout, every
     width divided by r). Q/K/V rows are chosen jointly, per head (heads keep their
     structure); each matrix's input columns follow the choice of the matrix feeding it;
-    the residual-stream rows are those the block's residual writers (out_proj, fc2) rank
-    highest."""
-    attn, side_attn = block.self_attn, side.self_attn
-    d_side, heads = side_attn.embed_dim, attn.num_heads
-    head_dim, side_head_dim = attn.head_dim, side_attn.head_dim
-    resid = _top(_row_scores(attn.out_proj, importance) + _row_scores(block.mlp.fc2, importance), d_side)
-
-    qkv = sum(_row_scores(getattr(attn, n), importance) for n in ("q_proj", "k_proj", "v_proj")).view(heads, head_dim)
+    the residual-stream rows are those the block's residual writers (attention output, fc2)
+    rank highest, and the residual LayerNorms keep them."""
+    at = functools.partial(layout, block)
+    side_at = functools.partial(layout, side)
+    q = at(layout.qkv[0])
+    head_dim, side_head_dim = q.out_features // heads, side_at(layout.qkv[0]).out_features // heads
+    resid = _top(_row_scores(at(layout.attn_out), importance) + _row_scores(at(layout.fc2), importance), side_at(layout.fc2).out_features)
+    qkv = sum(_row_scores(at(path), importance) for path in layout.qkv).view(heads, head_dim)
     per_head = qkv.topk(side_head_dim, dim=1).indices.sort(dim=1).values
     attn_rows = (per_head + torch.arange(heads)[:, None] * head_dim).flatten()
-    mlp_rows = _top(_row_scores(block.mlp.fc1, importance), side.mlp.fc1.out_features)
+    mlp_rows = _top(_row_scores(at(layout.fc1), importance), side_at(layout.fc1).out_features)
 
-    def copy_linear(dst: nn.Linear, src: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    def copy_linear(path: str, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        dst, src = side_at(path), at(path)
         dst.weight.copy_(src.weight[rows][:, cols])
         if src.bias is not None:
             dst.bias.copy_(src.bias[rows])
 
     with torch.no_grad():
-        for name in ("q_proj", "k_proj", "v_proj"):
-            copy_linear(getattr(side_attn, name), getattr(attn, name), attn_rows, resid)
-        copy_linear(side_attn.out_proj, attn.out_proj, resid, attn_rows)
-        copy_linear(side.mlp.fc1, block.mlp.fc1, mlp_rows, resid)
-        copy_linear(side.mlp.fc2, block.mlp.fc2, resid, mlp_rows)
-        for norm in ("layer_norm1", "layer_norm2"):
-            getattr(side, norm).weight.copy_(getattr(block, norm).weight[resid])
-            getattr(side, norm).bias.copy_(getattr(block, norm).bias[resid])
+        for path in layout.qkv:
+            copy_linear(path, attn_rows, resid)
+        copy_linear(layout.attn_out, resid, attn_rows)
+        copy_linear(layout.fc1, mlp_rows, resid)
+        copy_linear(layout.fc2, resid, mlp_rows)
+        for path in layout.norms:
+            side_at(path).weight.copy_(at(path).weight[resid])
+            side_at(path).bias.copy_(at(path).bias[resid])
 
 
 @register("lst", LSTConfig, needs_data=True, backbones=("clip", "vse"))
@@ -209,5 +234,6 @@ def apply(backbone: ClipDualEncoder, cfg: LSTConfig, data: Callable[[int], Itera
         for tower in TOWERS:
             side = model.side[tower]
             for j, layer in enumerate(side.keep):
-                prune_block_into(side.blocks[j], backbone.blocks()[tower][layer], importance)
+                block = backbone.blocks()[tower][layer]
+                prune_block_into(side.blocks[j], block, importance, block.self_attn.num_heads)
     return model

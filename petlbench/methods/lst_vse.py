@@ -18,7 +18,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from petlbench.config import ConfigError
-from petlbench.methods.lst import LadderSide, LSTConfig, _row_scores, _top, fisher_importance
+from petlbench.methods.lst import BlockLayout, LadderSide, LSTConfig, fisher_importance, prune_block_into
 from petlbench.models.vse import VseDualEncoder
 
 
@@ -61,37 +61,13 @@ class LadderSideTunedVse(nn.Module):
         return self.backbone.tower_head("text", tokens, states.token_mask)
 
 
-def prune_bert_layer_into(side: nn.Module, layer: nn.Module, importance: Callable[[torch.Tensor], torch.Tensor], heads: int) -> None:
-    """`lst.prune_block_into` for BERT's layout: Q/K/V rows chosen jointly per head; the
-    residual-stream rows those the residual writers (attention output, output dense) rank
-    highest; each matrix's input columns follow the matrix feeding it; both LayerNorms
-    (post-LN in BERT) keep the residual rows."""
-    attn, side_attn = layer.attention.self, side.attention.self
-    d, d_side = attn.query.in_features, side_attn.query.in_features
-    head_dim, side_head_dim = d // heads, d_side // heads
-    writers = (layer.attention.output.dense, layer.output.dense)
-    resid = _top(sum(_row_scores(w, importance) for w in writers), d_side)
-    qkv = sum(_row_scores(getattr(attn, n), importance) for n in ("query", "key", "value")).view(heads, head_dim)
-    per_head = qkv.topk(side_head_dim, dim=1).indices.sort(dim=1).values
-    attn_rows = (per_head + torch.arange(heads)[:, None] * head_dim).flatten()
-    mlp_rows = _top(_row_scores(layer.intermediate.dense, importance), side.intermediate.dense.out_features)
-
-    def copy_linear(dst: nn.Linear, src: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        dst.weight.copy_(src.weight[rows][:, cols])
-        dst.bias.copy_(src.bias[rows])
-
-    with torch.no_grad():
-        for name in ("query", "key", "value"):
-            copy_linear(getattr(side_attn, name), getattr(attn, name), attn_rows, resid)
-        copy_linear(side.attention.output.dense, layer.attention.output.dense, resid, attn_rows)
-        copy_linear(side.intermediate.dense, layer.intermediate.dense, mlp_rows, resid)
-        copy_linear(side.output.dense, layer.output.dense, resid, mlp_rows)
-        for dst, src in (
-            (side.attention.output.LayerNorm, layer.attention.output.LayerNorm),
-            (side.output.LayerNorm, layer.output.LayerNorm),
-        ):
-            dst.weight.copy_(src.weight[resid])
-            dst.bias.copy_(src.bias[resid])
+BERT_LAYER = BlockLayout(
+    ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+    ("attention.output.LayerNorm", "output.LayerNorm"),
+)
 
 
 def build(backbone: VseDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> LadderSideTunedVse:
@@ -105,5 +81,5 @@ def build(backbone: VseDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterat
             importance = torch.abs
         side, layers = model.side["text"], backbone.bert.encoder.layer
         for j, layer in enumerate(side.keep):
-            prune_bert_layer_into(side.blocks[j], layers[layer], importance, backbone.bert.config.num_attention_heads)
+            prune_block_into(side.blocks[j], layers[layer], importance, backbone.bert.config.num_attention_heads, BERT_LAYER)
     return model.train(backbone.training)
