@@ -11,8 +11,9 @@ from transformers import CLIPConfig, CLIPModel
 from petlbench import records
 from petlbench.config import ConfigError, load_variant
 from petlbench.measure.params import parameter_counts
-from petlbench.methods.unipt import LayerConfidence, UniPTTower, masked_mean
+from petlbench.methods.unipt import LayerConfidence, UniPTTower
 from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
+from petlbench.models.pooling import masked_mean
 from petlbench.models.resolve import load_clip
 from petlbench.objective import contrastive_loss
 from petlbench.registry import get_method

@@ -16,6 +16,7 @@ from torch import nn
 
 from petlbench.config import ConfigError, MethodConfig
 from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
+from petlbench.models.pooling import masked_mean
 from petlbench.registry import backbone_kind, register
 
 # The authors clamp the L1 norm here: a query whose scores are all truncated attends to
@@ -31,12 +32,6 @@ def truncated_attention(queries: torch.Tensor, tokens: torch.Tensor, token_mask:
     weights = scores.relu()
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=L1_EPS)
     return weights @ tokens
-
-
-def masked_mean(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``tokens`` (B, N, m) over the unpadded positions: (B, m)."""
-    mask = token_mask.unsqueeze(-1).to(tokens.dtype)
-    return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class LayerConfidence(nn.Module):

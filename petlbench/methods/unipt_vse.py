@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from petlbench.config import ConfigError
-from petlbench.methods.unipt import L1_EPS, LayerConfidence, masked_mean, truncated_attention
+from petlbench.methods.unipt import L1_EPS, LayerConfidence, truncated_attention
 from petlbench.models.clip import TowerStates
-from petlbench.models.vse import VseDualEncoder, masked_token_mean
+from petlbench.models.pooling import masked_mean
+from petlbench.models.vse import VseDualEncoder
 
 
 def _project(width: int) -> nn.Sequential:
@@ -161,7 +162,7 @@ class UniPTVse(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             states = self.backbone.tower_states("text", input_ids=input_ids, attention_mask=attention_mask)
-        return masked_token_mean(self.text(states), states.token_mask)
+        return masked_mean(self.text(states), states.token_mask)
 
 
 def build(backbone: VseDualEncoder, width: int) -> UniPTVse:

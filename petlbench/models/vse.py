@@ -30,15 +30,10 @@ from torch import nn
 from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
 
 from petlbench.models.clip import TowerStates
+from petlbench.models.pooling import masked_mean
 
 # CLIP's initial temperature (1/0.07), for a comparable contrastive loss.
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
-
-
-def masked_token_mean(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """The text head's pooling: mean of ``tokens`` (B, N, e) over unpadded positions."""
-    mask = token_mask.unsqueeze(-1).to(tokens.dtype)
-    return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class VseDualEncoder(nn.Module):
@@ -88,7 +83,7 @@ class VseDualEncoder(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, embed_dim): the projection per token, then a masked mean."""
         tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return masked_token_mean(self.text_projection(tokens), attention_mask.bool())
+        return masked_mean(self.text_projection(tokens), attention_mask.bool())
 
     def tower_head(self, tower: str, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The tower's head on (B, N, width) tokens: for 'vision' C5's positions as tokens
@@ -97,7 +92,7 @@ class VseDualEncoder(nn.Module):
         the gradient through it."""
         if tower == "vision":
             return self.image_projection(tokens.mean(dim=1))
-        return masked_token_mean(self.text_projection(tokens), token_mask)
+        return masked_mean(self.text_projection(tokens), token_mask)
 
     # -- roles -------------------------------------------------------------------------
     def projections(self) -> list[nn.Module]:
