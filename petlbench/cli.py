@@ -9,6 +9,7 @@ exits with 1 on a regression and 2 when the two folders are not comparable.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"petlbench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
-    """A bad configuration: reported to the user without a traceback (exit code 2)."""
+    """A bad configuration: reported to the user without a traceback (exit code 2).
+    ``key``: the dotted key at fault, where one is (lets an override claim the error)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -43,7 +48,7 @@ class DataConfig:
     def __post_init__(self):
         for split in ("train", "val", "test"):
             if getattr(self, f"{split}_images") < 1:
-                raise ConfigError(f"key 'data.{split}_images': every split needs at least one image")
+                raise ConfigError("every split needs at least one image", key=f"data.{split}_images")
 
 
 @dataclass
@@ -65,10 +70,10 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.steps < 2:
-            raise ConfigError("key 'train.steps': at least 2 (a warm-up step, then a measured one)")
+            raise ConfigError("at least 2 (a warm-up step, then a measured one)", key="train.steps")
         for name in ("batch_size", "measure_steps"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"key 'train.{name}': at least 1")
+                raise ConfigError("at least 1", key=f"train.{name}")
 
 
 @dataclass
@@ -174,7 +179,7 @@ def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # a range check in the schema's __post_init__
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: key '{exc.key}': {exc}", key=exc.key) from None
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:
@@ -239,12 +244,19 @@ def load_suite(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     """The validated suite, with every `--set` override outside `method.` applied."""
     path = _find("suites", name_or_path)
     data = _read_yaml(path)
+    overridden: dict[str, str] = {}
     for text in overrides:
         keys, value = parse_override(text)
         if keys[0] != "method":
             _check_override(SuiteConfig, keys, value, f"--set {text}")
             _apply(data, keys, value)
-    return build(SuiteConfig, data, str(path))
+            overridden[".".join(keys)] = f"--set {text}"
+    try:
+        return build(SuiteConfig, data, str(path))
+    except ConfigError as exc:  # a range error in a value an override set: name the override
+        if exc.key not in overridden:
+            raise
+        raise ConfigError(overridden[exc.key] + str(exc).removeprefix(str(path)), key=exc.key) from None
 
 
 def _check_override(cls: type, keys: list[str], value: Any, source: str) -> None:

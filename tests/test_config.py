@@ -48,11 +48,21 @@ def test_choice_outside_allowed_values(cli):
 
 
 def test_empty_split_is_rejected_before_anything_runs(cli):
-    _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "data.val_images=0"], "key 'data.val_images'", "at least one image")
+    _expect_error(
+        cli,
+        ["run", "--suite", "vl-retrieval", "--set", "data.val_images=0"],
+        "--set data.val_images=0: key 'data.val_images'",
+        "at least one image",
+    )
+
+
+def test_range_error_in_the_suite_file_names_the_file(cli, tmp_path):
+    path = _suite_file(tmp_path, lambda d: d["train"].update(steps=1))
+    _expect_error(cli, ["run", "--suite", str(path)], f"{path}: key 'train.steps'", "at least 2")
 
 
 def test_range_errors_are_caught_before_anything_runs(cli):
-    _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.steps=1"], "key 'train.steps'", "at least 2")
+    _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.steps=1"], "--set train.steps=1: key 'train.steps'", "at least 2")
     _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "train.batch_size=0"], "key 'train.batch_size'", "at least 1")
     _expect_error(
         cli, ["run", "--suite", "vl-retrieval", "--set", "data.text_length=41"], "key 'data.text_length'", "exceeds the 40 text positions"
