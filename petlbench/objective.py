@@ -33,14 +33,19 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 @torch.no_grad()
 def embed_split(model, split: RetrievalSplit, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised embeddings of every image and every caption (captions flattened image-major)."""
+    """Normalised embeddings of every image and every caption (captions flattened image-major).
+    Batches are copied to ``device`` even on the CPU, so that every device holds (and the
+    CPU accounting counts) the batch, as with training batches."""
     images = [
-        F.normalize(model.encode_image(split.pixels[i : i + batch_size].to(device)), dim=-1) for i in range(0, split.n_images, batch_size)
+        F.normalize(model.encode_image(split.pixels[i : i + batch_size].to(device, copy=True)), dim=-1)
+        for i in range(0, split.n_images, batch_size)
     ]
     ids = split.input_ids.flatten(0, 1)
     mask = split.attention_mask.flatten(0, 1)
     texts = [
-        F.normalize(model.encode_text(ids[i : i + batch_size].to(device), mask[i : i + batch_size].to(device)), dim=-1)
+        F.normalize(
+            model.encode_text(ids[i : i + batch_size].to(device, copy=True), mask[i : i + batch_size].to(device, copy=True)), dim=-1
+        )
         for i in range(0, ids.shape[0], batch_size)
     ]
     return torch.cat(images), torch.cat(texts)

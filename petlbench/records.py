@@ -64,10 +64,18 @@ def read_all(directory: Path) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: (r["run"]["variant"], r["run"]["seed"]))
 
 
-def is_done(path: Path, run_hash: str) -> bool:
-    """A re-run skips a run only when its record is `ok` for the same run hash."""
+VERSIONED = ("torch", "transformers", "peft")
+
+
+def is_done(path: Path, run_hash: str, device: torch.device) -> bool:
+    """A re-run skips a run only when its record is `ok` for the same run hash, measured on
+    the same kind of device with the same package versions (exact figures depend on both)."""
     record = read(path)
-    return bool(record) and record["run"]["run_hash"] == run_hash and record["run"]["status"] == "ok"
+    run = record.get("run") if isinstance(record, dict) else None
+    if not isinstance(run, dict) or run.get("run_hash") != run_hash or run.get("status") != "ok":
+        return False
+    env = record.get("env") or {}
+    return env.get("device") == device.type and all(env.get(p) == _version(p) for p in VERSIONED)
 
 
 def _git(*args: str) -> str | None:

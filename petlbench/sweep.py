@@ -107,7 +107,7 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
     grid = [(v, s) for v in plan.variants for s in plan.seeds]
     for i, (variant, seed) in enumerate(grid, 1):
         path = records.record_path(plan.output, variant.name, seed)
-        if records.is_done(path, cfgmod.run_hash(plan.suite, variant, seed)):
+        if records.is_done(path, cfgmod.run_hash(plan.suite, variant, seed), device):
             print(f"[{i}/{len(grid)}] {variant.name} seed {seed}: already done, skipped ({path})")
             out.append(records.read(path))
             continue

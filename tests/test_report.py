@@ -348,6 +348,17 @@ def test_compare_accepts_cuda_figures_from_other_versions(cli, tmp_path):
     assert _compare(cli, tmp_path, base, [make_record("linear", source="cuda", torch="2.14.0")])[0] == 0
 
 
+def test_compare_refuses_cuda_figures_from_another_gpu_and_estimates_from_other_versions(cli, tmp_path):
+    other_gpu = make_record("linear", source="cuda")
+    other_gpu["env"]["device_name"] = "another GPU"
+    code, _, err = _compare(cli, tmp_path / "gpu", [make_record("linear", source="cuda")], [other_gpu])
+    assert code == 2 and "device_name" in err
+    code, _, err = _compare(
+        cli, tmp_path / "est", [make_record("linear", source="estimate")], [make_record("linear", source="estimate", torch="2.14.0")]
+    )
+    assert code == 2 and "torch" in err
+
+
 @pytest.mark.parametrize(("command", "folders"), [("report", 1), ("plot", 1), ("compare", 2)])
 def test_a_folder_without_records_is_a_usage_error(cli, tmp_path, command, folders):
     code, out, err = cli(command, *[str(tmp_path)] * folders)

@@ -68,6 +68,16 @@ def test_resume_skips_finished_runs_and_reruns_changed_ones(cli, tmp_path):
     code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))
     assert "already done" not in out and json.loads(path.read_text())["run"]["status"] == "ok"
 
+    for field, other in (("device", "cuda"), ("torch", "0.0.1")):  # measured elsewhere: not this run's figure
+        foreign = json.loads(path.read_text())
+        foreign["env"][field] = other
+        records.write_atomic(path, foreign)
+        code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))
+        assert "already done" not in out and json.loads(path.read_text())["env"][field] != other
+
+    path.write_text('{"not": "a record"}')  # a foreign JSON file is re-run over, not a crash
+    assert _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))[0] == 0
+
 
 def test_atomic_write_keeps_the_old_record_on_failure(tmp_path):
     path = tmp_path / "r.json"

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 from petlbench.config import ConfigError
+from petlbench.records import VERSIONED
 from petlbench.report import memory_unit, status_label, suite_differences, value
 
 # Exact CPU-accounting figures change with these (measurement.md): compare them only
 # between equal versions.
-VERSIONED = ("torch", "transformers", "peft")
 GROWTH_CHECKED = ("train_peak_bytes", "eval_peak_bytes", "params_trainable")
 
 
@@ -57,12 +57,14 @@ def _incomparable(pairs: list[tuple[dict, dict]]) -> list[str]:
         old, new = value(b, "memory_source"), value(c, "memory_source")
         if old and new and old != new:
             reasons.append(f"{_name(_key(b))}: memory measured by {old} (baseline) vs {new} (current)")
-        elif old == new == "cpu-accounting":
-            changed = [f"{p} {b['env'].get(p)} vs {c['env'].get(p)}" for p in VERSIONED if b["env"].get(p) != c["env"].get(p)]
+        elif old == new:
+            # exact figures (CPU accounting, estimates) depend on the library versions; CUDA
+            # figures are compared across versions (that is what a tolerance is for), but
+            # not across GPU models, whose kernels and workspaces differ
+            keys = ("device_name",) if old == "cuda" else VERSIONED
+            changed = [f"{p} {b['env'].get(p)} vs {c['env'].get(p)}" for p in keys if b["env"].get(p) != c["env"].get(p)]
             if changed:
-                reasons.append(
-                    f"exact CPU-accounting figures compare only between equal versions: {', '.join(changed)} (baseline vs current)"
-                )
+                reasons.append(f"{old} figures compare only between equal environments: {', '.join(changed)} (baseline vs current)")
     return list(dict.fromkeys(reasons))
 
 
