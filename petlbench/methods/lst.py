@@ -214,6 +214,17 @@ def prune_block_into(
             side_at(path).bias.copy_(at(path).bias[resid])
 
 
+def row_importance(
+    backbone: nn.Module, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What ranks the backbone's rows for ``cfg.init``: squared gradients (Fisher, computed
+    here on ``data``), weight magnitude, or None for a random initialisation."""
+    if cfg.init == "fisher":
+        fisher = fisher_importance(backbone, data(cfg.fisher_batch_size), max(1, cfg.fisher_samples // cfg.fisher_batch_size))
+        return fisher.__getitem__
+    return torch.abs if cfg.init == "magnitude" else None
+
+
 @register("lst", LSTConfig, needs_data=True, backbones=("clip", "vse"))
 def apply(backbone: ClipDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> nn.Module:
     """``data(batch_size)`` yields training batches for the Fisher ranking (setup: it runs
@@ -225,12 +236,8 @@ def apply(backbone: ClipDualEncoder, cfg: LSTConfig, data: Callable[[int], Itera
         return build(backbone, cfg, data)
     backbone.requires_grad_(False)
     model = LadderSideTuned(backbone, cfg)
-    if cfg.init != "random":
-        if cfg.init == "fisher":
-            fisher = fisher_importance(backbone, data(cfg.fisher_batch_size), max(1, cfg.fisher_samples // cfg.fisher_batch_size))
-            importance = fisher.__getitem__
-        else:
-            importance = torch.abs
+    importance = row_importance(backbone, cfg, data)
+    if importance is not None:
         for tower in TOWERS:
             side = model.side[tower]
             for j, layer in enumerate(side.keep):

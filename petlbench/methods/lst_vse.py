@@ -18,7 +18,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from petlbench.config import ConfigError
-from petlbench.methods.lst import BlockLayout, LadderSide, LSTConfig, fisher_importance, prune_block_into
+from petlbench.methods.lst import BlockLayout, LadderSide, LSTConfig, prune_block_into, row_importance
 from petlbench.models.vse import VseDualEncoder
 
 
@@ -73,12 +73,8 @@ BERT_LAYER = BlockLayout(
 def build(backbone: VseDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> LadderSideTunedVse:
     backbone.requires_grad_(False)
     model = LadderSideTunedVse(backbone, cfg).to(backbone.logit_scale.device)
-    if cfg.init != "random":
-        if cfg.init == "fisher":
-            fisher = fisher_importance(backbone, data(cfg.fisher_batch_size), max(1, cfg.fisher_samples // cfg.fisher_batch_size))
-            importance = fisher.__getitem__
-        else:
-            importance = torch.abs
+    importance = row_importance(backbone, cfg, data)
+    if importance is not None:
         side, layers = model.side["text"], backbone.bert.encoder.layer
         for j, layer in enumerate(side.keep):
             prune_block_into(side.blocks[j], layers[layer], importance, backbone.bert.config.num_attention_heads, BERT_LAYER)
