@@ -27,6 +27,7 @@ from torch import nn
 
 from petlbench.config import ConfigError, MethodConfig
 from petlbench.models.clip import TOWERS, ClipDualEncoder
+from petlbench.models.wrapper import BackboneWrapper
 from petlbench.objective import contrastive_loss
 from petlbench.registry import backbone_kind, register
 
@@ -85,12 +86,11 @@ def _causal_padding_mask(token_mask: torch.Tensor) -> torch.Tensor:
     return (causal[None] & token_mask[:, None, :])[:, None]
 
 
-class LadderSideTuned(nn.Module):
+class LadderSideTuned(BackboneWrapper):
     """The backbone (frozen, no graph) plus one side network per tower."""
 
     def __init__(self, backbone: ClipDualEncoder, cfg: LSTConfig):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         towers = backbone.blocks()
         depth = len(towers["vision"])
         if any(not 0 <= i < len(b) for b in towers.values() for i in cfg.drop_layers):
@@ -101,10 +101,6 @@ class LadderSideTuned(nn.Module):
                 for tower, blocks in towers.items()
             }
         )
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.backbone.logit_scale
 
     def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

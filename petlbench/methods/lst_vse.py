@@ -20,29 +20,21 @@ from transformers.masking_utils import create_bidirectional_mask
 from petlbench.config import ConfigError
 from petlbench.methods.lst import BlockLayout, LadderSide, LSTConfig, prune_block_into, row_importance
 from petlbench.models.vse import VseDualEncoder
+from petlbench.models.wrapper import BackboneWrapper
 
 
-class LadderSideTunedVse(nn.Module):
+class LadderSideTunedVse(BackboneWrapper):
     """The frozen VSE backbone plus a ladder side network on its text tower."""
 
+    frozen_eval = True
+
     def __init__(self, backbone: VseDualEncoder, cfg: LSTConfig):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         layers = backbone.bert.encoder.layer
         if any(not 0 <= i < len(layers) for i in cfg.drop_layers):
             raise ConfigError(f"lst: drop_layers={cfg.drop_layers} must index the text tower's layers (0..{len(layers) - 1})")
         keep = [i for i in range(len(layers)) if i not in cfg.drop_layers]
         self.side = nn.ModuleDict({"text": LadderSide(layers, keep, cfg.r, cfg.gate_temperature, config=backbone.bert.config)})
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.backbone.logit_scale
-
-    def train(self, mode: bool = True) -> LadderSideTunedVse:
-        """The side network follows ``mode``; the frozen backbone always runs in eval mode."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

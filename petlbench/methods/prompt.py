@@ -20,6 +20,7 @@ from transformers.masking_utils import create_causal_mask
 
 from petlbench.config import ConfigError, MethodConfig
 from petlbench.models.clip import TOWERS, ClipDualEncoder, eot_positions
+from petlbench.models.wrapper import BackboneWrapper
 from petlbench.registry import register
 
 # Prompts go right after the first token: CLS stays at position 0 (what the vision tower
@@ -46,7 +47,7 @@ def _splice(x: torch.Tensor, remove: int, insert: torch.Tensor | None = None) ->
     return torch.cat(parts, dim=1)
 
 
-class PromptedClip(nn.Module):
+class PromptedClip(BackboneWrapper):
     """A CLIP dual encoder whose towers walk their blocks themselves to splice prompts in.
 
     Written against the transformers 5.x CLIP layout (pyproject pins >=5,<6):
@@ -56,8 +57,7 @@ class PromptedClip(nn.Module):
     to each layer. Everything else goes through `ClipDualEncoder`."""
 
     def __init__(self, backbone: ClipDualEncoder, prompts: int, depth: Literal["deep", "shallow"]):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         self.n_prompts = prompts
         config = backbone.clip.config
         self.prompts = nn.ParameterDict()
@@ -77,10 +77,6 @@ class PromptedClip(nn.Module):
             width = self.prompts[tower].shape[-1]
             bound = math.sqrt(6.0 / (fan_in[tower] + width))
             nn.init.uniform_(self.prompts[tower], -bound, bound)  # the global torch seed
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.backbone.logit_scale
 
     def _walk(self, tower: str, x: torch.Tensor, mask: torch.Tensor | None, **block_kwargs) -> torch.Tensor:
         """Run ``tower``'s blocks on ``x`` (which holds the first prompt set), replacing the

@@ -17,6 +17,7 @@ from torch import nn
 from petlbench.config import ConfigError, MethodConfig
 from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
 from petlbench.models.pooling import masked_mean
+from petlbench.models.wrapper import BackboneWrapper
 from petlbench.registry import backbone_kind, register
 
 # The authors clamp the L1 norm here: a query whose scores are all truncated attends to
@@ -83,18 +84,13 @@ class UniPTTower(nn.Module):
         return embedding + self.up(self.confidence(anchor, summaries, merged))
 
 
-class UniPT(nn.Module):
+class UniPT(BackboneWrapper):
     """The frozen dual encoder with one `UniPTTower` per tower; exposes the backbone's
     interface (`encode_image`, `encode_text`, `logit_scale`)."""
 
     def __init__(self, backbone: ClipDualEncoder, towers: dict[str, UniPTTower]):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         self.towers = nn.ModuleDict(towers)
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.backbone.logit_scale
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self._encode("vision", pixel_values=pixel_values)

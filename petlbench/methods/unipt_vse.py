@@ -23,6 +23,7 @@ from petlbench.methods.unipt import L1_EPS, LayerConfidence, truncated_attention
 from petlbench.models.clip import TowerStates
 from petlbench.models.pooling import masked_mean
 from petlbench.models.vse import VseDualEncoder
+from petlbench.models.wrapper import BackboneWrapper
 
 
 def _project(width: int) -> nn.Sequential:
@@ -134,25 +135,16 @@ class CnnUniPT(nn.Module):
         return self.output(anchor + self.project(mixed))
 
 
-class UniPTVse(nn.Module):
+class UniPTVse(BackboneWrapper):
     """The frozen VSE dual encoder with UniPT's CNN variant on the image tower and its
     token-level variant on the text tower; exposes the backbone's interface."""
 
+    frozen_eval = True
+
     def __init__(self, backbone: VseDualEncoder, image: CnnUniPT, text: TokenUniPT):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         self.image = image
         self.text = text
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.backbone.logit_scale
-
-    def train(self, mode: bool = True) -> UniPTVse:
-        """The UniPT modules follow ``mode``; the frozen backbone always runs in eval mode."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # explicit, see UniPT.frozen_states
