@@ -11,6 +11,7 @@ from petlbench.config import build, load_variant
 from petlbench.models.resolve import load_clip
 from petlbench.objective import contrastive_loss
 from petlbench.registry import registered
+from tests.frozen import assert_unchanged_except, snapshot
 
 METHODS = sorted(registered())
 CAPTIONS = [
@@ -27,8 +28,7 @@ def setup(request):
     backbone, tok = load_clip("embedded-clip", "sdpa", torch.device("cpu"))
     enc = tok(CAPTIONS, padding="max_length", max_length=40, return_tensors="pt")
     batch = {"pixel_values": torch.randn(4, 3, 48, 48), "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    # keyed by tensor identity: a method may re-parent the backbone's modules (PEFT does)
-    before = {id(t): (n, t.detach().clone()) for n, t in itertools.chain(backbone.named_parameters(), backbone.named_buffers())}
+    before = snapshot(backbone)
     spec = registered()[request.param]
     cfg = load_variant(request.param).config
     if spec.needs_data:
@@ -69,12 +69,7 @@ def test_training_changes_trainable_and_nothing_frozen(setup):
         opt.zero_grad(set_to_none=True)
     assert any(not torch.equal(a, p) for a, p in zip(start, trainable, strict=True))
     # every backbone tensor that does not train, buffers included, is bit-identical
-    tensors = {id(t): t for t in itertools.chain(backbone.parameters(), backbone.buffers())}
-    assert set(before) <= set(tensors), "a backbone tensor was replaced"
-    trained = {id(p) for p in trainable}
-    for key, (name, old) in before.items():
-        if key not in trained:
-            assert torch.equal(tensors[key], old), name
+    assert_unchanged_except(backbone, before, {id(p) for p in trainable})
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -18,6 +18,7 @@ from petlbench.objective import contrastive_loss
 from petlbench.registry import registered
 from petlbench.train import RunOutcome, prepare
 from tests.conftest import TINY
+from tests.frozen import assert_unchanged_except, snapshot
 
 VSE_METHODS = sorted(name for name, spec in registered().items() if "vse" in spec.backbones)
 OTHER_METHODS = sorted(name for name, spec in registered().items() if "vse" not in spec.backbones)
@@ -99,7 +100,7 @@ def test_contract_on_vse(method):
     torch.manual_seed(0)
     backbone = tiny_vse()
     batch = _batch()
-    before = {id(t): (n, t.detach().clone()) for n, t in itertools.chain(backbone.named_parameters(), backbone.named_buffers())}
+    before = snapshot(backbone)
     model = _apply(method, backbone)
     model.train()
     named = dict(model.named_parameters())
@@ -116,15 +117,10 @@ def test_contract_on_vse(method):
         opt.step()
         opt.zero_grad(set_to_none=True)
     assert any(not torch.equal(a, p) for a, p in zip(start, trainable, strict=True))
-    tensors = {id(t): t for t in itertools.chain(backbone.parameters(), backbone.buffers())}
-    assert set(before) <= set(tensors), "a backbone tensor was replaced"
-    trained = {id(p) for p in trainable}
     cnn_trains = any(p.requires_grad for p in backbone.resnet.parameters())
     bn_stats = {id(t) for m in backbone.resnet.modules() if isinstance(m, nn.BatchNorm2d) for t in m.buffers()}
-    for key, (name, old) in before.items():
-        if key in trained or (cnn_trains and key in bn_stats):
-            continue  # a training CNN (full) updates its BatchNorm statistics, as it should
-        assert torch.equal(tensors[key], old), name
+    # a training CNN (full) updates its BatchNorm statistics, as it should
+    assert_unchanged_except(backbone, before, {id(p) for p in trainable} | (bn_stats if cnn_trains else set()))
     if not cnn_trains:
         assert bn_stats and not any(m.training for m in backbone.resnet.modules())
 
