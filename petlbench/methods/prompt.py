@@ -108,7 +108,9 @@ class PromptedClip(BackboneWrapper):
         x = text.embeddings(input_ids=input_ids)  # position embeddings of the caption's own positions
         x = _splice(x, 0, self.prompts["text"][0].expand(len(x), -1, -1))
         padding = _splice(attention_mask, 0, attention_mask.new_ones(len(x), self.n_prompts))
-        mask = create_causal_mask(config=text.config, inputs_embeds=x, attention_mask=padding, cache=None)
+        # Positional: the fourth argument (no KV cache) is `past_key_values` in transformers
+        # <= 5.17 and `cache` later.
+        mask = create_causal_mask(text.config, x, padding, None)
         return self._walk("text", x, mask, is_causal=True)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
