@@ -12,10 +12,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
 from petlbench import config as cfgmod
 from petlbench.config import ConfigError
 from petlbench.report.tables import BY, FORMATS, summary_table
+
+if TYPE_CHECKING:
+    from petlbench.sweep import Shard
 
 
 def _fraction(text: str) -> float:
@@ -40,6 +44,15 @@ def _positive_int(text: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
 
 
+def _shard(text: str) -> Shard:
+    from petlbench.sweep import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _size(text: str) -> int:
     from petlbench.estimate import parse_size
 
@@ -52,12 +65,8 @@ def _size(text: str) -> int:
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from petlbench import estimate
 
-    if args.precision != "fp32":
-        raise ConfigError(f"--precision {args.precision}: not estimated yet (CPU and CUDA autocast differ; measurement.md)")
-    if args.grad_checkpointing:
-        raise ConfigError("--grad-checkpointing: not estimated yet (the training loop does not checkpoint either)")
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
-    job = estimate.make_job(args.model, args.suite, methods, args.seq_len)
+    job = estimate.make_job(args.model, args.suite, methods, args.seq_len, args.precision, args.grad_checkpointing)
     if args.budget is None:
         rows, batch = estimate.at_batch(job, args.batch_size), f"batch {args.batch_size}"
     else:
@@ -78,16 +87,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from petlbench.sweep import make_plan, resolve_device, run_plan
 
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
-    plan = make_plan(args.suite, methods, args.seeds, args.output, args.set)
+    plan = make_plan(args.suite, methods, args.seeds, args.output, args.set, args.shard)
     device = resolve_device(args.device)
-    grid = len(plan.variants) * len(plan.seeds)
-    print(
-        f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {grid} runs on {device}, records in {plan.output}"
-    )
+    runs, grid = len(plan.runs()), len(plan.grid())
+    part = f"{runs} runs" if plan.shard is None else f"shard {plan.shard}: {runs} of {grid} runs"
+    print(f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {part} on {device}, records in {plan.output}")
+    if not runs:
+        print(f"shard {plan.shard}: nothing to do, the grid has {grid} runs for {plan.shard.count} shards")
+        return 0
     results = run_plan(plan, device)
     print()
     print(summary_table(results))
-    _write_report(plan.output)
+    if plan.shard is None:
+        _write_report(plan.output)
+    else:  # the other shards may still be running: the report is made once they all are done
+        print(
+            f"shard {plan.shard} done, no report written; once all {plan.shard.count} shards are done, "
+            f"merge them with `petlbench report {plan.output}` and `petlbench plot {plan.output}`"
+        )
     failed = [r for r in results if r["run"]["status"] == "error"]
     return 1 if failed else 0
 
@@ -160,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--output", type=Path, help="record folder; default results/<suite>/<timestamp>/")
     run.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="run only shard I of N (0-based: I = 0..N-1, e.g. $SLURM_ARRAY_TASK_ID with --array=0-(N-1)): "
+        "the (variant, seed) runs at grid positions p with p %% N == I; requires --output, the folder all N shards share; "
+        "writes records only: run `petlbench report DIR` and `petlbench plot DIR` when all shards are done",
+    )
+    run.add_argument(
         "--set",
         action="append",
         default=[],
@@ -196,15 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="peak training memory of method variants on a real-size model, from fake tensors (no GPU, no weights)",
         description="Estimate torch.cuda.max_memory_allocated of the suite's training step for every method variant, without allocating it.",
     )
-    est.add_argument("--model", required=True, help="shipped model or architecture, or a folder with config.json")
+    est.add_argument(
+        "--model", required=True, help="shipped model or architecture, a folder with config.json or vse.json, or a cached Hugging Face id"
+    )
     size = est.add_mutually_exclusive_group(required=True)
     size.add_argument("--batch-size", type=_positive_int, help="estimate the peak at this batch size")
     size.add_argument("--budget", type=_size, help="find each variant's largest batch size whose peak fits, e.g. 24GiB or 512MiB")
-    est.add_argument("--seq-len", type=_positive_int, help="text tokens per caption; default: the model's maximum (77 for CLIP)")
+    est.add_argument(
+        "--seq-len", type=_positive_int, help="text tokens per caption; default: the model's maximum (77 for CLIP, 512 for BERT)"
+    )
     est.add_argument("--methods", help="comma-separated variant names (methods/NAME.yaml) or YAML paths; default: every variant")
     est.add_argument("--suite", default="vl-retrieval", help="suite whose training rules apply (optimizer, head, temperature, attention)")
-    est.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="only fp32 is estimated so far")
-    est.add_argument("--grad-checkpointing", action="store_true", help="not estimated so far")
+    est.add_argument(
+        "--precision",
+        choices=get_args(cfgmod.Precision),
+        help="default: the suite's train.precision; bf16 estimates CPU autocast and is unvalidated until checked on a GPU",
+    )
+    est.add_argument(
+        "--grad-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        help="activation checkpointing of every transformer block, or not (--no-grad-checkpointing); default: the suite's train.grad_checkpointing",
+    )
     est.add_argument("--json", action="store_true", help="print a JSON list, one object per variant")
     est.add_argument("--output", type=Path, help="also write result records (memory source 'estimate') to this folder")
     est.set_defaults(func=_cmd_estimate)

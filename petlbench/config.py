@@ -36,19 +36,51 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "attention kernel, pinned for every method"})
 
 
+# Field metadata ``hashed: False``: a setting that cannot change a run's result (where the
+# data lives, how many processes load it), left out of `suite_hash` so that records of the
+# same data set from two machines share a table.
+NOT_HASHED = {"hashed": False}
+
+
 @dataclass
 class DataConfig:
-    kind: Literal["scenes"] = field(metadata={"help": "data source; 'scenes' is the embedded generator"})
-    seed: int = field(default=0, metadata={"help": "generator seed: the data set is identical for every run seed"})
-    train_images: int = 6000
-    val_images: int = 500
-    test_images: int = 1000
+    kind: Literal["scenes", "karpathy", "jsonl"] = field(
+        metadata={"help": "'scenes': the embedded generator; 'karpathy': a Karpathy-split JSON (Flickr30K, COCO); 'jsonl': a manifest"}
+    )
+    root: str = field(
+        default="", metadata={"help": "karpathy / jsonl: the folder holding the annotation file and the images folder", **NOT_HASHED}
+    )
+    annotations: str = field(default="", metadata={"help": "karpathy / jsonl: the annotation file, relative to data.root"})
+    images: str = field(default="", metadata={"help": "karpathy / jsonl: the images folder, relative to data.root"})
+    seed: int = field(default=0, metadata={"help": "scenes: generator seed (the data set is identical for every run seed)"})
+    train_images: int = field(default=6000, metadata={"help": "scenes: images generated; karpathy / jsonl: the first N (0: all)"})
+    val_images: int = field(default=500, metadata={"help": "as train_images, for the validation split"})
+    test_images: int = field(default=1000, metadata={"help": "as train_images, for the test split"})
+    captions_per_image: int = field(default=5, metadata={"help": "karpathy / jsonl: captions kept per image (the first ones)"})
     text_length: int = field(default=40, metadata={"help": "tokens per caption (padded)"})
+    workers: int = field(
+        default=4, metadata={"help": "karpathy / jsonl: DataLoader worker processes (0: load in the main process)", **NOT_HASHED}
+    )
 
     def __post_init__(self):
+        files = self.kind != "scenes"
         for split in ("train", "val", "test"):
-            if getattr(self, f"{split}_images") < 1:
-                raise ConfigError("every split needs at least one image", key=f"data.{split}_images")
+            if getattr(self, f"{split}_images") < (0 if files else 1):
+                rule = "0 (all) or more" if files else "at least 1 (0 means 'all' only for data read from files)"
+                raise ConfigError(rule, key=f"data.{split}_images")
+        for key in ("root", "annotations", "images"):
+            if files and not getattr(self, key):
+                raise ConfigError(f"required for data.kind {self.kind!r} (a path)", key=f"data.{key}")
+            if not files and getattr(self, key):
+                raise ConfigError("only for data read from files (data.kind karpathy or jsonl)", key=f"data.{key}")
+        if self.captions_per_image < 1:
+            raise ConfigError("at least 1", key="data.captions_per_image")
+        if self.workers < 0:
+            raise ConfigError("0 or more", key="data.workers")
+
+
+# Training precisions; `objective.autocast` is the one place that maps them to an autocast context.
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass
@@ -61,7 +93,14 @@ class TrainConfig:
         default="foreach", metadata={"help": "AdamW implementation: it changes the memory peak"}
     )
     weight_decay: float = 0.0
-    precision: Literal["fp32"] = "fp32"
+    precision: Precision = field(
+        default="fp32",
+        metadata={"help": "bf16: forward and loss under torch.autocast (weights, gradients and optimizer state stay fp32)"},
+    )
+    grad_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "non-reentrant activation checkpointing of every transformer block (transformers' own mechanism)"},
+    )
     head: Literal["frozen", "trainable"] = field(
         default="frozen", metadata={"help": "the towers' final projections, for every method that does not define them itself"}
     )
@@ -80,6 +119,13 @@ class TrainConfig:
 class EvalConfig:
     split: Literal["val", "test"] = field(default="test", metadata={"help": "'val' for learning-rate sweeps, 'test' for reported numbers"})
     batch_size: int = 256
+    folds: int = field(default=1, metadata={"help": "also report the mean over this many equal folds of the split (COCO: 5 folds of 1K)"})
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError("at least 1", key="eval.batch_size")
+        if self.folds < 1:
+            raise ConfigError("at least 1", key="eval.folds")
 
 
 @dataclass
@@ -90,8 +136,8 @@ class SuiteConfig:
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    description: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0], metadata=NOT_HASHED)
+    description: str = field(default="", metadata=NOT_HASHED)
 
 
 @dataclass
@@ -306,13 +352,18 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _hashed(obj: Any) -> Any:
+    """``obj`` as a dict without its `NOT_HASHED` fields, recursively."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    return {f.name: _hashed(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("hashed", True)}
+
+
 def suite_hash(suite: SuiteConfig) -> str:
     """Covers everything that must be equal for records to share a table: the resolved
-    suite without its default seed list (and without its free-text description)."""
-    data = to_dict(suite)
-    data.pop("seeds")
-    data.pop("description")
-    return _digest(data)
+    suite without what cannot change a result (`NOT_HASHED`: the default seed list, the
+    description, where the data lives and how many workers load it)."""
+    return _digest(_hashed(suite))
 
 
 def run_hash(suite: SuiteConfig, variant: Variant, seed: int) -> str:

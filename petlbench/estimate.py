@@ -17,14 +17,14 @@ from typing import Any
 import torch
 from tabulate import tabulate
 from tqdm.auto import tqdm
-from transformers import CLIPConfig
 
 from petlbench import config as cfgmod
 from petlbench import records
-from petlbench.config import ConfigError, SuiteConfig, Variant
+from petlbench.config import ConfigError, Precision, SuiteConfig, TrainConfig, Variant
 from petlbench.measure.estimate import CUDA_GRANULARITY, CUDA_WORKSPACE_BYTES, FakeTraining, MiB, largest_batch
 from petlbench.measure.memory import PhasePeak
-from petlbench.models.resolve import load_config
+from petlbench.models.loader import Architecture, load_architecture
+from petlbench.registry import get_method, registered
 from petlbench.report import memory_unit
 from petlbench.sweep import Plan, make_record
 from petlbench.train import RunOutcome, trainable_rule
@@ -34,6 +34,12 @@ UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 PARTS = {"parameters": "parameters", "optimizer_state": "optimizer state", "transient_peak": "transient peak", "workspace": "workspace"}
 # An estimate depends on no seed; records still name one (`records.record_path`).
 SEED = 0
+# Why figures are not yet checked against a GPU (measurement.md): said by `describe`, the JSON and the records.
+UNCHECKED_CUDA = "the CUDA allocation rounding and the cuBLAS workspace constant are unchecked until scripts/measure_cuda.py runs on a GPU"
+UNCHECKED_BF16 = (
+    "bf16 figures are unvalidated until checked on a GPU: the estimate runs CPU autocast, which computes some ops "
+    "(layer norm, softmax) in bf16 that CUDA autocast computes in fp32"
+)
 
 
 def parse_size(text: str) -> int:
@@ -52,9 +58,10 @@ class Job:
     """What every estimate of one command shares."""
 
     model: str
-    config: CLIPConfig
+    architecture: Architecture
     suite: SuiteConfig  # whose training rules apply, with the model and text length replaced
-    variants: list[Variant]
+    variants: list[Variant]  # those whose method applies to the architecture's family
+    unsupported: list[str]  # the other variants asked for, left out
 
 
 @dataclass
@@ -70,11 +77,21 @@ class Row:
     max_batch_size: int | None = None  # with a budget: the answer (0: not even batch 1 fits)
 
 
-def make_job(model: str, suite: str, methods: list[str] | None, text_length: int | None) -> Job:
+def make_job(
+    model: str,
+    suite: str,
+    methods: list[str] | None,
+    text_length: int | None,
+    precision: Precision | None = None,
+    grad_checkpointing: bool | None = None,
+) -> Job:
     """Validate the model, the suite, the variants (default: every shipped variant) and
-    the text length (default: the model's maximum) before anything is estimated."""
-    config = load_config(model)
-    max_text = config.text_config.max_position_embeddings
+    the text length (default: the model's maximum) before anything is estimated;
+    ``precision`` and ``grad_checkpointing`` replace the suite's where given. Variants
+    whose method does not apply to the model's family are left out (`Job.unsupported`);
+    an error when that leaves none."""
+    architecture = load_architecture(model)
+    max_text = architecture.max_text_positions
     if text_length is not None and not 1 <= text_length <= max_text:
         raise ConfigError(f"--seq-len {text_length}: the model {model!r} has 1 to {max_text} text positions")
     suite_cfg = cfgmod.load_suite(suite)
@@ -83,9 +100,20 @@ def make_job(model: str, suite: str, methods: list[str] | None, text_length: int
         description=f"estimate for {model} under the training rules of suite {suite_cfg.name}",
         model=dataclasses.replace(suite_cfg.model, name=model),
         data=dataclasses.replace(suite_cfg.data, text_length=text_length or max_text),
+        train=dataclasses.replace(
+            suite_cfg.train,
+            precision=precision or suite_cfg.train.precision,
+            grad_checkpointing=suite_cfg.train.grad_checkpointing if grad_checkpointing is None else grad_checkpointing,
+        ),
     )
     names = methods or [p.stem for p in cfgmod.available("methods")]
-    return Job(model, config, suite_cfg, [cfgmod.load_variant(name) for name in names])
+    variants = [cfgmod.load_variant(name) for name in names]
+    family = architecture.family
+    supported = [v for v in variants if family in get_method(v.method).backbones]
+    if not supported:
+        applicable = ", ".join(sorted(name for name, spec in registered().items() if family in spec.backbones))
+        raise ConfigError(f"--methods {','.join(names)}: none applies to the {family!r} family of {model!r}; methods that do: {applicable}")
+    return Job(model, architecture, suite_cfg, supported, [v.name for v in variants if v not in supported])
 
 
 def _estimates(job: Job, measure: Callable[[FakeTraining], tuple[int, PhasePeak, int | None]], budget: int | None = None) -> list[Row]:
@@ -93,7 +121,7 @@ def _estimates(job: Job, measure: Callable[[FakeTraining], tuple[int, PhasePeak,
     rows = []
     for variant in tqdm(job.variants, desc="estimate", unit="variant", leave=False, disable=None):
         t0 = time.perf_counter()
-        training = FakeTraining(job.config, job.suite, variant, job.suite.data.text_length)
+        training = FakeTraining(job.architecture, job.suite, variant, job.suite.data.text_length)
         batch_size, peak, largest = measure(training)
         rows.append(Row(variant, batch_size, peak, training.params, time.perf_counter() - t0, budget, largest))
     return rows
@@ -121,15 +149,29 @@ def within_budget(job: Job, budget: int) -> list[Row]:
     return _estimates(job, measure, budget)
 
 
+def unvalidated(train: TrainConfig) -> list[str]:
+    """Why estimates under the training options ``train`` are not yet checked against a GPU."""
+    return [UNCHECKED_CUDA, *([UNCHECKED_BF16] if train.precision == "bf16" else [])]
+
+
 def describe(job: Job, batch: str) -> str:
-    """One paragraph saying what the figures are; ``batch`` says at which batch size."""
-    train = job.suite.train
+    """One paragraph saying what the figures are (``batch``: at which batch size), how far
+    they are validated, and which variants were left out."""
+    train, side = job.suite.train, job.architecture.image_size
+    precision = "bf16 autocast" if train.precision == "bf16" else train.precision
+    checkpointing = ", activation checkpointing of every transformer block" if train.grad_checkpointing else ""
+    bf16 = f" {UNCHECKED_BF16}." if train.precision == "bf16" else ""
+    left_out = (
+        f" Left out, their methods do not apply to the {job.architecture.family!r} family: {', '.join(job.unsupported)}."
+        if job.unsupported
+        else ""
+    )
     return (
-        f"Estimated training peak on a GPU (torch.cuda.max_memory_allocated) of {job.model}, {batch}, "
-        f"{job.suite.data.text_length} text tokens, {train.precision}, AdamW {train.optimizer_impl}, "
+        f"Estimated training peak on a GPU (torch.cuda.max_memory_allocated) of {job.model}, {batch}, {side}x{side} images, "
+        f"{job.suite.data.text_length} text tokens, {precision}{checkpointing}, AdamW {train.optimizer_impl}, "
         f"head {train.head}, temperature {train.temperature} (suite {job.suite.name}): "
         f"fake tensors, each allocation rounded up to {CUDA_GRANULARITY} B, plus {CUDA_WORKSPACE_BYTES / MiB:.0f} MiB "
-        "of cuBLAS workspaces (an unvalidated constant until checked on a GPU)."
+        "of cuBLAS workspaces (an unvalidated constant until checked on a GPU)." + bf16 + left_out
     )
 
 
@@ -164,7 +206,10 @@ def as_json(job: Job, rows: list[Row]) -> str:
             "batch_size": row.batch_size,
             "text_length": job.suite.data.text_length,
             "precision": job.suite.train.precision,
+            "grad_checkpointing": job.suite.train.grad_checkpointing,
             "optimizer_impl": job.suite.train.optimizer_impl,
+            "validated": not unvalidated(job.suite.train),
+            "unvalidated": unvalidated(job.suite.train),
             **row.params,
             "train_peak_bytes": row.peak.peak_bytes,
             "breakdown": row.peak.breakdown,
@@ -192,6 +237,8 @@ def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
             "train_breakdown": row.peak.breakdown,
             "measured_steps": [1, 1],
             "budget_bytes": row.budget_bytes,
+            "validated": not unvalidated(job.suite.train),
+            "unvalidated": unvalidated(job.suite.train),
         }
         outcome = RunOutcome(metrics=None, cost={**row.params, "memory": memory}, trainable_rule=trainable_rule(suite, row.variant))
         status, error = (

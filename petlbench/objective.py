@@ -3,13 +3,27 @@ pretraining script."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import statistics
 
 import torch
 import torch.nn.functional as F
 
+from petlbench.config import Precision
 from petlbench.data.retrieval import RetrievalSplit
+from petlbench.measure.memory import host_batches
 from petlbench.metrics import retrieval_recalls
+
+
+def autocast(precision: Precision, device_type: str) -> contextlib.AbstractContextManager:
+    """The one mapping of the suite's `train.precision` to the context that the training
+    step's forward and loss, and the evaluation's forward, run under. bf16: `torch.autocast`
+    (weights, gradients and optimizer state stay fp32; bf16 has fp32's exponent range, so no
+    loss scaling). fp32: no context at all, so fp32 figures are exactly those of plain code."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype={"bf16": torch.bfloat16}[precision])
 
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -32,31 +46,41 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 
 @torch.no_grad()
-def embed_split(model, split: RetrievalSplit, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised embeddings of every image and every caption (captions flattened image-major).
-    Batches are copied to ``device`` even on the CPU, so that every device holds (and the
-    CPU accounting counts) the batch, as with training batches."""
-    images = [
-        F.normalize(model.encode_image(split.pixels[i : i + batch_size].to(device, copy=True)), dim=-1)
-        for i in range(0, split.n_images, batch_size)
-    ]
-    ids = split.input_ids.flatten(0, 1)
-    mask = split.attention_mask.flatten(0, 1)
-    texts = [
-        F.normalize(
-            model.encode_text(ids[i : i + batch_size].to(device, copy=True), mask[i : i + batch_size].to(device, copy=True)), dim=-1
-        )
-        for i in range(0, ids.shape[0], batch_size)
-    ]
+def embed_split(
+    model, split: RetrievalSplit, batch_size: int, device: torch.device, precision: Precision = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised fp32 embeddings of every image and every caption (captions flattened
+    image-major), the forward under the training ``precision`` so that evaluation memory and
+    speed reflect it. Batches are read under `host_side` and copied to ``device`` even on the
+    CPU, so that every device holds (and the CPU accounting counts) the batch, as with
+    training batches."""
+
+    def embed(encode, *batch: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device.type):
+            out = encode(*(t.to(device, copy=True) for t in batch))
+        return F.normalize(out.float(), dim=-1)
+
+    images = [embed(model.encode_image, pixels) for pixels in host_batches(split.image_batches(batch_size))]
+    texts = [embed(model.encode_text, ids, mask) for ids, mask in host_batches(split.caption_batches(batch_size))]
     return torch.cat(images), torch.cat(texts)
 
 
-def evaluate(model, split: RetrievalSplit, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Recalls and rSum of ``model`` on ``split`` (eval mode restored to the caller's mode)."""
+def evaluate(model, split: RetrievalSplit, batch_size: int, device: torch.device, folds: int = 1, precision: Precision = "fp32") -> dict:
+    """Recalls and rSum of ``model`` on ``split``, with the number of images and captions
+    ranked; with ``folds`` > 1, also under ``folds`` their mean over that many equal folds
+    (COCO's 1K test: 5 folds of its 5K test images); the forward under the training
+    ``precision``. Restores the caller's train/eval mode."""
     was_training = model.training
     model.eval()
     try:
-        images, texts = embed_split(model, split, batch_size, device)
-        return retrieval_recalls((images @ texts.T).float().cpu(), split.captions_per_image)
+        images, texts = embed_split(model, split, batch_size, device, precision)
     finally:
         model.train(was_training)
+    similarity = (images @ texts.T).float().cpu()
+    k = split.captions_per_image
+    metrics = {**retrieval_recalls(similarity, k), "images": split.n_images, "captions": split.n_images * k}
+    if folds > 1:
+        m = split.n_images // folds  # `sweep.make_plan` checks that the folds are equal
+        per_fold = [retrieval_recalls(similarity[f * m : (f + 1) * m, f * m * k : (f + 1) * m * k], k) for f in range(folds)]
+        metrics["folds"] = {"count": folds, "images": m, **{key: statistics.fmean(r[key] for r in per_fold) for key in per_fold[0]}}
+    return metrics

@@ -1,9 +1,11 @@
 """Runs the (variant, seed) grid of a suite: one atomic result record per run, resumable,
-and a failing run becomes a record instead of ending the sweep."""
+and a failing run becomes a record instead of ending the sweep. A grid can be split into
+shards that separate processes run into one folder."""
 
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -18,10 +20,40 @@ from tqdm.auto import tqdm
 from petlbench import config as cfgmod
 from petlbench import records
 from petlbench.config import ConfigError, SuiteConfig, Variant
-from petlbench.models.resolve import load_config
-from petlbench.models.resolve import resolve as resolve_model
+from petlbench.data.files import validate as validate_data
+from petlbench.models.loader import load_architecture
 from petlbench.registry import UnsupportedError, registered
 from petlbench.train import DivergedError, RunOutcome, run
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` of ``count``, 0-based so that ``$SLURM_ARRAY_TASK_ID`` of ``--array=0-(N-1)``
+    is an index as it stands. It takes the grid positions p with p % count == index: round-robin
+    mixes cheap and costly variants in every part, and the split depends on the plan only, never
+    on which records exist, so shards started at different times still partition the same grid."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"{self}: the number of shards N must be at least 1")
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"{self}: expected 0 <= I < N, shards are 0-based (0/{self.count} to {self.count - 1}/{self.count})")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``I/N`` as written on the command line."""
+        if not (match := re.fullmatch(r"(\d+)/(\d+)", text.strip(), re.ASCII)):
+            raise ValueError(f"expected I/N such as 0/4 (shard I of N, 0-based), got {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def select(self, grid: list[tuple[Variant, int]]) -> list[tuple[Variant, int]]:
+        return grid[self.index :: self.count]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass
@@ -31,6 +63,15 @@ class Plan:
     seeds: list[int]
     overrides: list[str]
     output: Path
+    shard: Shard | None = None
+
+    def grid(self) -> list[tuple[Variant, int]]:
+        """Every (variant, seed) of the sweep, in the order shards are cut from."""
+        return [(v, s) for v in self.variants for s in self.seeds]
+
+    def runs(self) -> list[tuple[Variant, int]]:
+        """The (variant, seed) this process runs: the whole grid, or its shard's part."""
+        return self.shard.select(self.grid()) if self.shard else self.grid()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,21 +88,39 @@ def default_variants() -> list[str]:
     return [name for name in sorted(registered()) if name in shipped]
 
 
-def make_plan(suite: str, methods: list[str] | None, seeds: list[int] | None, output: Path | None, overrides: list[str]) -> Plan:
+def _check_data(suite: SuiteConfig) -> None:
+    """Data read from files is checked whole (every image) before the first run; the
+    evaluation folds must split the evaluated images equally."""
+    data = suite.data
+    n_eval = len(validate_data(data)[suite.eval.split]) if data.kind != "scenes" else getattr(data, f"{suite.eval.split}_images")
+    if n_eval % suite.eval.folds:
+        raise ConfigError(
+            f"key 'eval.folds': {suite.eval.folds} folds do not split the {n_eval} images of the {suite.eval.split} split equally"
+        )
+
+
+def make_plan(
+    suite: str, methods: list[str] | None, seeds: list[int] | None, output: Path | None, overrides: list[str], shard: Shard | None = None
+) -> Plan:
     """Validate everything a sweep needs before any run starts."""
+    if shard is not None and output is None:
+        raise ConfigError(
+            f"--shard {shard}: needs --output DIR, the one folder all shards write into (the default folder is named after each process's start time)"
+        )
     suite_cfg = cfgmod.load_suite(suite, overrides)
-    resolve_model(suite_cfg.model.name)  # with weights: an architecture-only name is an error here
-    max_text = load_config(suite_cfg.model.name).text_config.max_position_embeddings
+    # with weights: a shipped architecture (config only) is an error here
+    max_text = load_architecture(suite_cfg.model.name, weights=True).max_text_positions
     if suite_cfg.data.text_length > max_text:
         raise ConfigError(
             f"key 'data.text_length': {suite_cfg.data.text_length} exceeds the {max_text} text positions of {suite_cfg.model.name}"
         )
+    _check_data(suite_cfg)
     names = methods or default_variants()
     if names == ["all"]:
         names = [p.stem for p in cfgmod.available("methods")]
     variants = [cfgmod.load_variant(name, overrides) for name in names]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Plan(suite_cfg, variants, seeds or suite_cfg.seeds, list(overrides), output or Path("results") / suite_cfg.name / stamp)
+    return Plan(suite_cfg, variants, seeds or suite_cfg.seeds, list(overrides), output or Path("results") / suite_cfg.name / stamp, shard)
 
 
 def make_record(
@@ -100,11 +159,11 @@ def _run_fresh_process(plan: Plan, variant: Variant, seed: int, device: torch.de
 
 
 def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> list[dict[str, Any]]:
-    """Run every (variant, seed) not already done; return all records in grid order.
-    ``isolate`` (default: on CUDA) runs each in a fresh process (measurement.md)."""
+    """Run every (variant, seed) of the plan (of its shard) not already done; return their
+    records in grid order. ``isolate`` (default: on CUDA) runs each in a fresh process (measurement.md)."""
     isolate = device.type == "cuda" if isolate is None else isolate
     out = []
-    grid = [(v, s) for v in plan.variants for s in plan.seeds]
+    grid = plan.runs()
     for i, (variant, seed) in enumerate(grid, 1):
         path = records.record_path(plan.output, variant.name, seed)
         if records.is_done(path, cfgmod.run_hash(plan.suite, variant, seed), device):

@@ -18,16 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from petlbench import config as cfgmod
-from petlbench.config import ConfigError, SuiteConfig, Variant
-from petlbench.data.retrieval import RetrievalSplit, suite_splits, training_batches
-from petlbench.measure.memory import meter_for, training_state
+from petlbench.config import ConfigError, Precision, SuiteConfig, Variant
+from petlbench.data.retrieval import RetrievalSplit, suite_splits
+from petlbench.measure.memory import host_batches, meter_for, training_state
 from petlbench.measure.nvml import NvmlPeak, NvmlSampler
 from petlbench.measure.params import parameter_counts
 from petlbench.models.clip import ClipDualEncoder
-from petlbench.models.resolve import load_clip
-from petlbench.objective import contrastive_loss, evaluate, warmup_cosine
+from petlbench.models.loader import load_backbone
+from petlbench.objective import autocast, contrastive_loss, evaluate, warmup_cosine
 from petlbench.registry import get_method
 
 # `MethodSpec.needs_data`: training batches of a given size, for a method's set-up.
@@ -50,29 +51,29 @@ class RunOutcome:
 _SPLITS_CACHE: dict[tuple, dict[str, RetrievalSplit]] = {}
 
 
-def _splits(suite: SuiteConfig, tokenizer) -> dict[str, RetrievalSplit]:
-    """The suite's data, generated once per process and shared by every run of a sweep."""
-    key = (suite.model.name, tuple(sorted(cfgmod.to_dict(suite.data).items())))
+def _splits(suite: SuiteConfig, tokenizer, image_processor, device: torch.device) -> dict[str, RetrievalSplit]:
+    """The suite's data, built once per process and shared by every run of a sweep."""
+    if suite.data.kind != "scenes" and image_processor is None:
+        raise ConfigError(
+            f"model {suite.model.name!r} has no image processor (preprocessor_config.json), which data.kind {suite.data.kind!r} needs"
+        )
+    key = (suite.model.name, tuple(sorted(cfgmod.to_dict(suite.data).items())), device.type)
     if key not in _SPLITS_CACHE:
-        _SPLITS_CACHE[key] = suite_splits(suite.data, tokenizer)
+        _SPLITS_CACHE[key] = suite_splits(suite.data, tokenizer, image_processor, pin_memory=device.type == "cuda")
     return _SPLITS_CACHE[key]
 
 
-def _batch(split: RetrievalSplit, idx: torch.Tensor, cap: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """Images ``idx`` with their captions ``cap``, on ``device``."""
-    return {
-        "pixel_values": split.pixels[idx].to(device),
-        "input_ids": split.input_ids[idx, cap].to(device),
-        "attention_mask": split.attention_mask[idx, cap].to(device),
-    }
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A copy of a host batch on ``device`` (a copy on the CPU too: every device then holds,
+    and the CPU accounting counts, the batch the step reads)."""
+    return {key: t.to(device, copy=True) for key, t in batch.items()}
 
 
 def _setup_batches(split: RetrievalSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches for a method's set-up, from a sampler of their own, so that the
     training batches stay identical for every method."""
-    generator = torch.Generator().manual_seed(seed + 7919)
-    for idx, cap in training_batches(split.n_images, split.captions_per_image, batch_size, generator):
-        yield _batch(split, idx, cap, device)
+    for batch in split.training_batches(batch_size, torch.Generator().manual_seed(seed + 7919)):
+        yield _to_device(batch, device)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: float) -> torch.optim.Optimizer:
@@ -90,8 +91,9 @@ def make_optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: flo
 
 def prepare(backbone: ClipDualEncoder, suite: SuiteConfig, variant: Variant, data: SetupData | None = None) -> nn.Module:
     """``variant``'s method applied to ``backbone``, then the suite's rules for the
-    projections and the logit scale: the model that `run` and the estimate both train.
-    ``data`` feeds the set-up of methods that read training data (`MethodSpec.needs_data`)."""
+    projections, the logit scale and activation checkpointing: the model that `run` and the
+    estimate both train. ``data`` feeds the set-up of methods that read training data
+    (`MethodSpec.needs_data`)."""
     spec = get_method(variant.method)
     model = spec.apply(backbone, variant.config, data=data) if spec.needs_data else spec.apply(backbone, variant.config)
     if not spec.defines_head:
@@ -100,7 +102,37 @@ def prepare(backbone: ClipDualEncoder, suite: SuiteConfig, variant: Variant, dat
     backbone.logit_scale.requires_grad_(suite.train.temperature == "trainable")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"method {variant.name!r} leaves no trainable parameter")
+    if suite.train.grad_checkpointing:
+        checkpoint_blocks(model)  # after the method: PEFT and adapters have changed the blocks by now
     return model
+
+
+def checkpoint_blocks(model: nn.Module) -> list[str]:
+    """Turn on non-reentrant activation checkpointing of every transformer block in
+    ``model``, through transformers' own mechanism, on each transformers model inside it
+    that supports it (CLIP; BERT but not the ResNet of the VSE family). Returns their
+    module names. Methods whose backbone runs under no_grad (LST, UniPT) are unaffected.
+
+    transformers also hooks the input embeddings so that their output requires grad (for
+    reentrant checkpointing and PEFT models); non-reentrant checkpointing needs no such thing,
+    and the hook would make a frozen text tower (linear probe, partial) keep activations for
+    a backward it does not need, so it is removed again. Parameter flags are left untouched."""
+    names: list[str] = []
+    for name, module in model.named_modules():  # parents first: keep the outermost (it reaches its submodels)
+        inside = any(name.startswith(f"{outer}.") or not outer for outer in names)
+        if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing and not inside:
+            names.append(name)
+    if not names:
+        raise ConfigError(
+            f"train.grad_checkpointing: {type(model).__name__} holds no transformers model that supports activation checkpointing"
+        )
+    for name in names:
+        module = model.get_submodule(name)
+        # transformers 5.24 calls it `activation_checkpointing_enable` (its old name warns); 5.17 has only the old name
+        enable = getattr(module, "activation_checkpointing_enable", None) or module.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+        module.disable_input_require_grads()
+    return names
 
 
 def trainable_rule(suite: SuiteConfig, variant: Variant) -> dict[str, str]:
@@ -111,15 +143,17 @@ def trainable_rule(suite: SuiteConfig, variant: Variant) -> dict[str, str]:
     }
 
 
-def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> torch.Tensor:
+def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer, precision: Precision = "fp32") -> torch.Tensor:
     """One training step exactly as measurement.md defines it, for `run` and the estimate
-    alike: forward, contrastive loss, backward, optimizer step, ``zero_grad(set_to_none=True)``.
+    alike: forward, contrastive loss, backward, optimizer step, ``zero_grad(set_to_none=True)``;
+    forward and loss under the suite's ``precision`` (`objective.autocast`).
     Returns the loss tensor (reading its value is the caller's: fake tensors have none)."""
-    loss = contrastive_loss(
-        model.encode_image(batch["pixel_values"]),
-        model.encode_text(batch["input_ids"], batch["attention_mask"]),
-        model.logit_scale,
-    )
+    with autocast(precision, batch["pixel_values"].device.type):
+        loss = contrastive_loss(
+            model.encode_image(batch["pixel_values"]),
+            model.encode_text(batch["input_ids"], batch["attention_mask"]),
+            model.logit_scale,
+        )
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -140,8 +174,8 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
     """Train ``variant`` on ``suite`` with ``seed`` and evaluate it; raises
     `DivergedError`, `ConfigError` or out-of-memory errors for the sweep to record."""
     torch.manual_seed(seed)
-    backbone, tokenizer = load_clip(suite.model.name, suite.model.attn_implementation, device)
-    splits = _splits(suite, tokenizer)
+    backbone, tokenizer, image_processor = load_backbone(suite.model.name, suite.model.attn_implementation, device)
+    splits = _splits(suite, tokenizer, image_processor, device)
     train_split, eval_split = splits["train"], splits[suite.eval.split]
 
     model = prepare(backbone, suite, variant, data=lambda batch_size: _setup_batches(train_split, batch_size, seed, device))
@@ -150,41 +184,37 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
     steps, bs = suite.train.steps, suite.train.batch_size
     opt = make_optimizer(trainable, suite, variant.config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(suite.train.warmup_steps, steps))
-    batches = training_batches(train_split.n_images, train_split.captions_per_image, bs, torch.Generator().manual_seed(seed))
+    batches = host_batches(train_split.training_batches(bs, torch.Generator().manual_seed(seed)))
     model.train()
-
-    def step() -> float:
-        idx, cap = next(batches)
-        value = train_step(model, _batch(train_split, idx, cap, device), opt).item()
-        sched.step()
-        if not math.isfinite(value):
-            raise DivergedError(f"loss became {value}")
-        return value
-
     n_measured = min(suite.train.measure_steps, steps - 1)  # TrainConfig guarantees steps >= 2
 
-    def run_steps(n: int) -> list[float]:
-        """``n`` training steps; returns their wall times."""
-        times = []
+    def run_steps(n: int) -> tuple[list[float], list[float]]:
+        """``n`` training steps; returns the time each waited for its batch and the time
+        of the rest of it (the copy to the device, the step itself)."""
+        waits, computes = [], []
         for _ in range(n):
             t0 = time.perf_counter()
-            loss = step()
+            host = next(batches)
+            t1 = time.perf_counter()
+            loss = train_step(model, _to_device(host, device), opt, suite.train.precision).item()
+            sched.step()
             _sync(device)
-            times.append(time.perf_counter() - t0)
+            waits.append(t1 - t0)
+            computes.append(time.perf_counter() - t1)
+            if not math.isfinite(loss):
+                raise DivergedError(f"loss became {loss}")
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        return times
+        return waits, computes
 
     meter = meter_for(device)
-    dataset = [train_split.pixels, train_split.input_ids, train_split.attention_mask,
-               eval_split.pixels, eval_split.input_ids, eval_split.attention_mask]  # fmt: skip
     t_train = time.perf_counter()
     run_steps(1)  # warm-up: creates the optimizer state
     nvml = NvmlSampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext()
-    with meter.phase(training_state(model, opt), ignore=dataset) as train_peak, nvml:
+    with meter.phase(training_state(model, opt)) as train_peak, nvml:
         run_steps(n_measured)
-    step_times = run_steps(steps - 1 - n_measured)
+    data_waits, step_times = run_steps(steps - 1 - n_measured)
     train_s = time.perf_counter() - t_train
 
     # Evaluation: the optimizer state goes first (on CUDA it would otherwise sit inside the
@@ -193,10 +223,10 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
     # cost never enters the timing.
     opt.state.clear()
     t_eval = time.perf_counter()
-    metrics = evaluate(model, eval_split, suite.eval.batch_size, device)
+    metrics = evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision)
     eval_s = time.perf_counter() - t_eval
-    with meter.phase(training_state(model), ignore=dataset) as eval_peak:
-        evaluate(model, eval_split, suite.eval.batch_size, device)
+    with meter.phase(training_state(model)) as eval_peak:
+        evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision)
     n_eval_items = eval_split.n_images * (1 + eval_split.captions_per_image)
 
     median_step = statistics.median(step_times) if step_times else None
@@ -213,8 +243,10 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
             **(_nvml_figures(nvml.result) if device.type == "cuda" else {}),
         },
         "step_time_s_median": median_step,
+        "data_wait_s_median": statistics.median(data_waits) if data_waits else None,
+        "data_workers": train_split.workers,
         "timed_steps": [n_measured + 1, steps - 1] if step_times else [],
-        "train_samples_per_s": bs / median_step if median_step else None,
+        "train_samples_per_s": bs / statistics.median(map(sum, zip(data_waits, step_times, strict=True))) if step_times else None,
         "eval_samples_per_s": n_eval_items / eval_s,
         "train_s": train_s,
         "eval_s": eval_s,

@@ -17,9 +17,9 @@ import time
 import torch
 
 from petlbench.config import load_suite, load_variant
-from petlbench.data.retrieval import suite_splits, training_batches
+from petlbench.data.retrieval import suite_splits
 from petlbench.measure.memory import CpuAccountingMeter, training_state
-from petlbench.models.resolve import load_clip
+from petlbench.models.loader import load_backbone
 from petlbench.train import make_optimizer, prepare, train_step
 
 
@@ -34,13 +34,9 @@ def main() -> None:
     device = torch.device("cpu")
     for name in args.methods.split(","):
         torch.manual_seed(0)
-        backbone, tok = load_clip(suite.model.name, suite.model.attn_implementation, device)
-        split = suite_splits(suite.data, tok)["train"]
-        sampler = training_batches(split.n_images, split.captions_per_image, suite.train.batch_size, torch.Generator().manual_seed(0))
-        batches = (
-            {"pixel_values": split.pixels[i], "input_ids": split.input_ids[i, c], "attention_mask": split.attention_mask[i, c]}
-            for i, c in sampler
-        )
+        backbone, tok, _ = load_backbone(suite.model.name, suite.model.attn_implementation, device)
+        split = suite_splits(suite.data, tok, None)["train"]
+        batches = split.training_batches(suite.train.batch_size, torch.Generator().manual_seed(0))
         variant = load_variant(name)
         setup_batch = next(batches)  # LST's Fisher ranking: set-up, not timed
         model = prepare(backbone, suite, variant, data=lambda _size: itertools.repeat(setup_batch))  # noqa: B023

@@ -19,13 +19,11 @@ import time
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
-from transformers import AutoModel
 
 from petlbench.config import load_suite, load_variant
 from petlbench.measure.estimate import FakeTraining, data_free, random_batch
 from petlbench.measure.memory import storage_bytes
-from petlbench.models.clip import ClipDualEncoder
-from petlbench.models.resolve import load_config
+from petlbench.models.loader import load_architecture
 from petlbench.train import make_optimizer, prepare, train_step
 
 MiB = 2**20
@@ -44,18 +42,18 @@ def allocation_peak(prof: profile) -> int:
 def profiled_step(model_name: str, method: str, batch_size: int, suite_name: str) -> tuple[int, int]:
     """(resident bytes, peak allocated on top during the measured step) of a real step."""
     suite = load_suite(suite_name)
-    config = load_config(model_name)
-    text_length = config.text_config.max_position_embeddings
+    architecture = load_architecture(model_name)
+    text_length = architecture.max_text_positions
     torch.manual_seed(0)
     variant = data_free(load_variant(method))
-    model = prepare(ClipDualEncoder(AutoModel.from_config(config, attn_implementation=suite.model.attn_implementation)), suite, variant)
+    model = prepare(architecture.build(suite.model.attn_implementation), suite, variant)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
     model.train()
-    train_step(model, random_batch(config, batch_size, text_length), opt)  # warm-up: creates the optimizer state
+    train_step(model, random_batch(architecture, batch_size, text_length), opt)  # warm-up: creates the optimizer state
     state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
     resident = storage_bytes([*model.parameters(), *model.buffers(), *state])
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
-        train_step(model, random_batch(config, batch_size, text_length), opt)
+        train_step(model, random_batch(architecture, batch_size, text_length), opt)
     return resident, allocation_peak(prof)
 
 
@@ -68,10 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    config = load_config(args.model)
-    estimate = FakeTraining(
-        config, load_suite(args.suite), load_variant(args.method), config.text_config.max_position_embeddings, target="cpu"
-    )
+    architecture = load_architecture(args.model)
+    estimate = FakeTraining(architecture, load_suite(args.suite), load_variant(args.method), architecture.max_text_positions, target="cpu")
     peak = estimate.peak(args.batch_size)
     t_estimate = time.perf_counter() - t0
     t0 = time.perf_counter()

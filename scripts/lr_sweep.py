@@ -1,6 +1,7 @@
 """Learning-rate sweep on the suite's *validation* split (methods.md, fairness rules).
 
     python scripts/lr_sweep.py --suite vl-retrieval --seed 0     # writes docs/lr-sweep.md
+    python scripts/lr_sweep.py --suite vl-retrieval-flickr30k --set data.root=/data/flickr30k --output results/lr-f30k --table lr-f30k.md
 
 Each variant runs over its grid with `eval.split=val`; when the best validation rSum sits
 at an end of the grid, the grid is extended past that end (1-3-10 steps) until the best is
@@ -16,9 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
-from petlbench.sweep import make_plan, run_plan
+from petlbench.sweep import make_plan, resolve_device, run_plan
 
 # Three points per method around the usual range (frozen-backbone methods want 10-100x the
 # full fine-tuning rate). Variants of one method (adapter-pfeiffer, prompt-shallow) take
@@ -45,9 +44,9 @@ def _step(lr: float, up: bool) -> float:
 
 def val_rsum(args: argparse.Namespace, variant: str, lr: float) -> float:
     """Validation rSum of one (variant, lr) run (resumed from its record when done)."""
-    overrides = ["eval.split=val", f"method.lr={lr}"]
+    overrides = [*args.set, "eval.split=val", f"method.lr={lr}"]
     plan = make_plan(args.suite, [variant], [args.seed], args.output / variant / f"lr{lr:g}", overrides)
-    (record,) = run_plan(plan, torch.device("cpu"))
+    (record,) = run_plan(plan, resolve_device(args.device))
     return record["metrics"]["rsum"] if record["run"]["status"] == "ok" else float("-inf")
 
 
@@ -57,6 +56,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default=",".join(GRIDS))
     p.add_argument("--output", type=Path, default=Path("results/lr-sweep"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a suite override, as for petlbench run (repeatable)")
     p.add_argument("--max-extend", type=int, default=2, help="grid extensions past an end that wins")
     p.add_argument("--table", type=Path, default=Path("docs/lr-sweep.md"), help="where the markdown table goes")
     args = p.parse_args()

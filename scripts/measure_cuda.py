@@ -23,13 +23,11 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModel
 
 from petlbench.config import available, load_suite, load_variant
 from petlbench.measure.estimate import FakeTraining, data_free, random_batch
 from petlbench.measure.memory import meter_for, training_state
-from petlbench.models.clip import ClipDualEncoder
-from petlbench.models.resolve import load_config
+from petlbench.models.loader import load_architecture
 from petlbench.train import make_optimizer, prepare, train_step
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cuda_memory.json"
@@ -38,19 +36,18 @@ FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cuda_
 def measure(model_name: str, suite_name: str, variant_name: str, batch_size: int, device: torch.device) -> dict:
     """One (variant, batch size) in this process: warm-up step, then the measured step
     under the suite's meter for ``device``, exactly as `petlbench.train.run` measures."""
-    suite, config = load_suite(suite_name), load_config(model_name)
-    text_length = config.text_config.max_position_embeddings
+    suite, architecture = load_suite(suite_name), load_architecture(model_name)
+    text_length = architecture.max_text_positions
     torch.manual_seed(0)
     with device:  # weights, optimizer state and batches are created on the device directly
-        clip = AutoModel.from_config(config, attn_implementation=suite.model.attn_implementation)
         variant = data_free(load_variant(variant_name))
-        model = prepare(ClipDualEncoder(clip), suite, variant)
+        model = prepare(architecture.build(suite.model.attn_implementation), suite, variant)
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
         model.train()
         try:
-            train_step(model, random_batch(config, batch_size, text_length), opt)
+            train_step(model, random_batch(architecture, batch_size, text_length), opt, suite.train.precision)
             with meter_for(device).phase(training_state(model, opt)) as peak:
-                train_step(model, random_batch(config, batch_size, text_length), opt)
+                train_step(model, random_batch(architecture, batch_size, text_length), opt, suite.train.precision)
         except torch.OutOfMemoryError:
             return {"method": variant_name, "batch_size": batch_size, "status": "oom"}
     return {
@@ -91,7 +88,7 @@ def main() -> None:
 
     variants = args.methods.split(",") if args.methods else [p.stem for p in available("methods")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    suite, config = load_suite(args.suite), load_config(args.model)
+    suite, architecture = load_suite(args.suite), load_architecture(args.model)
     target = "cuda" if device.type == "cuda" else "cpu"
     rows = []
     print(f"{'method':<18} {'batch':>5} {'estimate (MiB)':>15} {'measured (MiB)':>15} {'estimate / measured':>20}")
@@ -111,7 +108,7 @@ def main() -> None:
                 str(batch_size),
             ]
             row = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-            estimate = FakeTraining(config, suite, load_variant(name), config.text_config.max_position_embeddings, target).peak(batch_size)
+            estimate = FakeTraining(architecture, suite, load_variant(name), architecture.max_text_positions, target).peak(batch_size)
             row["estimate_bytes"] = estimate.peak_bytes
             rows.append(row)
             measured = (
@@ -124,7 +121,7 @@ def main() -> None:
     fixture = {
         "model": args.model,
         "suite": args.suite,
-        "text_length": config.text_config.max_position_embeddings,
+        "text_length": architecture.max_text_positions,
         "env": environment(device),
         "measurements": rows,
     }

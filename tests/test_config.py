@@ -52,7 +52,7 @@ def test_empty_split_is_rejected_before_anything_runs(cli):
         cli,
         ["run", "--suite", "vl-retrieval", "--set", "data.val_images=0"],
         "--set data.val_images=0: key 'data.val_images'",
-        "at least one image",
+        "at least 1 (0 means 'all' only for data read from files)",
     )
 
 

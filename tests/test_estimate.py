@@ -1,21 +1,22 @@
 """The fake-tensor estimate against the real CPU accounting, the CUDA rounding, the budget
 search and the `estimate` command."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 from petlbench import records
 from petlbench.cli import main
-from petlbench.config import load_suite, load_variant
+from petlbench.config import available, load_suite, load_variant
 from petlbench.estimate import parse_size
 from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, FakeTraining, data_free, largest_batch, random_batch
 from petlbench.measure.memory import CpuAccountingMeter, allocated_bytes
-from petlbench.models.clip import ClipDualEncoder
-from petlbench.models.resolve import load_config
+from petlbench.models.loader import Architecture, clip_architecture, load_architecture, vse_architecture
+from petlbench.models.vse import tiny_vse
 from petlbench.registry import registered
 from petlbench.train import make_optimizer, prepare, train_step
 
@@ -36,27 +37,46 @@ def tiny_config() -> CLIPConfig:
     )
 
 
-def real_accounting(config: CLIPConfig, method: str, text_length: int):
+def tiny_vse_architecture(max_text: int = 12, image_size: int = 64, attention_dropout: float = 0.1) -> Architecture:
+    """The VSE family at test size: `tiny_vse`'s towers (image sides: multiples of 32, for
+    UniPT's CNN variant); BERT's attention dropout 0.1 as in BERT-base."""
+    towers = tiny_vse(vocab_size=50, max_text=max_text)
+    towers.bert.config.attention_probs_dropout_prob = attention_dropout
+    return vse_architecture(towers.resnet.config, towers.bert.config, towers.embed_dim, image_size)
+
+
+TINY = {"clip": clip_architecture(tiny_config()), "vse": tiny_vse_architecture()}
+
+
+def real_accounting(architecture: Architecture, method: str, text_length: int, suite=SUITE):
     """The same step on real tensors under the existing meter, as `train.run` measures it:
     warm-up step, then the measured step with parameters, buffers and optimizer state resident."""
     torch.manual_seed(0)
     variant = data_free(load_variant(method))
-    model = prepare(ClipDualEncoder(AutoModel.from_config(config, attn_implementation=SUITE.model.attn_implementation)), SUITE, variant)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], SUITE, variant.config.lr)
+    model = prepare(architecture.build(suite.model.attn_implementation), suite, variant)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
     model.train()
-    train_step(model, random_batch(config, BATCH, text_length), opt)
+    train_step(model, random_batch(architecture, BATCH, text_length), opt, suite.train.precision)
     state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
     with CpuAccountingMeter().phase({"parameters": [*model.parameters(), *model.buffers()], "optimizer_state": state}) as peak:
-        train_step(model, random_batch(config, BATCH, text_length), opt)
+        train_step(model, random_batch(architecture, BATCH, text_length), opt, suite.train.precision)
     return peak, model
 
 
-@pytest.mark.parametrize("method", sorted(registered()))
-def test_fake_estimate_equals_real_cpu_accounting(method):
-    config = tiny_config()
-    text_length = config.text_config.max_position_embeddings
-    real, _ = real_accounting(config, method, text_length)
-    estimate = FakeTraining(config, SUITE, load_variant(method), text_length, target="cpu").peak(BATCH)
+# The suite's training options, each of which the estimate must model to the byte.
+TRAIN_OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "checkpointing": {"grad_checkpointing": True}}
+
+
+@pytest.mark.parametrize("options", TRAIN_OPTIONS)
+@pytest.mark.parametrize(
+    "family, method", [(family, name) for family in TINY for name, spec in sorted(registered().items()) if family in spec.backbones]
+)
+def test_fake_estimate_equals_real_cpu_accounting(family, method, options):
+    architecture = TINY[family]
+    suite = dataclasses.replace(SUITE, train=dataclasses.replace(SUITE.train, **TRAIN_OPTIONS[options]))
+    text_length = architecture.max_text_positions
+    real, _ = real_accounting(architecture, method, text_length, suite)
+    estimate = FakeTraining(architecture, suite, load_variant(method), text_length, target="cpu").peak(BATCH)
     assert real.breakdown["transient_peak"] > 0
     assert estimate.breakdown == real.breakdown
     assert estimate.peak_bytes == real.peak_bytes
@@ -66,10 +86,10 @@ def test_fake_estimate_equals_real_cpu_accounting(method):
 def test_estimate_within_5_percent_of_measured_cuda_peaks():
     fixture = json.loads(CUDA_FIXTURE.read_text())
     assert fixture["env"]["device"] == "cuda"
-    config, suite = load_config(fixture["model"]), load_suite(fixture["suite"])
+    architecture, suite = load_architecture(fixture["model"]), load_suite(fixture["suite"])
     ratios = {}
     for method in dict.fromkeys(m["method"] for m in fixture["measurements"]):
-        training = FakeTraining(config, suite, load_variant(method), fixture["text_length"])
+        training = FakeTraining(architecture, suite, load_variant(method), fixture["text_length"])
         for m in fixture["measurements"]:
             if m["method"] == method and m["status"] == "ok":
                 ratios[method, m["batch_size"]] = training.peak(m["batch_size"]).peak_bytes / m["peak_bytes"]
@@ -95,9 +115,8 @@ def test_meter_rounds_every_storage_by_hand():
 
 
 def test_cuda_target_rounds_each_tensor_leaves_step_counters_on_the_host_and_adds_the_workspace():
-    config = tiny_config()
-    estimate = FakeTraining(config, SUITE, load_variant("full"), 12, target="cuda").peak(BATCH)
-    _, model = real_accounting(config, "full", 12)
+    estimate = FakeTraining(TINY["clip"], SUITE, load_variant("full"), 12, target="cuda").peak(BATCH)
+    _, model = real_accounting(TINY["clip"], "full", 12)
     weights = [*model.parameters(), *model.buffers()]
     trainable = [p for p in model.parameters() if p.requires_grad]
     rounded = lambda ts: sum(-(-t.numel() * t.element_size() // 512) * 512 for t in ts)  # noqa: E731
@@ -105,6 +124,21 @@ def test_cuda_target_rounds_each_tensor_leaves_step_counters_on_the_host_and_add
     assert estimate.breakdown["optimizer_state"] == 2 * rounded(trainable)  # exp_avg, exp_avg_sq; steps stay on the host
     assert estimate.breakdown["workspace"] == CUDA_WORKSPACE_BYTES
     assert estimate.peak_bytes == sum(estimate.breakdown.values())
+
+
+def test_cuda_target_costs_attention_dropout_as_the_fused_kernels_do():
+    """CUDA's memory-efficient attention applies dropout without saving probabilities; the
+    CPU takes the math path, which saves them and the mask. The CUDA target follows CUDA.
+    Long captions and small images, so that the text tower's attention sets the peak."""
+    peaks = {
+        (target, dropout): FakeTraining(tiny_vse_architecture(128, 32, dropout), SUITE, load_variant("lora"), 128, target=target)
+        .peak(BATCH)
+        .peak_bytes
+        for target in ("cpu", "cuda")
+        for dropout in (0.1, 0.0)
+    }
+    assert peaks["cpu", 0.1] > peaks["cpu", 0.0]
+    assert peaks["cuda", 0.1] == peaks["cuda", 0.0]
 
 
 class Counted:
@@ -179,6 +213,45 @@ def test_cli_json_on_a_checkpoint_folder(cli, tiny_folder, tmp_path):
     assert saved[0]["config"]["suite"]["train"]["batch_size"] == 3
 
 
+def test_cli_on_a_vse_folder_leaves_out_the_methods_that_do_not_apply(cli, tmp_path):
+    """Config-only towers (no weights, no image processor: 224x224 images) and vse.json."""
+    towers = tiny_vse(vocab_size=50, max_text=12)
+    towers.resnet.config.save_pretrained(tmp_path / "vse" / "image")
+    towers.bert.config.save_pretrained(tmp_path / "vse" / "text")
+    (tmp_path / "vse" / "vse.json").write_text(json.dumps({"image_tower": "image", "text_tower": "text", "embed_dim": towers.embed_dim}))
+    variants = [load_variant(path.stem) for path in available("methods")]
+    applies = [v.name for v in variants if "vse" in registered()[v.method].backbones]
+    left_out = [v.name for v in variants if v.name not in applies]
+    assert applies and left_out
+    code, out, err = cli("estimate", "--model", str(tmp_path / "vse"), "--batch-size", "2")
+    assert code == 0, err
+    assert "224x224 images, 12 text tokens" in out
+    assert f"Left out, their methods do not apply to the 'vse' family: {', '.join(left_out)}." in out
+    assert [line.split()[0] for line in out.splitlines()[4:]] == applies  # description, blank, header, rule
+    code, _, err = cli("estimate", "--model", str(tmp_path / "vse"), "--batch-size", "2", "--methods", ",".join(left_out))
+    assert code == 2 and "none applies to the 'vse' family" in err
+
+
+def test_cli_estimates_bf16_and_checkpointing_and_says_bf16_is_unvalidated(cli, tiny_folder, tmp_path):
+    def estimate(*options: str) -> str:
+        code, out, err = cli("estimate", "--model", str(tiny_folder), "--batch-size", "64", "--methods", "full", *options)
+        assert code == 0, err
+        return out
+
+    default, bf16, checkpointed = (json.loads(estimate("--json", *o))[0] for o in ([], ["--precision", "bf16"], ["--grad-checkpointing"]))
+    options = [(row["precision"], row["grad_checkpointing"]) for row in (default, bf16, checkpointed)]
+    assert options == [("fp32", False), ("bf16", False), ("fp32", True)]
+    assert checkpointed["train_peak_bytes"] < default["train_peak_bytes"]
+    assert bf16["train_peak_bytes"] != default["train_peak_bytes"]
+    assert not bf16["validated"] and any(reason.startswith("bf16") for reason in bf16["unvalidated"])
+    assert not any(reason.startswith("bf16") for reason in default["unvalidated"] + checkpointed["unvalidated"])
+    out = estimate("--precision", "bf16", "--grad-checkpointing", "--output", str(tmp_path / "records"))
+    assert "bf16 autocast, activation checkpointing" in out and "bf16 figures are unvalidated until checked on a GPU" in out
+    [record] = records.read_all(tmp_path / "records")
+    assert record["config"]["suite"]["train"]["precision"] == "bf16" and record["config"]["suite"]["train"]["grad_checkpointing"]
+    assert record["cost"]["memory"]["validated"] is False and record["cost"]["memory"]["unvalidated"] == bf16["unvalidated"]
+
+
 def test_cli_budget_table(cli, tiny_folder):
     code, out, err = cli("estimate", "--model", str(tiny_folder), "--budget", "80MiB", "--methods", "linear")
     assert code == 0, err
@@ -203,8 +276,6 @@ def test_cli_rejects_bad_sizes(capsys, args, message):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--precision", "bf16"], "--precision bf16"),
-        (["--grad-checkpointing"], "--grad-checkpointing"),
         (["--seq-len", "78"], "77 text positions"),
         (["--methods", "nope"], "unknown method 'nope'"),
     ],

@@ -2,7 +2,7 @@
 
 import torch
 
-from petlbench.measure.memory import CpuAccountingMeter, storage_bytes
+from petlbench.measure.memory import CpuAccountingMeter, host_batches, storage_bytes
 
 F32 = 4
 
@@ -43,6 +43,22 @@ def test_views_and_inplace_ops_count_once_and_resident_storage_not_again():
         c = torch.empty(100)
         c.view(10, 10).mul_(0)
     assert peak.breakdown == {"parameters": 256 * F32, "transient_peak": 100 * F32}
+
+
+def test_host_side_data_is_not_counted_but_its_copy_to_the_device_is():
+    """Batches read from host data (slices, gathers, a DataLoader's output) are not device
+    memory; the copy the step reads is, once per batch alive."""
+    data = torch.zeros(64, 100)  # 400 bytes per row, created before the phase, not registered
+
+    def batches():
+        for i in range(0, 64, 16):
+            yield data[i : i + 16] * 1, data[torch.arange(i, i + 8)]  # a new tensor and a gather: host side
+
+    with CpuAccountingMeter().phase({}) as peak:
+        for computed, gathered in host_batches(batches()):
+            copies = computed.to("cpu", copy=True), gathered.to("cpu", copy=True)
+            del copies
+    assert peak.peak_bytes == (16 + 8) * 400
 
 
 def test_shared_storage_counted_once():

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from petlbench.config import build, load_variant
-from petlbench.models.resolve import load_clip
+from petlbench.models.loader import load_backbone
 from petlbench.objective import contrastive_loss
 from petlbench.registry import registered
 from tests.frozen import assert_unchanged_except, snapshot
@@ -25,7 +25,7 @@ CAPTIONS = [
 @pytest.fixture
 def setup(request):
     torch.manual_seed(0)
-    backbone, tok = load_clip("embedded-clip", "sdpa", torch.device("cpu"))
+    backbone, tok, _ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     enc = tok(CAPTIONS, padding="max_length", max_length=40, return_tensors="pt")
     batch = {"pixel_values": torch.randn(4, 3, 48, 48), "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     before = snapshot(backbone)

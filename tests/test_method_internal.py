@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from petlbench import records
 from petlbench.config import ConfigError, load_variant
 from petlbench.measure.params import parameter_counts
-from petlbench.models.resolve import load_clip
+from petlbench.models.loader import load_backbone
 from petlbench.objective import contrastive_loss
 from petlbench.registry import get_method
 from tests.conftest import tiny_args
@@ -20,7 +20,7 @@ VARIANTS = ["adapter", "adapter-pfeiffer", "bitfit", "lora"]
 
 
 def _load():
-    return load_clip("embedded-clip", "sdpa", torch.device("cpu"))
+    return load_backbone("embedded-clip", "sdpa", torch.device("cpu"))[:2]
 
 
 def _apply(variant: str, overrides=()):

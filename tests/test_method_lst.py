@@ -9,13 +9,13 @@ from petlbench import records
 from petlbench.config import load_variant
 from petlbench.measure.params import parameter_counts
 from petlbench.methods import lst
-from petlbench.models.resolve import load_clip
+from petlbench.models.loader import load_backbone
 from tests.conftest import tiny_args
 from tests.test_methods import _block_params
 
 
 def _backbone():
-    model, tok = load_clip("embedded-clip", "sdpa", torch.device("cpu"))
+    model, tok, _ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     return model, tok
 
 

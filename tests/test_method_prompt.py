@@ -10,7 +10,7 @@ import torch
 from petlbench import records
 from petlbench.config import ConfigError, load_variant
 from petlbench.methods.prompt import PromptedClip
-from petlbench.models.resolve import load_clip
+from petlbench.models.loader import load_backbone
 from petlbench.registry import get_method
 from tests.conftest import tiny_args
 
@@ -19,7 +19,7 @@ TEXT_LENGTH = 40
 
 
 def _backbone(attn="sdpa"):
-    model, _ = load_clip("embedded-clip", attn, torch.device("cpu"))
+    model = load_backbone("embedded-clip", attn, torch.device("cpu")).backbone
     return model.eval()
 
 

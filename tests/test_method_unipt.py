@@ -13,8 +13,8 @@ from petlbench.config import ConfigError, load_variant
 from petlbench.measure.params import parameter_counts
 from petlbench.methods.unipt import LayerConfidence, UniPTTower
 from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
+from petlbench.models.loader import load_backbone
 from petlbench.models.pooling import masked_mean
-from petlbench.models.resolve import load_clip
 from petlbench.objective import contrastive_loss
 from petlbench.registry import get_method
 from tests.conftest import tiny_args
@@ -44,13 +44,13 @@ def _unipt(backbone, *overrides: str):
 
 @pytest.fixture
 def backbone():
-    model, _ = load_clip("embedded-clip", "sdpa", torch.device("cpu"))
+    model = load_backbone("embedded-clip", "sdpa", torch.device("cpu")).backbone
     return model
 
 
 @pytest.fixture
 def batch():
-    _, tok = load_clip("embedded-clip", "sdpa", torch.device("cpu"))
+    tok = load_backbone("embedded-clip", "sdpa", torch.device("cpu")).tokenizer
     pixels = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     enc = tok(["a big red circle in the middle", "a small blue square at the top left", "we see"],
               padding="max_length", max_length=40, return_tensors="pt")  # fmt: skip

@@ -5,7 +5,7 @@ import torch
 
 from petlbench.config import load_variant
 from petlbench.measure.params import parameter_counts
-from petlbench.models.resolve import load_clip
+from petlbench.models.loader import load_backbone
 from petlbench.registry import get_method
 
 
@@ -18,7 +18,7 @@ def _block_params(d: int, d_ff: int) -> int:
 
 @pytest.fixture
 def backbone():
-    model, _ = load_clip("embedded-clip", "sdpa", torch.device("cpu"))
+    model = load_backbone("embedded-clip", "sdpa", torch.device("cpu")).backbone
     return model
 
 

@@ -1,16 +1,18 @@
 """Model names resolve offline: a folder saved with save_pretrained and a Hugging Face id
-in the local cache load through the same code path as the shipped model."""
+in the local cache load through the same code path as the shipped model (and so does a
+VSE tower: tests/test_models.py)."""
 
 import pytest
 import torch
 from huggingface_hub import constants
 
-from petlbench.models.resolve import ModelNotFoundError, load_clip
+from petlbench.models.loader import load_backbone
+from petlbench.models.resolve import ModelNotFoundError
 
 
 @pytest.fixture
 def shipped():
-    model, tok = load_clip("embedded-clip", "sdpa", torch.device("cpu"))
+    model, tok, _ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     return model.eval(), tok
 
 
@@ -28,9 +30,10 @@ def _save(model, tok, folder):
 
 def test_folder_saved_with_save_pretrained(shipped, tmp_path):
     _save(*shipped, tmp_path / "ckpt")
-    loaded, tok = load_clip(str(tmp_path / "ckpt"), "sdpa", torch.device("cpu"))
+    loaded, tok, image_processor = load_backbone(str(tmp_path / "ckpt"), "sdpa", torch.device("cpu"))
     for a, b in zip(_embeddings(loaded.eval(), tok), _embeddings(*shipped), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert image_processor is None  # no preprocessor_config.json was saved
 
 
 def test_hub_id_from_the_local_cache_without_network(shipped, tmp_path, monkeypatch):
@@ -41,9 +44,9 @@ def test_hub_id_from_the_local_cache_without_network(shipped, tmp_path, monkeypa
     (repo / "refs" / "main").write_text("0123456789abcdef")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    loaded, tok = load_clip("someorg/tiny-clip", "sdpa", torch.device("cpu"))
+    loaded, tok, _ = load_backbone("someorg/tiny-clip", "sdpa", torch.device("cpu"))
     for a, b in zip(_embeddings(loaded.eval(), tok), _embeddings(*shipped), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
     with pytest.raises(ModelNotFoundError, match="nothing is downloaded"):
-        load_clip("someorg/not-cached", "sdpa", torch.device("cpu"))
+        load_backbone("someorg/not-cached", "sdpa", torch.device("cpu"))

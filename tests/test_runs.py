@@ -28,7 +28,8 @@ def test_short_end_to_end_run(cli, tmp_path, variant):
     rec = json.loads(records.record_path(tmp_path, variant, 0).read_text())
     run = rec["run"]
     assert (run["variant"], run["method"], run["seed"], run["status"]) == (variant, config.load_variant(variant).method, 0, "ok")
-    assert set(rec["metrics"]) == RECALLS and 0 <= rec["metrics"]["rsum"] <= 600
+    assert set(rec["metrics"]) == RECALLS | {"images", "captions"} and 0 <= rec["metrics"]["rsum"] <= 600
+    assert (rec["metrics"]["images"], rec["metrics"]["captions"]) == (12, 60)  # TINY's test split, 5 captions each
     memory = rec["cost"]["memory"]
     assert memory["source"] == "cpu-accounting"
     assert memory["train_peak_bytes"] > memory["train_breakdown"]["parameters"] > 0

@@ -1,4 +1,4 @@
-"""Image-text retrieval data as tensors, and the training sampler.
+"""Image-text retrieval splits (in memory or read from files), and the training sampler.
 
 Training follows the Flickr30K/COCO protocol (measurement.md): each epoch visits every
 image once, in a seeded random order, with one of its captions drawn at random, so a batch
@@ -7,20 +7,54 @@ never holds two captions of the same image.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from petlbench.data import scenes
+from petlbench.config import DataConfig
+from petlbench.data import files, scenes
 
 # The embedded model's preprocessing: scale uint8 to [-1, 1] (mean 0.5, std 0.5 per channel).
 PIXEL_MEAN = PIXEL_STD = 0.5
 
 
+class RetrievalSplit(ABC):
+    """A split as the training loop and the evaluation read it: images with a fixed number
+    of captions each. Batches come out in host memory; the caller copies them to the device."""
+
+    n_images: int
+    captions_per_image: int
+    workers = 0  # DataLoader worker processes (0: batches are built in this process)
+
+    @abstractmethod
+    def caption_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every caption's ids and attention mask, (n_images, captions_per_image, T) each."""
+
+    @abstractmethod
+    def image_batches(self, batch_size: int) -> Iterable[torch.Tensor]:
+        """Every image as model input, in order, ``batch_size`` at a time."""
+
+    @abstractmethod
+    def training_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless training batches drawn by `training_batches`' sampler with ``generator``."""
+
+    def caption_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every caption (image-major), ``batch_size`` at a time."""
+        ids, mask = (t.flatten(0, 1) for t in self.caption_tokens())
+        for i in range(0, ids.shape[0], batch_size):
+            yield ids[i : i + batch_size], mask[i : i + batch_size]
+
+
 @dataclass
-class RetrievalSplit:
+class TensorSplit(RetrievalSplit):
+    """A split held in memory as tensors (the generated scenes)."""
+
     pixels: torch.Tensor  # (n_images, 3, H, W) float32, normalised
     input_ids: torch.Tensor  # (n_images, captions_per_image, T) int64
     attention_mask: torch.Tensor  # (n_images, captions_per_image, T) int64
@@ -33,6 +67,54 @@ class RetrievalSplit:
     def captions_per_image(self) -> int:
         return self.input_ids.shape[1]
 
+    def caption_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.input_ids, self.attention_mask
+
+    def image_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for i in range(0, self.n_images, batch_size):
+            yield self.pixels[i : i + batch_size]
+
+    def training_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        for idx, cap in training_batches(self.n_images, self.captions_per_image, batch_size, generator):
+            yield {"pixel_values": self.pixels[idx], "input_ids": self.input_ids[idx, cap], "attention_mask": self.attention_mask[idx, cap]}
+
+
+class FileSplit(RetrievalSplit):
+    """A split read from files (`petlbench.data.files`): images decoded and preprocessed by
+    the model's image processor and captions tokenised by its tokenizer, in ``workers``
+    DataLoader processes."""
+
+    def __init__(self, items: list[files.ImageItem], tokenizer, image_processor, text_length: int, workers: int, pin_memory: bool):
+        self.items, self.tokenizer, self.image_processor = items, tokenizer, image_processor
+        # More workers than CPUs only compete for them (DataLoader warns about it).
+        self.text_length, self.workers, self.pin_memory = text_length, min(workers, os.cpu_count() or 1), pin_memory
+        self.n_images, self.captions_per_image = len(items), len(items[0].captions)
+        self._tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        return DataLoader(dataset, num_workers=self.workers, pin_memory=self.pin_memory, **kwargs)
+
+    def caption_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._tokens is None:  # evaluation captions: tokenised once, in this process
+            text = _tokenize(self.tokenizer, [c for item in self.items for c in item.captions], self.text_length)
+            shape = (self.n_images, self.captions_per_image, self.text_length)
+            self._tokens = text["input_ids"].view(shape), text["attention_mask"].view(shape)
+        return self._tokens
+
+    def image_batches(self, batch_size: int) -> DataLoader:
+        return self._loader(files.Images(self.items, self.image_processor), batch_size=batch_size)
+
+    def training_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        sampler = files.PairSampler(training_batches(self.n_images, self.captions_per_image, batch_size, generator))
+        collate = files.Collate(functools.partial(_tokenize, self.tokenizer, max_length=self.text_length))
+        return iter(self._loader(files.Pairs(self.items, self.image_processor), batch_sampler=sampler, collate_fn=collate))
+
+
+def _tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Every caption padded (or cut) to ``max_length`` tokens: fixed shapes keep memory
+    figures exact and identical for every method."""
+    return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     """(n, H, W, 3) uint8 -> (n, 3, H, W) float32 normalised for the embedded model."""
@@ -40,12 +122,11 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return x.sub_(PIXEL_MEAN).div_(PIXEL_STD).contiguous()
 
 
-def from_scenes(split: scenes.SceneSplit, tokenizer, text_length: int) -> RetrievalSplit:
-    """Tokenise every caption to a fixed length (fixed shapes keep memory figures exact)."""
+def from_scenes(split: scenes.SceneSplit, tokenizer, text_length: int) -> TensorSplit:
+    """Generated scenes as tensors, every caption tokenised."""
     n, k = len(split.captions), len(split.captions[0]) if split.captions else scenes.CAPTIONS_PER_IMAGE
-    flat = [c for caps in split.captions for c in caps]
-    enc = tokenizer(flat, padding="max_length", max_length=text_length, truncation=True, return_tensors="pt")
-    return RetrievalSplit(
+    enc = _tokenize(tokenizer, [c for caps in split.captions for c in caps], text_length)
+    return TensorSplit(
         pixels=to_pixels(split.images),
         input_ids=enc["input_ids"].view(n, k, text_length),
         attention_mask=enc["attention_mask"].view(n, k, text_length),
@@ -66,8 +147,14 @@ def training_batches(
             yield idx, caption[idx]
 
 
-def suite_splits(cfg, tokenizer) -> dict[str, RetrievalSplit]:
-    """The train / val / test splits a suite's `data` section describes (`DataConfig`)."""
-    sizes = {"train": cfg.train_images, "val": cfg.val_images, "test": cfg.test_images}
-    generated = scenes.target_splits(cfg.seed, sizes)
-    return {name: from_scenes(split, tokenizer, cfg.text_length) for name, split in generated.items()}
+def suite_splits(cfg: DataConfig, tokenizer, image_processor, pin_memory: bool = False) -> dict[str, RetrievalSplit]:
+    """The train / val / test splits a suite's `data` section describes. Data read from
+    files needs the model's ``image_processor``."""
+    if cfg.kind == "scenes":
+        sizes = {"train": cfg.train_images, "val": cfg.val_images, "test": cfg.test_images}
+        generated = scenes.target_splits(cfg.seed, sizes)
+        return {name: from_scenes(split, tokenizer, cfg.text_length) for name, split in generated.items()}
+    return {
+        name: FileSplit(items, tokenizer, image_processor, cfg.text_length, cfg.workers, pin_memory)
+        for name, items in files.read(cfg).items()
+    }

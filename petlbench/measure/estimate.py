@@ -18,6 +18,7 @@ attention matrix for backward, unlike the CPU and CUDA fused kernels).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -27,12 +28,13 @@ from typing import Literal
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from transformers import AutoModel, CLIPConfig
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from petlbench.config import SuiteConfig, Variant
 from petlbench.measure.memory import CpuAccountingMeter, PhasePeak
 from petlbench.measure.params import parameter_counts
-from petlbench.models.clip import ClipDualEncoder
+from petlbench.models.loader import Architecture
 from petlbench.registry import get_method
 from petlbench.train import make_optimizer, prepare, train_step
 
@@ -68,17 +70,16 @@ def data_free(variant: Variant) -> Variant:
     return dataclasses.replace(variant, config=dataclasses.replace(variant.config, init="random"))
 
 
-def random_batch(config: CLIPConfig, batch_size: int, text_length: int) -> dict[str, torch.Tensor]:
+def random_batch(architecture: Architecture, batch_size: int, text_length: int) -> dict[str, torch.Tensor]:
     """A training batch with the shapes and dtypes of the suite's data (`RetrievalSplit`).
     Values do not change the memory with one exception: transformers builds the text
     tower's attention mask only when a caption is padded (and always on fake tensors, whose
     values it cannot read), so the second half of every caption is padding, as in real data."""
-    vision = config.vision_config
     mask = torch.ones(batch_size, text_length, dtype=torch.long)
     mask[:, (text_length + 1) // 2 :] = 0
     return {
-        "pixel_values": torch.randn(batch_size, vision.num_channels, vision.image_size, vision.image_size),
-        "input_ids": torch.randint(config.text_config.vocab_size, (batch_size, text_length)),
+        "pixel_values": torch.randn(batch_size, architecture.num_channels, architecture.image_size, architecture.image_size),
+        "input_ids": torch.randint(architecture.vocab_size, (batch_size, text_length)),
         "attention_mask": mask,
     }
 
@@ -100,15 +101,60 @@ def _materialize(model: nn.Module) -> None:
         setattr(module, name, replaced[id(tensor)])
 
 
+# Normalisation ops whose fake kernels disagree with the CPU kernels (torch 2.13): op ->
+# (positions of its weight-like arguments, positions of the statistics it returns).
+_NORM_STATISTICS = {
+    torch.ops.aten.native_layer_norm.default: ((2, 3), (1, 2)),  # weight, bias -> mean, rstd
+    torch.ops.aten.native_batch_norm.default: ((1, 2, 3, 4), (1, 2)),  # weight, bias, running stats -> save_mean, save_invstd
+}
+
+
+class _CpuNormStatistics(TorchDispatchMode):
+    """Makes fake normalisation ops return what the CPU kernels return. With a bf16 input and
+    fp32 parameters (under bf16 autocast, a LayerNorm or BatchNorm fed by an autocast matmul
+    or convolution, as in LST's side network and UniPT's CNN variant) the CPU kernels keep the
+    statistics that backward reads in the parameters' dtype (their "mixed type" path); the
+    fake kernels (`torch._refs.native_layer_norm`, `torch._decomp`'s batch norm) keep them in
+    the input's. Entered below the meter, so that only the corrected tensors are counted."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _NORM_STATISTICS:
+            param_at, stats_at = _NORM_STATISTICS[func]
+            params = [args[i] for i in param_at if i < len(args) and args[i] is not None]
+            if params and params[0].dtype != args[0].dtype:
+                out = tuple(t.to(params[0].dtype) if i in stats_at else t for i, t in enumerate(out))
+        return out
+
+
+class _FusedAttentionDropout(TorchFunctionMode):
+    """Attention dropout as CUDA's fused kernels cost it. In fp32 CUDA runs
+    `scaled_dot_product_attention` with dropout in the memory-efficient kernel, which saves
+    only its random-number state for backward; the CPU has no fused kernel with dropout and
+    takes the math path, which keeps the (B, heads, N, N) probabilities and their dropout
+    mask (BERT's 0.1 attention dropout doubles the VSE family's estimate at 512 tokens). So the
+    CUDA target runs attention with ``dropout_p=0``: the same tensors but the two scalars of
+    that state; values do not matter on fake tensors. Unvalidated until checked on a GPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            if len(args) > 4:  # dropout_p is the fifth positional parameter
+                args = (*args[:4], 0.0, *args[5:])
+            else:
+                kwargs = {**kwargs, "dropout_p": 0.0}
+        return func(*args, **kwargs)
+
+
 class FakeTraining:
     """One variant's model and optimizer on fake tensors, for the suite's training step on
-    ``config``'s architecture; `peak` measures a step at any batch size."""
+    ``architecture``; `peak` measures a step at any batch size."""
 
-    def __init__(self, config: CLIPConfig, suite: SuiteConfig, variant: Variant, text_length: int, target: Target = "cuda"):
-        self.config, self.suite, self.text_length, self.target = config, suite, text_length, target
+    def __init__(self, architecture: Architecture, suite: SuiteConfig, variant: Variant, text_length: int, target: Target = "cuda"):
+        self.architecture, self.suite, self.text_length, self.target = architecture, suite, text_length, target
         with torch.device("meta"):
-            clip = AutoModel.from_config(config, attn_implementation=suite.model.attn_implementation)
-        self.model = prepare(ClipDualEncoder(clip), suite, data_free(variant))
+            backbone = architecture.build(suite.model.attn_implementation)
+        self.model = prepare(backbone, suite, data_free(variant))
         self.params = parameter_counts(self.model)
         self.fake_mode = FakeTensorMode()
         with self.fake_mode:
@@ -118,13 +164,13 @@ class FakeTraining:
         self._warm = False
 
     def _step(self, batch_size: int) -> None:
-        train_step(self.model, random_batch(self.config, batch_size, self.text_length), self.opt)
+        train_step(self.model, random_batch(self.architecture, batch_size, self.text_length), self.opt, self.suite.train.precision)
 
     def peak(self, batch_size: int) -> PhasePeak:
         """The peak of a steady-state step at ``batch_size`` (the first call runs the
         warm-up step first), broken down like the CPU accounting, plus ``workspace``."""
         cuda = self.target == "cuda"
-        with self.fake_mode:
+        with self.fake_mode, _CpuNormStatistics(), _FusedAttentionDropout() if cuda else contextlib.nullcontext():
             if not self._warm:
                 self._step(batch_size)
                 self._warm = True

@@ -12,6 +12,7 @@ garbage collector off during it, peaks taken over the phase only.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import weakref
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,36 @@ def allocated_bytes(nbytes: int, granularity: int = 1) -> int:
     """``nbytes`` rounded up to a multiple of ``granularity``: what an allocator handing out
     blocks of that granularity holds for one allocation (a zero-byte storage holds none)."""
     return -(-nbytes // granularity) * granularity
+
+
+# Set while the host prepares data (`host_side`): what it creates is not device memory.
+_HOST_SIDE = contextvars.ContextVar("host_side", default=False)
+
+
+@contextmanager
+def host_side() -> Iterator[None]:
+    """Loading a batch or slicing the data set happens in host memory (on CUDA, outside
+    `max_memory_allocated`): the CPU accounting does not count the tensors created here,
+    nor views of them. What counts is the copy to the device that follows, as on CUDA."""
+    token = _HOST_SIDE.set(True)
+    try:
+        yield
+    finally:
+        _HOST_SIDE.reset(token)
+
+
+_END = object()
+
+
+def host_batches(batches: Iterable) -> Iterator:
+    """The items of ``batches``, each produced under `host_side`."""
+    iterator = iter(batches)
+    while True:
+        with host_side():
+            item = next(iterator, _END)
+        if item is _END:
+            return
+        yield item
 
 
 class _LiveStorages(TorchDispatchMode):
@@ -68,6 +99,8 @@ class _LiveStorages(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if _HOST_SIDE.get():
+            return out
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
                 self._track(leaf)
@@ -97,8 +130,8 @@ def storage_bytes(tensors: Iterable[torch.Tensor], granularity: int = 1) -> int:
 class CpuAccountingMeter:
     """Peak = bytes of the tensors alive when the phase starts (``resident``: parameters,
     buffers, optimizer state) + the peak of the tensor bytes created during the phase.
-    ``ignore`` are tensors whose views must not count (the data set held in host memory,
-    which a CUDA run would not hold on the device). ``granularity`` rounds each storage up
+    ``ignore`` are tensors whose views must not count (host-side state a CUDA run would not
+    hold on the device, such as AdamW's step counters); data is read under `host_side`. ``granularity`` rounds each storage up
     as an allocator would (`petlbench.measure.estimate` models CUDA's with it)."""
 
     source = "cpu-accounting"

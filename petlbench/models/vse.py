@@ -1,6 +1,7 @@
 """VSE-style dual encoder: a CNN image tower (transformers' `ResNetModel`) and a
 BERT-style text tower (`BertModel`), each followed by a simple embedding head to a joint
-width. The second backbone family, to show which methods apply beyond CLIP.
+width. The second backbone family, to show which methods apply beyond CLIP. A checkpoint
+is a folder with `vse.json` naming the two towers (`petlbench.models.loader`).
 
 Heads (kept simple, not VSE∞'s GPO pooling):
 - image: global average pool of the last stage (C5), then a Linear to the joint width;
@@ -27,7 +28,7 @@ import math
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
+from transformers import AutoModel, BertConfig, BertModel, ResNetConfig, ResNetModel
 
 from petlbench.models.clip import TowerStates
 from petlbench.models.pooling import masked_mean
@@ -43,6 +44,7 @@ class VseDualEncoder(nn.Module):
         super().__init__()
         self.resnet = resnet
         self.bert = bert
+        bert.config.use_cache = False  # an encoder keeps no KV cache (checkpointing warns otherwise)
         self.embed_dim = embed_dim
         self.image_projection = nn.Linear(resnet.config.hidden_sizes[-1], embed_dim)
         self.text_projection = nn.Linear(bert.config.hidden_size, embed_dim)
@@ -106,9 +108,12 @@ class VseDualEncoder(nn.Module):
         return []
 
 
-def vse_from_configs(resnet_config: ResNetConfig, bert_config: BertConfig, embed_dim: int) -> VseDualEncoder:
-    """Random weights from configs (nothing is downloaded; no checkpoints exist here)."""
-    return VseDualEncoder(ResNetModel(resnet_config), BertModel(bert_config, add_pooling_layer=False), embed_dim)
+def vse_from_configs(
+    resnet_config: ResNetConfig, bert_config: BertConfig, embed_dim: int, attn_implementation: str = "sdpa"
+) -> VseDualEncoder:
+    """Random weights from configs (checkpoints load through `petlbench.models.loader`)."""
+    bert = AutoModel.from_config(bert_config, attn_implementation=attn_implementation, add_pooling_layer=False)
+    return VseDualEncoder(ResNetModel(resnet_config), bert, embed_dim)
 
 
 def tiny_vse(embed_dim: int = 32, text_layers: int = 2, vocab_size: int = 100, max_text: int = 40) -> VseDualEncoder:

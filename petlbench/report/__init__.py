@@ -31,8 +31,10 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     "eval_peak_bytes": lambda r: r["cost"]["memory"]["eval_peak_bytes"],
     "train_breakdown": lambda r: r["cost"]["memory"]["train_breakdown"],
     "step_time_s": lambda r: r["cost"]["step_time_s_median"],
+    "data_wait_s": lambda r: r["cost"]["data_wait_s_median"],
     "eval_s": lambda r: r["cost"]["eval_s"],
     **{name: (lambda r, name=name: r["metrics"][name]) for name in (*RECALLS, "rsum")},
+    "rsum_folds": lambda r: r["metrics"]["folds"]["rsum"],
 }
 
 

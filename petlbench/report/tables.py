@@ -34,8 +34,10 @@ COLUMNS = (
     Column("params_percent", "trainable (%)", 2, True),
     Column("train_peak_bytes", "train peak ({unit}{source})", 2, True, scale=None),
     Column("step_time_s", "step time (ms)", 1, True, scale=1e-3),
+    Column("data_wait_s", "data wait (ms)", 1, True, scale=1e-3),
     *(Column(f"{d}_r{k}", f"{d} R@{k}", 1, False) for d in ("i2t", "t2i") for k in (1, 5, 10)),
     Column("rsum", "rSum", 1, False),
+    Column("rsum_folds", "rSum (fold mean)", 1, False),
     Column("eval_peak_bytes", "eval peak ({unit})", 2, True, scale=None),
     Column("eval_s", "eval time (s)", 1, True),
 )

@@ -1,0 +1,209 @@
+"""Image-text data sets on disk: Karpathy-split JSON (Flickr30K, COCO) and JSONL manifests.
+
+Layout (the suite's `data` section): ``data.root`` holds the annotation file
+(``data.annotations``) and the images folder (``data.images``).
+- Karpathy JSON (``dataset_flickr30k.json``, ``dataset_coco.json``): ``{"images": [{"filename",
+  "split", "sentences": [{"raw"}], "filepath"?}]}``; an image lies at
+  ``images/[filepath/]filename``; ``restval`` (COCO) joins training (measurement.md).
+- JSONL manifest: one ``{"image": path, "captions": [...], "split": "train"|"val"|"test"}``
+  per line, ``image`` relative to the images folder (or absolute).
+Each image keeps its first ``data.captions_per_image`` captions; fewer is an error.
+
+`read` parses and checks the annotations (cheap); `validate` also checks that every image
+exists and is a readable image, before any run starts. Every problem is a `ConfigError`
+naming the path (exit code 2). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from petlbench.config import ConfigError, DataConfig
+
+SPLITS = ("train", "val", "test")
+# Karpathy's split names, as the splits they join.
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+# How many missing or unreadable images an error lists by name.
+SHOWN = 5
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: Path
+    captions: tuple[str, ...]
+
+
+def _folders(cfg: DataConfig) -> tuple[Path, Path]:
+    """The annotation file and the images folder, checked to exist."""
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data.root: no such folder: {root} (set it with --set data.root=PATH)")
+    annotations, images = root / cfg.annotations, root / cfg.images
+    if not annotations.is_file():
+        raise ConfigError(f"data.annotations: no such file: {annotations}")
+    if not images.is_dir():
+        raise ConfigError(f"data.images: no such folder: {images}")
+    return annotations, images
+
+
+def _karpathy(path: Path, images: Path) -> Iterator[tuple[str, str, Path, list]]:
+    """(where, split, image path, captions) of every image of a Karpathy JSON."""
+    try:
+        data = json.loads(path.read_text())
+        entries = data["images"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"{path}: expected a Karpathy-split JSON object with a list under 'images'") from None
+    for i, entry in enumerate(entries):
+        where = f"{path}: images[{i}]"
+        try:
+            split, name = entry["split"], entry["filename"]
+            captions = [sentence["raw"] for sentence in entry["sentences"]]
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{where}: missing key {exc} (each image needs 'filename', 'split' and 'sentences' with 'raw')") from None
+        if split not in KARPATHY_SPLITS:
+            raise ConfigError(f"{where}: split {split!r} is not one of {', '.join(KARPATHY_SPLITS)}")
+        yield where, KARPATHY_SPLITS[split], images / entry.get("filepath", "") / name, captions
+
+
+def _jsonl(path: Path, images: Path) -> Iterator[tuple[str, str, Path, list]]:
+    """(where, split, image path, captions) of every line of a JSONL manifest."""
+    with path.open() as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                entry = json.loads(line)
+                split, image, captions = entry["split"], entry["image"], entry["captions"]
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: not valid JSON: {exc}") from None
+            except (KeyError, TypeError) as exc:
+                raise ConfigError(f"{where}: missing key {exc} (each line needs 'image', 'captions' and 'split')") from None
+            if split not in SPLITS:
+                raise ConfigError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+                raise ConfigError(f"{where}: 'captions' must be a list of strings")
+            yield where, split, images / image, captions
+
+
+READERS = {"karpathy": _karpathy, "jsonl": _jsonl}
+
+
+def read(cfg: DataConfig) -> dict[str, list[ImageItem]]:
+    """The train / val / test images of the annotation file, in file order, each with its
+    first ``captions_per_image`` captions, each split cut to its configured size."""
+    annotations, images = _folders(cfg)
+    return _read(cfg.kind, annotations, images, cfg.captions_per_image, tuple(getattr(cfg, f"{s}_images") for s in SPLITS))
+
+
+@functools.cache
+def _read(kind: str, annotations: Path, images: Path, k: int, sizes: tuple[int, ...]) -> dict[str, list[ImageItem]]:
+    """`read`, once per process: a sweep reads its annotations once."""
+    splits: dict[str, list[ImageItem]] = {s: [] for s in SPLITS}
+    for where, split, path, captions in READERS[kind](annotations, images):
+        if len(captions) < k:
+            raise ConfigError(f"{where}: {len(captions)} captions, fewer than data.captions_per_image = {k}")
+        splits[split].append(ImageItem(path, tuple(captions[:k])))
+    for split, size in zip(SPLITS, sizes, strict=True):
+        if not splits[split]:
+            raise ConfigError(f"{annotations}: the {split} split has no images")
+        if size:
+            splits[split] = splits[split][:size]
+    return splits
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` is not a readable image (None when it is)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()  # checks the file's structure without decoding every pixel
+    except FileNotFoundError:
+        return "missing"
+    except Exception as exc:  # PIL raises many types for a broken file
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _listed(problems: list[tuple[Path, str]]) -> str:
+    shown = "; ".join(f"{path} ({why})" if why != "missing" else str(path) for path, why in problems[:SHOWN])
+    return shown + (f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
+
+
+def validate(cfg: DataConfig) -> dict[str, list[ImageItem]]:
+    """`read`, then every image of every split must exist and be readable: a data set is
+    checked whole before the first run, not found broken an hour into training."""
+    annotations, images = _folders(cfg)
+    splits = read(cfg)
+    paths = sorted({item.path for items in splits.values() for item in items})
+    with ThreadPoolExecutor(max_workers=8) as pool:  # file reads: threads overlap the I/O
+        checked = pool.map(_unreadable, paths, chunksize=64)
+        reasons = list(tqdm(checked, total=len(paths), desc="checking images", unit="image", leave=False, disable=None))
+    problems = [(path, why) for path, why in zip(paths, reasons, strict=True) if why]
+    missing = [p for p in problems if p[1] == "missing"]
+    if missing:
+        raise ConfigError(f"{len(missing)} of {len(paths)} images named in {annotations} are missing from {images}: {_listed(missing)}")
+    if problems:
+        raise ConfigError(f"{len(problems)} of {len(paths)} images named in {annotations} cannot be read: {_listed(problems)}")
+    return splits
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class Images(torch.utils.data.Dataset):
+    """Item ``i``: image ``i`` as the model's pixel tensor (image processor in the worker)."""
+
+    def __init__(self, items: list[ImageItem], image_processor):
+        self.items, self.image_processor = items, image_processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with Image.open(self.items[i].path) as image:
+            return self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
+class Pairs(Images):
+    """Item ``(i, c)``: image ``i`` with its caption ``c`` (text, tokenised by `Collate`)."""
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str]:
+        i, c = key
+        return super().__getitem__(i), self.items[i].captions[c]
+
+
+@dataclass
+class Collate:
+    """Stacks images and tokenises captions (``tokenize(texts)``), in the worker."""
+
+    tokenize: Callable[[list[str]], dict[str, torch.Tensor]]
+
+    def __call__(self, pairs: list[tuple[torch.Tensor, str]]) -> dict[str, torch.Tensor]:
+        text = self.tokenize([caption for _, caption in pairs])
+        return {
+            "pixel_values": torch.stack([p for p, _ in pairs]),
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+        }
+
+
+class PairSampler(torch.utils.data.Sampler):
+    """The batches of a (image indices, caption indices) iterator as lists of pairs."""
+
+    def __init__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for idx, cap in self.batches:
+            yield list(zip(idx.tolist(), cap.tolist(), strict=True))

@@ -1,0 +1,221 @@
+"""One loader for every backbone family, offline (`resolve`: nothing is ever downloaded,
+no remote code runs): `load_backbone` gives a dual encoder with its tokenizer and image
+processor, to train; `load_architecture` reads the configs only, for estimates and checks.
+
+A model folder is one of two families:
+
+- ``clip``: `config.json` of a `CLIPModel`, its weights and tokenizer, and optionally
+  `preprocessor_config.json` (the image processor).
+- ``vse`` (a ResNet image tower with a BERT text tower, `VseDualEncoder`): `vse.json`,
+
+      {"image_tower": NAME_OR_PATH, "text_tower": NAME_OR_PATH, "embed_dim": 1024}
+
+  Each tower resolves like a model name: a folder (relative paths are relative to the folder
+  of vse.json), a shipped architecture, or a Hugging Face id in the local cache
+  ("microsoft/resnet-50", "google-bert/bert-base-uncased"). The image tower is a `ResNetModel`
+  and brings the image processor (its `preprocessor_config.json`, if any); the text tower is
+  a `BertModel` and brings the tokenizer. The joint-space heads (the two projections and the
+  logit scale: every parameter outside the towers) come from `heads.safetensors` next to
+  vse.json when there is one (optional; its keys are `VseDualEncoder.state_dict()`'s without
+  the `resnet.` and `bert.` ones), and are otherwise new: random, from the caller's
+  `torch.manual_seed`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, CLIPConfig, CLIPModel, PreTrainedConfig, ResNetConfig, ResNetModel
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
+from transformers.utils import logging as hf_logging
+
+from petlbench.config import ConfigError
+from petlbench.models.clip import ClipDualEncoder
+from petlbench.models.resolve import VSE_FILE, ModelNotFoundError, resolve
+from petlbench.models.vse import VseDualEncoder, vse_from_configs
+
+HEADS_FILE = "heads.safetensors"
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+# Offline, and no code from a checkpoint folder is ever imported.
+OFFLINE: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+# Image side for a ResNet whose folder has no image processor: the ImageNet resolution
+# ResNets are trained and evaluated at (microsoft/resnet-50's processor resizes to 256 and
+# crops the centre 224x224).
+RESNET_IMAGE_SIZE = 224
+
+
+class LoadedModel(NamedTuple):
+    """A dual encoder ready to train and what turns captions and images into its inputs."""
+
+    backbone: nn.Module  # ClipDualEncoder or VseDualEncoder
+    tokenizer: Any
+    image_processor: Any  # None when the folder has no preprocessor_config.json
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What estimates and checks need of a model, from its configs alone (no weights)."""
+
+    family: str  # "clip" or "vse": the backbone kind methods declare (`MethodSpec.backbones`)
+    max_text_positions: int
+    image_size: int  # the side of the square images the model is fed
+    num_channels: int
+    vocab_size: int
+    # attn_implementation -> the dual encoder with new (random) weights, on the default device
+    # (``torch.device("meta")`` for an estimate)
+    build: Callable[[str], nn.Module] = field(repr=False)
+
+
+def clip_architecture(config: CLIPConfig) -> Architecture:
+    """A CLIP's architecture: the image size is fixed by its position embeddings."""
+    vision, text = config.vision_config, config.text_config
+    return Architecture(
+        "clip",
+        text.max_position_embeddings,
+        vision.image_size,
+        vision.num_channels,
+        text.vocab_size,
+        build=lambda attn: ClipDualEncoder(AutoModel.from_config(config, attn_implementation=attn)),
+    )
+
+
+def vse_architecture(resnet: ResNetConfig, bert: BertConfig, embed_dim: int, image_size: int = RESNET_IMAGE_SIZE) -> Architecture:
+    """A ResNet + BERT pair's architecture; a CNN takes any image size, so it is given."""
+    return Architecture(
+        "vse",
+        bert.max_position_embeddings,
+        image_size,
+        resnet.num_channels,
+        bert.vocab_size,
+        build=lambda attn: vse_from_configs(resnet, bert, embed_dim, attn),
+    )
+
+
+def load_architecture(name: str, weights: bool = False) -> Architecture:
+    """The architecture of model ``name``; with ``weights``, an error where `load_backbone`
+    would find none to load (a shipped architecture), before anything runs."""
+    folder = resolve(name, weights)
+    if (folder / VSE_FILE).is_file():
+        vse = _VseFolder.read(folder, weights)
+        return vse_architecture(vse.resnet, vse.bert, vse.embed_dim, _processor_image_size(vse.image) or RESNET_IMAGE_SIZE)
+    return clip_architecture(_config(folder, CLIPConfig, f"model {name!r}"))
+
+
+def load_backbone(name: str, attn_implementation: str, device: torch.device) -> LoadedModel:
+    """Model ``name`` with its weights, tokenizer and image processor, on ``device``."""
+    folder = resolve(name)
+    hf_logging.disable_progress_bar()  # one bar per run would drown the sweep's own progress
+    if (folder / VSE_FILE).is_file():
+        vse = _VseFolder.read(folder, weights=True)
+        resnet = ResNetModel.from_pretrained(vse.image, **OFFLINE)
+        bert = BertModel.from_pretrained(vse.text, attn_implementation=attn_implementation, add_pooling_layer=False, **OFFLINE)
+        backbone = VseDualEncoder(resnet, bert, vse.embed_dim)
+        if (folder / HEADS_FILE).is_file():
+            _load_heads(backbone, folder / HEADS_FILE)
+        text_folder, image_folder = vse.text, vse.image
+    else:
+        _config(folder, CLIPConfig, f"model {name!r}")
+        backbone = ClipDualEncoder(CLIPModel.from_pretrained(folder, attn_implementation=attn_implementation, **OFFLINE))
+        text_folder = image_folder = folder
+    return LoadedModel(backbone.to(device), AutoTokenizer.from_pretrained(text_folder, **OFFLINE), _image_processor(image_folder))
+
+
+@dataclass(frozen=True)
+class _VseFolder:
+    """A validated vse.json: its path, the towers' folders and configs, the joint width."""
+
+    file: Path
+    image: Path
+    text: Path
+    resnet: ResNetConfig
+    bert: BertConfig
+    embed_dim: int
+
+    @classmethod
+    def read(cls, folder: Path, weights: bool) -> _VseFolder:
+        """The vse.json of ``folder``; ``weights`` as in `resolve`, for both towers."""
+        path = folder / VSE_FILE
+        try:
+            spec = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        keys = ("image_tower", "text_tower", "embed_dim")
+        if not isinstance(spec, dict) or set(spec) != set(keys):
+            found = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+            raise ConfigError(f"{path}: expected an object with exactly the keys {', '.join(keys)}; found {found}")
+        embed_dim = spec["embed_dim"]
+        if type(embed_dim) is not int or embed_dim < 1:
+            raise ConfigError(f"{path} key 'embed_dim': expected a positive integer (the joint embedding width), got {embed_dim!r}")
+        image, text = (_tower(path, key, spec[key], weights) for key in ("image_tower", "text_tower"))
+        resnet = _config(image, ResNetConfig, f"{path} key 'image_tower'")
+        return cls(path, image, text, resnet, _config(text, BertConfig, f"{path} key 'text_tower'"), embed_dim)
+
+
+def _tower(vse_file: Path, key: str, name: Any, weights: bool) -> Path:
+    """The folder of tower ``name`` (``key`` of ``vse_file``)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{vse_file} key {key!r}: expected a model name or a path, got {name!r}")
+    local = vse_file.parent / Path(name).expanduser()  # an absolute path stays as it is
+    try:
+        return resolve(str(local) if local.is_dir() else name, weights)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{vse_file} key {key!r}: {exc}") from None
+
+
+def _config(folder: Path, config_cls: type[PreTrainedConfig], where: str) -> PreTrainedConfig:
+    """``config_cls`` from ``folder``/config.json, which must describe that model type."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{where}: {folder} has no config.json")
+    model_type = json.loads(path.read_text()).get("model_type")
+    if model_type != config_cls.model_type:
+        vse = f" (a ResNet + BERT pair is a folder with {VSE_FILE})" if config_cls is CLIPConfig else ""
+        raise ConfigError(f"{where}: {path} describes a {model_type!r} model; expected {config_cls.model_type!r}{vse}")
+    return config_cls.from_pretrained(folder, local_files_only=True)
+
+
+def _load_heads(model: VseDualEncoder, path: Path) -> None:
+    """The joint-space heads of ``model`` from ``path`` (every key outside the towers, each
+    of its shape)."""
+    heads = load_file(path)
+    own = {key: t for key, t in model.state_dict().items() if not key.startswith(("resnet.", "bert."))}
+    if set(heads) != set(own):
+        raise ConfigError(f"{path}: expected the keys {', '.join(sorted(own))}; found {', '.join(sorted(heads))}")
+    wrong = [f"{key} {tuple(heads[key].shape)} (expected {tuple(t.shape)})" for key, t in own.items() if heads[key].shape != t.shape]
+    if wrong:
+        raise ConfigError(f"{path}: shapes do not match the towers and embed_dim {model.embed_dim}: {', '.join(wrong)}")
+    model.load_state_dict(heads, strict=False)
+
+
+def _image_processor(folder: Path) -> Any:
+    """The image processor of ``folder``, None without preprocessor_config.json. Always the
+    PIL backend: the same pixels on every machine (the torchvision backend resizes
+    differently), and no warning where torchvision is missing. Imported from its module:
+    transformers 5.17 exports a placeholder that demands torchvision."""
+    if not (folder / IMAGE_PROCESSOR_FILE).is_file():
+        return None
+    return AutoImageProcessor.from_pretrained(folder, backend="pil", **OFFLINE)
+
+
+def _processor_image_size(folder: Path) -> int | None:
+    """The side of the square images the image processor of ``folder`` makes: its centre
+    crop, else its resize target; None without preprocessor_config.json."""
+    path = folder / IMAGE_PROCESSOR_FILE
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    keys = ("crop_size", "size") if config.get("do_center_crop", True) else ("size",)
+    for key in keys:
+        value = config.get(key)  # an int (legacy), or {"height", "width"} / {"shortest_edge"}
+        if isinstance(value, dict):
+            value = value.get("height", value.get("shortest_edge"))
+        if isinstance(value, int):
+            return value
+    return None
