@@ -75,6 +75,8 @@ class DataConfig:
                 raise ConfigError("only for data read from files (data.kind karpathy or jsonl)", key=f"data.{key}")
         if self.captions_per_image < 1:
             raise ConfigError("at least 1", key="data.captions_per_image")
+        if not files and self.captions_per_image != 5:
+            raise ConfigError("the generated scenes have 5 captions per image", key="data.captions_per_image")
         if self.workers < 0:
             raise ConfigError("0 or more", key="data.workers")
 

@@ -21,7 +21,7 @@ from petlbench import config as cfgmod
 from petlbench import records
 from petlbench.config import ConfigError, SuiteConfig, Variant
 from petlbench.data.files import validate as validate_data
-from petlbench.models.loader import load_architecture
+from petlbench.models.loader import load_architecture, load_preprocessors
 from petlbench.registry import UnsupportedError, registered
 from petlbench.train import DivergedError, RunOutcome, run
 
@@ -89,9 +89,15 @@ def default_variants() -> list[str]:
 
 
 def _check_data(suite: SuiteConfig) -> None:
-    """Data read from files is checked whole (every image) before the first run; the
-    evaluation folds must split the evaluated images equally."""
+    """Data read from files is checked whole (every image) before the first run, and so is
+    the model's image processor that reads it; the evaluation folds must split the
+    evaluated images equally."""
     data = suite.data
+    if data.kind != "scenes" and load_preprocessors(suite.model.name)[1] is None:
+        raise ConfigError(
+            f"model {suite.model.name!r} has no image processor (preprocessor_config.json), which data.kind {data.kind!r} needs: "
+            "save one next to the checkpoint (e.g. CLIPProcessor.save_pretrained)"
+        )
     n_eval = len(validate_data(data)[suite.eval.split]) if data.kind != "scenes" else getattr(data, f"{suite.eval.split}_images")
     if n_eval % suite.eval.folds:
         raise ConfigError(

@@ -52,11 +52,8 @@ _SPLITS_CACHE: dict[tuple, dict[str, RetrievalSplit]] = {}
 
 
 def _splits(suite: SuiteConfig, tokenizer, image_processor, device: torch.device) -> dict[str, RetrievalSplit]:
-    """The suite's data, built once per process and shared by every run of a sweep."""
-    if suite.data.kind != "scenes" and image_processor is None:
-        raise ConfigError(
-            f"model {suite.model.name!r} has no image processor (preprocessor_config.json), which data.kind {suite.data.kind!r} needs"
-        )
+    """The suite's data, built once per process and shared by every run of a sweep (the
+    model's preprocessors were checked by `sweep.make_plan`)."""
     key = (suite.model.name, tuple(sorted(cfgmod.to_dict(suite.data).items())), device.type)
     if key not in _SPLITS_CACHE:
         _SPLITS_CACHE[key] = suite_splits(suite.data, tokenizer, image_processor, pin_memory=device.type == "cuda")
@@ -222,6 +219,7 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
     # memory is measured on a second, identical pass, so that the CPU accounting's per-op
     # cost never enters the timing.
     opt.state.clear()
+    batches.close()  # drops the training DataLoader: its workers stop, their prefetched batches go
     t_eval = time.perf_counter()
     metrics = evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision)
     eval_s = time.perf_counter() - t_eval

@@ -7,6 +7,7 @@ Each (variant, batch size) runs in a fresh process (measurement.md: allocator st
 cuBLAS handles of one run would otherwise change the next). Run on a CUDA machine:
 
     python scripts/measure_cuda.py                      # ViT-B/32, batches 16 and 64
+    python scripts/measure_cuda.py --set train.precision=bf16 --output tests/fixtures/cuda_memory_bf16.json
     python scripts/measure_cuda.py --device cpu --model embedded-clip --output /tmp/x.json   # plumbing check
 
 With ``--device cpu`` the "measured" figure is the CPU accounting and the estimate's target
@@ -33,10 +34,10 @@ from petlbench.train import make_optimizer, prepare, train_step
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cuda_memory.json"
 
 
-def measure(model_name: str, suite_name: str, variant_name: str, batch_size: int, device: torch.device) -> dict:
+def measure(model_name: str, suite_name: str, overrides: list[str], variant_name: str, batch_size: int, device: torch.device) -> dict:
     """One (variant, batch size) in this process: warm-up step, then the measured step
     under the suite's meter for ``device``, exactly as `petlbench.train.run` measures."""
-    suite, architecture = load_suite(suite_name), load_architecture(model_name)
+    suite, architecture = load_suite(suite_name, overrides), load_architecture(model_name)
     text_length = architecture.max_text_positions
     torch.manual_seed(0)
     with device:  # weights, optimizer state and batches are created on the device directly
@@ -77,18 +78,21 @@ def main() -> None:
     parser.add_argument("--methods", help="comma-separated variants; default: every variant")
     parser.add_argument("--batch-sizes", default="16,64")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="suite override, e.g. train.precision=bf16 (repeatable)"
+    )
     parser.add_argument("--output", type=Path, default=FIXTURE)
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     device = torch.device(args.device)
 
     if args.one:
-        print(json.dumps(measure(args.model, args.suite, args.one[0], int(args.one[1]), device)))
+        print(json.dumps(measure(args.model, args.suite, args.set, args.one[0], int(args.one[1]), device)))
         return
 
     variants = args.methods.split(",") if args.methods else [p.stem for p in available("methods")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    suite, architecture = load_suite(args.suite), load_architecture(args.model)
+    suite, architecture = load_suite(args.suite, args.set), load_architecture(args.model)
     target = "cuda" if device.type == "cuda" else "cpu"
     rows = []
     print(f"{'method':<18} {'batch':>5} {'estimate (MiB)':>15} {'measured (MiB)':>15} {'estimate / measured':>20}")
@@ -103,6 +107,7 @@ def main() -> None:
                 args.suite,
                 "--device",
                 args.device,
+                *(item for override in args.set for item in ("--set", override)),
                 "--one",
                 name,
                 str(batch_size),
@@ -121,6 +126,7 @@ def main() -> None:
     fixture = {
         "model": args.model,
         "suite": args.suite,
+        "overrides": args.set,
         "text_length": architecture.max_text_positions,
         "env": environment(device),
         "measurements": rows,

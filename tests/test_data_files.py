@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from petlbench import config as cfgmod
 from petlbench.data import files
 from petlbench.data.retrieval import suite_splits
 from petlbench.models.loader import load_backbone
+from petlbench.models.resolve import ASSETS
 from tests.conftest import tiny_args
 from tests.datasets import SIZES, jsonl_args, karpathy_args, write_jsonl, write_karpathy
 
@@ -173,6 +176,17 @@ def test_corrupt_image(cli, tmp_path):
     _expect_error(cli, tmp_path, karpathy_args(root), "1 of 12 images", "cannot be read", str(bad))
 
 
+def test_truncated_jpeg(cli, tmp_path):
+    """PIL's verify() passes a truncated JPEG; decoding it does not."""
+    root = _broken(tmp_path, "jsonl")
+    good, bad = root / "pictures" / "train" / "1.jpg", root / "pictures" / "train" / "0.jpg"
+    Image.open(root / "pictures" / "train" / "0.png").convert("RGB").resize((256, 256)).save(good, quality=90)
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    manifest = root / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace('"train/0.png"', '"train/0.jpg"').replace('"train/1.png"', '"train/1.jpg"'))
+    _expect_error(cli, tmp_path, jsonl_args(root), "1 of 12 images", "cannot be read", str(bad), "truncated")
+
+
 def test_not_an_image(cli, tmp_path):
     root = _broken(tmp_path, "jsonl")
     bad = root / "pictures" / "test" / "0.png"
@@ -204,6 +218,14 @@ def test_too_few_captions(cli, tmp_path):
         ("karpathy", '{"images": [{"filename": "a.png", "split": "dev", "sentences": []}]}', ("split 'dev'", "restval")),
         ("jsonl", '{"image": "a.png", "captions": ["x"]}\n', ("manifest.jsonl:1", "'split'")),
         ("jsonl", '\n{"image": "a.png", "captions": "x", "split": "train"}\n', ("manifest.jsonl:2", "list of strings")),
+        ("jsonl", '{"image": 7, "captions": ["x"], "split": "train"}\n', ("manifest.jsonl:1", "image must be a string, got 7")),
+        (
+            "jsonl",
+            '{"image": "a.png", "captions": ["x", null], "split": "train"}\n',
+            ("manifest.jsonl:1", "every caption must be a string"),
+        ),
+        ("karpathy", '{"images": [{"filename": 123, "split": "train", "sentences": []}]}', ("images[0]", "filename must be a string")),
+        ("karpathy", '{"images": [{"filename": "a.png", "filepath": null, "split": "val", "sentences": []}]}', ("images[0]", "filepath")),
     ],
 )
 def test_malformed_annotations(cli, tmp_path, fmt, text, fragments):
@@ -224,9 +246,38 @@ def test_data_config_errors(cli, tmp_path, override, fragment):
     _expect_error(cli, tmp_path, [*karpathy_args(tmp_path), override], fragment)
 
 
-def test_files_keys_are_refused_for_scenes(cli, tmp_path):
-    code, _, err = cli("run", "--suite", "vl-retrieval", "--output", str(tmp_path), *tiny_args(f"data.root={tmp_path}"))
-    assert code == 2 and "data.root" in err and "karpathy or jsonl" in err
+def test_annotations_that_are_not_utf8(cli, tmp_path):
+    root = _broken(tmp_path, "jsonl")
+    (root / "manifest.jsonl").write_bytes(b'{"image": "a.png", "captions": ["caf\xe9"], "split": "train"}\n')
+    _expect_error(cli, tmp_path, jsonl_args(root), str(root / "manifest.jsonl"), "not UTF-8")
+
+
+def test_a_model_without_image_processor_is_refused_before_any_run(cli, karpathy, tmp_path):
+    """A checkpoint saved with save_pretrained alone has no image processor, which data
+    read from files needs: an error before the sweep, not one per run."""
+    model = tmp_path / "clip"
+    shutil.copytree(ASSETS / "embedded-clip", model, ignore=shutil.ignore_patterns("preprocessor_config.json"))
+    _expect_error(cli, tmp_path, [*karpathy_args(karpathy), f"model.name={model}"], "has no image processor", "preprocessor_config.json")
+
+
+def test_loading_leaves_the_global_random_generator_alone(karpathy):
+    """The run seed's generator draws initialisation and dropout: reading data from files
+    must not advance it, or a file run would differ from the same data in memory."""
+    loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    split = suite_splits(_suite([*karpathy_args(karpathy), *WHOLE, "data.workers=1"]).data, loaded.tokenizer, loaded.image_processor)[
+        "train"
+    ]
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    next(split.training_batches(4, torch.Generator().manual_seed(0)))
+    list(split.image_batches(16))
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize(("override", "fragment"), [("data.root=x", "karpathy or jsonl"), ("data.captions_per_image=3", "5 captions")])
+def test_files_keys_are_refused_for_scenes(cli, tmp_path, override, fragment):
+    code, _, err = cli("run", "--suite", "vl-retrieval", "--output", str(tmp_path), *tiny_args(override))
+    assert code == 2 and override.split("=")[0] in err and fragment in err, err
 
 
 def test_where_the_data_lives_is_not_in_the_suite_hash(tmp_path):

@@ -23,7 +23,9 @@ from petlbench.train import make_optimizer, prepare, train_step
 SUITE = load_suite("vl-retrieval")
 BATCH = 4
 # Written by scripts/measure_cuda.py on a GPU (max_memory_allocated per variant and batch size).
-CUDA_FIXTURE = Path(__file__).parent / "fixtures" / "cuda_memory.json"
+# One file per measured configuration (scripts/measure_cuda.py --output; --set recorded in it).
+CUDA_FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("cuda_memory*.json"))
+NO_GPU_RUN = pytest.param(None, marks=pytest.mark.skip(reason="no GPU measurements yet: run scripts/measure_cuda.py on a CUDA machine"))
 
 
 def tiny_config() -> CLIPConfig:
@@ -82,11 +84,11 @@ def test_fake_estimate_equals_real_cpu_accounting(family, method, options):
     assert estimate.peak_bytes == real.peak_bytes
 
 
-@pytest.mark.skipif(not CUDA_FIXTURE.is_file(), reason="no GPU measurements yet: run scripts/measure_cuda.py on a CUDA machine")
-def test_estimate_within_5_percent_of_measured_cuda_peaks():
-    fixture = json.loads(CUDA_FIXTURE.read_text())
+@pytest.mark.parametrize("path", CUDA_FIXTURES or [NO_GPU_RUN], ids=lambda p: p.stem if p else "none")
+def test_estimate_within_5_percent_of_measured_cuda_peaks(path):
+    fixture = json.loads(path.read_text())
     assert fixture["env"]["device"] == "cuda"
-    architecture, suite = load_architecture(fixture["model"]), load_suite(fixture["suite"])
+    architecture, suite = load_architecture(fixture["model"]), load_suite(fixture["suite"], fixture.get("overrides", []))
     ratios = {}
     for method in dict.fromkeys(m["method"] for m in fixture["measurements"]):
         training = FakeTraining(architecture, suite, load_variant(method), fixture["text_length"])

@@ -67,18 +67,18 @@ def _karpathy(path: Path, images: Path) -> Iterator[tuple[str, str, Path, list]]
     for i, entry in enumerate(entries):
         where = f"{path}: images[{i}]"
         try:
-            split, name = entry["split"], entry["filename"]
+            split, name = entry["split"], _text(entry["filename"], where, "filename")
             captions = [sentence["raw"] for sentence in entry["sentences"]]
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"{where}: missing key {exc} (each image needs 'filename', 'split' and 'sentences' with 'raw')") from None
         if split not in KARPATHY_SPLITS:
             raise ConfigError(f"{where}: split {split!r} is not one of {', '.join(KARPATHY_SPLITS)}")
-        yield where, KARPATHY_SPLITS[split], images / entry.get("filepath", "") / name, captions
+        yield where, KARPATHY_SPLITS[split], images / _text(entry.get("filepath", ""), where, "filepath") / name, captions
 
 
 def _jsonl(path: Path, images: Path) -> Iterator[tuple[str, str, Path, list]]:
     """(where, split, image path, captions) of every line of a JSONL manifest."""
-    with path.open() as lines:
+    with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -92,12 +92,19 @@ def _jsonl(path: Path, images: Path) -> Iterator[tuple[str, str, Path, list]]:
                 raise ConfigError(f"{where}: missing key {exc} (each line needs 'image', 'captions' and 'split')") from None
             if split not in SPLITS:
                 raise ConfigError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            if not isinstance(captions, list):
                 raise ConfigError(f"{where}: 'captions' must be a list of strings")
-            yield where, split, images / image, captions
+            yield where, split, images / _text(image, where, "image"), captions
 
 
 READERS = {"karpathy": _karpathy, "jsonl": _jsonl}
+
+
+def _text(value, where: str, key: str) -> str:
+    """``value``, which annotation ``key`` at ``where`` must hold as a string."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+    return value
 
 
 def read(cfg: DataConfig) -> dict[str, list[ImageItem]]:
@@ -111,7 +118,13 @@ def read(cfg: DataConfig) -> dict[str, list[ImageItem]]:
 def _read(kind: str, annotations: Path, images: Path, k: int, sizes: tuple[int, ...]) -> dict[str, list[ImageItem]]:
     """`read`, once per process: a sweep reads its annotations once."""
     splits: dict[str, list[ImageItem]] = {s: [] for s in SPLITS}
-    for where, split, path, captions in READERS[kind](annotations, images):
+    try:
+        entries = list(READERS[kind](annotations, images))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{annotations}: not UTF-8 text: {exc}") from None
+    for where, split, path, captions in entries:
+        for caption in captions:
+            _text(caption, where, "every caption")
         if len(captions) < k:
             raise ConfigError(f"{where}: {len(captions)} captions, fewer than data.captions_per_image = {k}")
         splits[split].append(ImageItem(path, tuple(captions[:k])))
@@ -124,10 +137,16 @@ def _read(kind: str, annotations: Path, images: Path, k: int, sizes: tuple[int, 
 
 
 def _unreadable(path: Path) -> str | None:
-    """Why ``path`` is not a readable image (None when it is)."""
+    """Why ``path`` is not a readable image (None when it is). `verify` checks a file's
+    structure but does not decode JPEG data (a truncated JPEG passes it), so the image is
+    also decoded, at 1/8 scale where the format allows (JPEG's draft mode): cheap enough
+    for COCO's 123K images."""
     try:
         with Image.open(path) as image:
-            image.verify()  # checks the file's structure without decoding every pixel
+            image.verify()
+        with Image.open(path) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
     except FileNotFoundError:
         return "missing"
     except Exception as exc:  # PIL raises many types for a broken file
@@ -140,12 +159,17 @@ def _listed(problems: list[tuple[Path, str]]) -> str:
     return shown + (f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
 
 
+_VALIDATED: set[tuple[Path, ...]] = set()  # the images checked in this process (a learning-rate sweep plans many runs)
+
+
 def validate(cfg: DataConfig) -> dict[str, list[ImageItem]]:
     """`read`, then every image of every split must exist and be readable: a data set is
     checked whole before the first run, not found broken an hour into training."""
     annotations, images = _folders(cfg)
     splits = read(cfg)
     paths = sorted({item.path for items in splits.values() for item in items})
+    if tuple(paths) in _VALIDATED:
+        return splits
     with ThreadPoolExecutor(max_workers=8) as pool:  # file reads: threads overlap the I/O
         checked = pool.map(_unreadable, paths, chunksize=64)
         reasons = list(tqdm(checked, total=len(paths), desc="checking images", unit="image", leave=False, disable=None))
@@ -155,6 +179,7 @@ def validate(cfg: DataConfig) -> dict[str, list[ImageItem]]:
         raise ConfigError(f"{len(missing)} of {len(paths)} images named in {annotations} are missing from {images}: {_listed(missing)}")
     if problems:
         raise ConfigError(f"{len(problems)} of {len(paths)} images named in {annotations} cannot be read: {_listed(problems)}")
+    _VALIDATED.add(tuple(paths))
     return splits
 
 

@@ -86,13 +86,15 @@ class FileSplit(RetrievalSplit):
 
     def __init__(self, items: list[files.ImageItem], tokenizer, image_processor, text_length: int, workers: int, pin_memory: bool):
         self.items, self.tokenizer, self.image_processor = items, tokenizer, image_processor
-        # More workers than CPUs only compete for them (DataLoader warns about it).
-        self.text_length, self.workers, self.pin_memory = text_length, min(workers, os.cpu_count() or 1), pin_memory
+        self.text_length, self.workers, self.pin_memory = text_length, min(workers, _usable_cpus()), pin_memory
         self.n_images, self.captions_per_image = len(items), len(items[0].captions)
         self._tokens: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _loader(self, dataset, **kwargs) -> DataLoader:
-        return DataLoader(dataset, num_workers=self.workers, pin_memory=self.pin_memory, **kwargs)
+        """A DataLoader with a generator of its own: its workers' base seed (unused: loading
+        draws nothing at random) must not come from the global generator, which seeds the
+        run's initialisation and dropout identically for data in memory and on disk."""
+        return DataLoader(dataset, num_workers=self.workers, pin_memory=self.pin_memory, generator=torch.Generator(), **kwargs)
 
     def caption_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._tokens is None:  # evaluation captions: tokenised once, in this process
@@ -108,6 +110,12 @@ class FileSplit(RetrievalSplit):
         sampler = files.PairSampler(training_batches(self.n_images, self.captions_per_image, batch_size, generator))
         collate = files.Collate(functools.partial(_tokenize, self.tokenizer, max_length=self.text_length))
         return iter(self._loader(files.Pairs(self.items, self.image_processor), batch_sampler=sampler, collate_fn=collate))
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a SLURM or cgroup limit included where the OS says
+    so): more DataLoader workers than that only compete for them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

@@ -61,7 +61,8 @@ _END = object()
 
 def host_batches(batches: Iterable) -> Iterator:
     """The items of ``batches``, each produced under `host_side`."""
-    iterator = iter(batches)
+    with host_side():  # a DataLoader starts its workers here
+        iterator = iter(batches)
     while True:
         with host_side():
             item = next(iterator, _END)

@@ -119,12 +119,25 @@ def load_backbone(name: str, attn_implementation: str, device: torch.device) -> 
         backbone = VseDualEncoder(resnet, bert, vse.embed_dim)
         if (folder / HEADS_FILE).is_file():
             _load_heads(backbone, folder / HEADS_FILE)
-        text_folder, image_folder = vse.text, vse.image
     else:
         _config(folder, CLIPConfig, f"model {name!r}")
         backbone = ClipDualEncoder(CLIPModel.from_pretrained(folder, attn_implementation=attn_implementation, **OFFLINE))
-        text_folder = image_folder = folder
-    return LoadedModel(backbone.to(device), AutoTokenizer.from_pretrained(text_folder, **OFFLINE), _image_processor(image_folder))
+    return LoadedModel(backbone.to(device), *load_preprocessors(name))
+
+
+def load_preprocessors(name: str) -> tuple[Any, Any]:
+    """The tokenizer and the image processor (None without preprocessor_config.json) of
+    model ``name``: what turns data into its inputs, checked before a sweep starts."""
+    folder = resolve(name)
+    text_folder = image_folder = folder
+    if (folder / VSE_FILE).is_file():
+        vse = _VseFolder.read(folder, weights=True)
+        text_folder, image_folder = vse.text, vse.image
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(text_folder, **OFFLINE)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model {name!r}: no usable tokenizer in {text_folder} ({exc})") from None
+    return tokenizer, _image_processor(image_folder)
 
 
 @dataclass(frozen=True)
