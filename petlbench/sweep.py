@@ -93,12 +93,15 @@ def _check_data(suite: SuiteConfig) -> None:
     the model's image processor that reads it; the evaluation folds must split the
     evaluated images equally."""
     data = suite.data
-    if data.kind != "scenes" and load_preprocessors(suite.model.name)[1] is None:
-        raise ConfigError(
-            f"model {suite.model.name!r} has no image processor (preprocessor_config.json), which data.kind {data.kind!r} needs: "
-            "save one next to the checkpoint (e.g. CLIPProcessor.save_pretrained)"
-        )
-    n_eval = len(validate_data(data)[suite.eval.split]) if data.kind != "scenes" else getattr(data, f"{suite.eval.split}_images")
+    if data.kind == "scenes":
+        n_eval = getattr(data, f"{suite.eval.split}_images")
+    else:
+        if load_preprocessors(suite.model.name)[1] is None:
+            raise ConfigError(
+                f"model {suite.model.name!r} has no image processor (preprocessor_config.json), which data.kind {data.kind!r} needs: "
+                "save one next to the checkpoint (e.g. CLIPProcessor.save_pretrained)"
+            )
+        n_eval = len(validate_data(data)[suite.eval.split])
     if n_eval % suite.eval.folds:
         raise ConfigError(
             f"key 'eval.folds': {suite.eval.folds} folds do not split the {n_eval} images of the {suite.eval.split} split equally"

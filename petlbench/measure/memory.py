@@ -132,8 +132,9 @@ class CpuAccountingMeter:
     """Peak = bytes of the tensors alive when the phase starts (``resident``: parameters,
     buffers, optimizer state) + the peak of the tensor bytes created during the phase.
     ``ignore`` are tensors whose views must not count (host-side state a CUDA run would not
-    hold on the device, such as AdamW's step counters); data is read under `host_side`. ``granularity`` rounds each storage up
-    as an allocator would (`petlbench.measure.estimate` models CUDA's with it)."""
+    hold on the device, such as AdamW's step counters); data is read under `host_side`.
+    ``granularity`` rounds each storage up as an allocator would (`petlbench.measure.estimate`
+    models CUDA's with it)."""
 
     source = "cpu-accounting"
 
