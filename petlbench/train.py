@@ -39,6 +39,11 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class PlacementError(RuntimeError):
+    """A prepared model holds a tensor off its backbone's device: a defect of the method
+    that created it (methods create their tensors on ``backbone.device``)."""
+
+
 @dataclass
 class RunOutcome:
     """What one run measured (or estimated: no metrics); `sweep` turns it into a result record."""
@@ -89,8 +94,9 @@ def make_optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: flo
 def prepare(backbone: ClipDualEncoder, suite: SuiteConfig, variant: Variant, data: SetupData | None = None) -> nn.Module:
     """``variant``'s method applied to ``backbone``, then the suite's rules for the
     projections, the logit scale and activation checkpointing: the model that `run` and the
-    estimate both train. ``data`` feeds the set-up of methods that read training data
-    (`MethodSpec.needs_data`)."""
+    estimate both train, wholly on the backbone's device (checked, `PlacementError`).
+    ``data`` feeds the set-up of methods that read training data (`MethodSpec.needs_data`)."""
+    device = backbone.device
     spec = get_method(variant.method)
     model = spec.apply(backbone, variant.config, data=data) if spec.needs_data else spec.apply(backbone, variant.config)
     if not spec.defines_head:
@@ -101,7 +107,20 @@ def prepare(backbone: ClipDualEncoder, suite: SuiteConfig, variant: Variant, dat
         raise ConfigError(f"method {variant.name!r} leaves no trainable parameter")
     if suite.train.grad_checkpointing:
         checkpoint_blocks(model)  # after the method: PEFT and adapters have changed the blocks by now
+    check_placement(model, device, variant.name)
     return model
+
+
+def check_placement(model: nn.Module, device: torch.device, variant: str) -> None:
+    """Raise `PlacementError` naming the first parameter or buffer of ``model`` that is not on
+    ``device``. Checked, not repaired: moving it here would hide the defect, and could not
+    reach tensors the method creates during its set-up or its forward."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.device != device:
+            raise PlacementError(
+                f"method variant {variant!r}: {name} is on {tensor.device}, the backbone on {device}: "
+                "a method must create its tensors on its backbone's device (backbone.device)"
+            )
 
 
 def checkpoint_blocks(model: nn.Module) -> list[str]:

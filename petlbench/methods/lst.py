@@ -50,8 +50,9 @@ class LSTConfig(MethodConfig):
 class LadderSide(nn.Module):
     """The side network of one tower."""
 
-    def __init__(self, blocks: nn.ModuleList, keep: list[int], r: int, gate_temperature: float, config=None):
-        """``config``: the blocks' model config, when the blocks do not carry it (BERT)."""
+    def __init__(self, blocks: nn.ModuleList, keep: list[int], r: int, gate_temperature: float, device: torch.device, config=None):
+        """Built on ``device`` (the backbone's); ``config``: the blocks' model config, when the
+        blocks do not carry it (BERT)."""
         super().__init__()
         config = config if config is not None else blocks[0].self_attn.config
         d = config.hidden_size
@@ -63,12 +64,13 @@ class LadderSide(nn.Module):
         side_config.hidden_size, side_config.intermediate_size = d // r, config.intermediate_size // r
         self.keep = keep
         self.temperature = gate_temperature
-        self.down_in = nn.Linear(d, d // r)
-        self.downs = nn.ModuleList(nn.Linear(d, d // r) for _ in keep)
-        self.gates = nn.Parameter(torch.zeros(len(keep)))  # alpha_i = 0: g_i = 0.5
-        self.blocks = nn.ModuleList(type(blocks[i])(side_config) for i in keep)
-        self.norm = nn.LayerNorm(d // r, eps=config.layer_norm_eps)
-        self.up = nn.Linear(d // r, d)
+        with torch.device(device):  # the blocks' own constructors take no device
+            self.down_in = nn.Linear(d, d // r)
+            self.downs = nn.ModuleList(nn.Linear(d, d // r) for _ in keep)
+            self.gates = nn.Parameter(torch.zeros(len(keep)))  # alpha_i = 0: g_i = 0.5
+            self.blocks = nn.ModuleList(type(blocks[i])(side_config) for i in keep)
+            self.norm = nn.LayerNorm(d // r, eps=config.layer_norm_eps)
+            self.up = nn.Linear(d // r, d)
 
     def forward(self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None) -> torch.Tensor:
         side = self.down_in(hidden_states[0])
@@ -97,7 +99,9 @@ class LadderSideTuned(BackboneWrapper):
             raise ConfigError(f"lst: drop_layers={cfg.drop_layers} must index the towers' layers (0..{depth - 1})")
         self.side = nn.ModuleDict(
             {
-                tower: LadderSide(blocks, [i for i in range(len(blocks)) if i not in cfg.drop_layers], cfg.r, cfg.gate_temperature)
+                tower: LadderSide(
+                    blocks, [i for i in range(len(blocks)) if i not in cfg.drop_layers], cfg.r, cfg.gate_temperature, backbone.device
+                )
                 for tower, blocks in towers.items()
             }
         )
@@ -190,7 +194,7 @@ def prune_block_into(
     resid = _top(_row_scores(at(layout.attn_out), importance) + _row_scores(at(layout.fc2), importance), side_at(layout.fc2).out_features)
     qkv = sum(_row_scores(at(path), importance) for path in layout.qkv).view(heads, head_dim)
     per_head = qkv.topk(side_head_dim, dim=1).indices.sort(dim=1).values
-    attn_rows = (per_head + torch.arange(heads)[:, None] * head_dim).flatten()
+    attn_rows = (per_head + torch.arange(heads, device=per_head.device)[:, None] * head_dim).flatten()
     mlp_rows = _top(_row_scores(at(layout.fc1), importance), side_at(layout.fc1).out_features)
 
     def copy_linear(path: str, rows: torch.Tensor, cols: torch.Tensor) -> None:

@@ -34,7 +34,7 @@ class LadderSideTunedVse(BackboneWrapper):
         if any(not 0 <= i < len(layers) for i in cfg.drop_layers):
             raise ConfigError(f"lst: drop_layers={cfg.drop_layers} must index the text tower's layers (0..{len(layers) - 1})")
         keep = [i for i in range(len(layers)) if i not in cfg.drop_layers]
-        self.side = nn.ModuleDict({"text": LadderSide(layers, keep, cfg.r, cfg.gate_temperature, config=backbone.bert.config)})
+        self.side = nn.ModuleDict({"text": LadderSide(layers, keep, cfg.r, cfg.gate_temperature, backbone.device, backbone.bert.config)})
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -64,7 +64,7 @@ BERT_LAYER = BlockLayout(
 
 def build(backbone: VseDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> LadderSideTunedVse:
     backbone.requires_grad_(False)
-    model = LadderSideTunedVse(backbone, cfg).to(backbone.logit_scale.device)
+    model = LadderSideTunedVse(backbone, cfg)
     importance = row_importance(backbone, cfg, data)
     if importance is not None:
         side, layers = model.side["text"], backbone.bert.encoder.layer

@@ -64,7 +64,7 @@ class PromptedClip(BackboneWrapper):
         for tower, blocks in backbone.blocks().items():
             width = getattr(config, f"{tower}_config").hidden_size
             sets = len(blocks) if depth == "deep" else 1
-            self.prompts[tower] = nn.Parameter(torch.empty(sets, prompts, width))
+            self.prompts[tower] = nn.Parameter(torch.empty(sets, prompts, width, device=backbone.device))
         # VPT's initialisation: uniform(-b, b) with the Xavier bound b = sqrt(6 / (fan_in + d)),
         # fan_in being the input size of the layer whose outputs the prompts stand beside: the
         # patch embedding (channels x patch^2) for vision, exactly as VPT; for text the token

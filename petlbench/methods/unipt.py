@@ -137,8 +137,9 @@ def apply(backbone: ClipDualEncoder, cfg: UniPTConfig):
     config = backbone.clip.config
     backbone.requires_grad_(False)
     towers = {}
-    for tower in TOWERS:
-        tower_config = config.vision_config if tower == "vision" else config.text_config
-        n_states = tower_config.num_hidden_layers + 1
-        towers[tower] = UniPTTower(n_states, tower_config.hidden_size, embed, embed // cfg.downsample)
-    return UniPT(backbone, towers).to(backbone.logit_scale.device)
+    with torch.device(backbone.device):
+        for tower in TOWERS:
+            tower_config = config.vision_config if tower == "vision" else config.text_config
+            n_states = tower_config.num_hidden_layers + 1
+            towers[tower] = UniPTTower(n_states, tower_config.hidden_size, embed, embed // cfg.downsample)
+    return UniPT(backbone, towers)

@@ -161,7 +161,8 @@ def build(backbone: VseDualEncoder, width: int) -> UniPTVse:
     """UniPT on ``backbone`` in reduced width ``width`` (m); freezes the backbone."""
     backbone.requires_grad_(False)
     embed = backbone.embed_dim
-    image = CnnUniPT(list(backbone.resnet.config.hidden_sizes), width, embed)
     text_config = backbone.bert.config
-    text = TokenUniPT(text_config.num_hidden_layers + 1, text_config.hidden_size, width, embed)
-    return UniPTVse(backbone, image, text).to(backbone.logit_scale.device).train(backbone.training)
+    with torch.device(backbone.device):
+        image = CnnUniPT(list(backbone.resnet.config.hidden_sizes), width, embed)
+        text = TokenUniPT(text_config.num_hidden_layers + 1, text_config.hidden_size, width, embed)
+    return UniPTVse(backbone, image, text).train(backbone.training)

@@ -49,6 +49,11 @@ class ClipDualEncoder(nn.Module):
     def logit_scale(self) -> nn.Parameter:
         return self.clip.logit_scale
 
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone lives: methods create their tensors here (`train.prepare` checks)."""
+        return self.clip.logit_scale.device
+
     def projections(self) -> list[nn.Module]:
         """The towers' final projection layers (the "head" of methods.md)."""
         return [self.clip.visual_projection, self.clip.text_projection]

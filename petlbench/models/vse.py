@@ -97,6 +97,11 @@ class VseDualEncoder(nn.Module):
         return masked_mean(self.text_projection(tokens), token_mask)
 
     # -- roles -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone lives: methods create their tensors here (`train.prepare` checks)."""
+        return self.logit_scale.device
+
     def projections(self) -> list[nn.Module]:
         return [self.image_projection, self.text_projection]
 
