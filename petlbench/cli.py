@@ -89,6 +89,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
     plan = make_plan(args.suite, methods, args.seeds, args.output, args.set, args.shard)
     device = resolve_device(args.device)
+    if args.memory_limit is not None:
+        if device.type != "cuda":
+            raise ConfigError(f"--memory-limit caps the CUDA caching allocator; this run is on {device.type} (use --device cuda)")
+        plan.memory_limit = args.memory_limit
     runs, grid = len(plan.runs()), len(plan.grid())
     part = f"{runs} runs" if plan.shard is None else f"shard {plan.shard}: {runs} of {grid} runs"
     print(f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {part} on {device}, records in {plan.output}")
@@ -190,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config key (repeatable), e.g. train.steps=50 or method.lr=1e-3",
+    )
+    run.add_argument(
+        "--memory-limit",
+        type=_size,
+        metavar="SIZE",
+        help="CUDA only: cap each run's caching allocator at SIZE (e.g. 24GiB, as on a card that small); a run that needs more ends 'oom'",
     )
     run.set_defaults(func=_cmd_run)
 

@@ -248,6 +248,7 @@ def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
         )
         plan = Plan(suite, job.variants, [SEED], [], output)
         path = records.record_path(output, row.variant.name, SEED)
-        records.write_atomic(path, make_record(plan, row.variant, SEED, status, error, outcome, torch.device("cpu"), row.wall_s))
+        env = records.environment(torch.device("cpu"))
+        records.write_atomic(path, make_record(plan, row.variant, SEED, status, error, outcome, env, row.wall_s))
         paths.append(path)
     return paths

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from petlbench.config import PROJECT_ROOT, ConfigError
+from petlbench.measure.kernels import cuda_settings
 from petlbench.measure.nvml import driver_version
 
 SCHEMA = 1
@@ -93,8 +94,10 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Provenance: code version, package versions, device."""
+def environment(device: torch.device, query_device: bool = True) -> dict[str, Any]:
+    """Provenance: code version, package versions, device. On CUDA, ``query_device`` adds
+    the GPU, CUDA, driver and the settings that change figures (`cuda_settings`): asked in
+    the process that ran (the sweep's own process never touches the GPU)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     env: dict[str, Any] = {
@@ -105,10 +108,13 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": device.type,
         "threads": torch.get_num_threads(),
     }
-    if device.type == "cuda":
+    if device.type == "cuda" and not query_device:
+        env["device_name"] = None
+    elif device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
         env["driver"] = driver_version()
+        env.update(cuda_settings())
     else:
         env["device_name"] = platform.processor() or platform.machine()
     return env

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import signal
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from petlbench import config as cfgmod
-from petlbench import records
+from petlbench import faults, records
 from petlbench.config import ConfigError, SuiteConfig, Variant
 from petlbench.data.files import validate as validate_data
 from petlbench.models.loader import load_architecture, load_preprocessors
@@ -64,6 +66,8 @@ class Plan:
     overrides: list[str]
     output: Path
     shard: Shard | None = None
+    # bytes each run's CUDA caching allocator may hold (`--memory-limit`): a larger need ends the run `oom`
+    memory_limit: int | None = None
 
     def grid(self) -> list[tuple[Variant, int]]:
         """Every (variant, seed) of the sweep, in the order shards are cut from."""
@@ -133,7 +137,7 @@ def make_plan(
 
 
 def make_record(
-    plan: Plan, variant: Variant, seed: int, status: str, error: str | None, outcome: RunOutcome | None, device: torch.device, wall_s: float
+    plan: Plan, variant: Variant, seed: int, status: str, error: str | None, outcome: RunOutcome | None, env: dict[str, Any], wall_s: float
 ) -> dict[str, Any]:
     """The result record of one (variant, seed): what `run` measured, or an estimate."""
     suite = plan.suite
@@ -148,6 +152,7 @@ def make_record(
             "variant": variant.name,
             "seed": seed,
             "overrides": plan.overrides,
+            "memory_limit_bytes": plan.memory_limit,
             "status": status,
             "error": error,
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -156,15 +161,101 @@ def make_record(
         "trainable_rule": outcome.trainable_rule if outcome else None,
         "metrics": outcome.metrics if outcome else None,
         "cost": {**outcome.cost, "wall_s": wall_s} if outcome else None,
-        "env": records.environment(device),
+        "env": env,
     }
 
 
-def _run_fresh_process(plan: Plan, variant: Variant, seed: int, device: torch.device) -> RunOutcome:
-    """One run in a new interpreter (spawned, not forked): on CUDA, allocator state, cuBLAS
-    handles and references leaked by one method would otherwise change the next one's figures."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run, plan.suite, variant, seed, device).result()
+class Attempt(NamedTuple):
+    """How one run ended: its status (`records.STATUSES`), the reason where it is not ``ok``,
+    what it measured where it is, and the environment of the process it ran in."""
+
+    status: str
+    error: str | None
+    outcome: RunOutcome | None
+    env: dict[str, Any] | None = None
+
+
+def limit_cuda_memory(device: torch.device, nbytes: int) -> None:
+    """Cap this process's CUDA caching allocator at ``nbytes`` (as on a card that small): the
+    cap is per process, so each run's own process sets it."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, nbytes / total), device)
+
+
+def attempt(plan: Plan, variant: Variant, seed: int, device: torch.device, on_step: Callable[[float], None] | None) -> Attempt:
+    """`_attempt`, with the environment of this process (on CUDA: the GPU it ran on)."""
+    result = _attempt(plan, variant, seed, device, on_step)
+    return result._replace(env=records.environment(device))
+
+
+def _attempt(plan: Plan, variant: Variant, seed: int, device: torch.device, on_step: Callable[[float], None] | None) -> Attempt:
+    """`train.run`, with its failure turned into a status: a failing run is a result and
+    the sweep goes on. Interrupts (Ctrl-C, SIGTERM) are not failures and pass through."""
+    suite = plan.suite
+    try:
+        if plan.memory_limit is not None:
+            limit_cuda_memory(device, plan.memory_limit)
+        return Attempt("ok", None, run(suite, variant, seed, device, on_step))
+    except DivergedError as exc:
+        return Attempt("diverged", str(exc), None)
+    except UnsupportedError as exc:  # the method does not apply to this backbone
+        return Attempt("unsupported", str(exc), None)
+    except torch.OutOfMemoryError as exc:
+        limit = f", allocator capped at {plan.memory_limit} bytes" if plan.memory_limit is not None else ""
+        return Attempt("oom", f"{exc} (batch size {suite.train.batch_size}{limit})", None)
+    except Exception as exc:
+        traceback.print_exc()
+        return Attempt("error", "".join(traceback.format_exception_only(exc)).strip(), None)
+
+
+def _child(conn: Connection, plan: Plan, variant: Variant, seed: int, device: torch.device) -> None:
+    """The body of a run's own process: each step's loss, then the `Attempt`, go to the parent."""
+    conn.send(("result", attempt(plan, variant, seed, device, lambda loss: conn.send(("step", loss)))))
+    conn.close()
+
+
+def died(exitcode: int | None) -> str:
+    """How a run's process ended without a result, from its exit code."""
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else "?"
+        oom = " (the kernel's out-of-memory killer sends SIGKILL)" if -exitcode == signal.SIGKILL else ""
+        return f"the run's process was killed by signal {-exitcode} ({name}){oom}"
+    return f"the run's process exited with code {exitcode} before sending its result"
+
+
+def attempt_in_fresh_process(
+    plan: Plan, variant: Variant, seed: int, device: torch.device, on_step: Callable[[float], None] | None
+) -> Attempt:
+    """`attempt` in a new interpreter (spawned, not forked): on CUDA, allocator state, cuBLAS
+    handles and references leaked by one method would otherwise change the next one's
+    figures. Its steps reach ``on_step`` as they happen; a process that dies is an ``error``
+    naming its exit code or signal. Interrupted here, the process is stopped with this one."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(send, plan, variant, seed, device), name=f"petlbench-{variant.name}-seed{seed}")
+    process.start()
+    send.close()  # the child holds the only writer: its exit ends `recv` with EOFError
+    result = None
+    try:
+        while result is None:
+            try:
+                kind, payload = receive.recv()
+            except EOFError:
+                break
+            if kind == "step" and on_step is not None:
+                on_step(payload)
+            elif kind == "result":
+                result = payload
+        process.join()
+    finally:
+        receive.close()
+        if process.is_alive():
+            process.terminate()
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return result if result is not None else Attempt("error", died(process.exitcode), None, records.environment(device, query_device=False))
 
 
 def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> list[dict[str, Any]]:
@@ -179,24 +270,19 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
             print(f"[{i}/{len(grid)}] {variant.name} seed {seed}: already done, skipped ({path})")
             out.append(records.read(path))
             continue
-        status, error, outcome = "ok", None, None
         t0 = time.perf_counter()
         with tqdm(
             total=plan.suite.train.steps, desc=f"[{i}/{len(grid)}] {variant.name} seed {seed}", unit="step", leave=False, disable=None
         ) as bar:
-            try:
-                outcome = _run_fresh_process(plan, variant, seed, device) if isolate else run(plan.suite, variant, seed, device, bar)
-            except DivergedError as exc:
-                status, error = "diverged", str(exc)
-            except UnsupportedError as exc:  # the method does not apply to this backbone
-                status, error = "unsupported", str(exc)
-            except torch.OutOfMemoryError as exc:
-                status, error = "oom", f"{exc} (batch size {plan.suite.train.batch_size})"
-            except Exception as exc:  # a failing run is a result; the sweep goes on
-                status, error = "error", "".join(traceback.format_exception_only(exc)).strip()
-                traceback.print_exc()
-        record = make_record(plan, variant, seed, status, error, outcome, device, time.perf_counter() - t0)
+
+            def on_step(loss: float) -> None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+            status, error, outcome, env = (attempt_in_fresh_process if isolate else attempt)(plan, variant, seed, device, on_step)
+        record = make_record(plan, variant, seed, status, error, outcome, env, time.perf_counter() - t0)
         records.write_atomic(path, record)
+        faults.inject("sweep.recorded", variant.name)
         rsum = f", rSum {record['metrics']['rsum']:.1f}" if status == "ok" else f": {error}"
         print(
             f"[{i}/{len(grid)}] {variant.name} seed {seed}: {status} in {record['cost']['wall_s'] if record['cost'] else time.perf_counter() - t0:.0f}s{rsum}"

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from petlbench import config as cfgmod
+from petlbench import faults
 from petlbench.config import ConfigError, Precision, SuiteConfig, Variant
 from petlbench.data.retrieval import RetrievalSplit, suite_splits
+from petlbench.measure.kernels import AttentionKernels
 from petlbench.measure.memory import host_batches, meter_for, training_state
 from petlbench.measure.nvml import NvmlPeak, NvmlSampler
 from petlbench.measure.params import parameter_counts
@@ -186,9 +187,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, progress: tqdm | None = None) -> RunOutcome:
-    """Train ``variant`` on ``suite`` with ``seed`` and evaluate it; raises
-    `DivergedError`, `ConfigError` or out-of-memory errors for the sweep to record."""
+def run(
+    suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, on_step: Callable[[float], None] | None = None
+) -> RunOutcome:
+    """Train ``variant`` on ``suite`` with ``seed`` and evaluate it; ``on_step(loss)`` after
+    every training step (progress). Raises `DivergedError`, `ConfigError` or out-of-memory
+    errors for the sweep to record."""
     torch.manual_seed(seed)
     backbone, tokenizer, image_processor = load_backbone(suite.model.name, suite.model.attn_implementation, device)
     splits = _splits(suite, tokenizer, image_processor, device)
@@ -219,15 +223,17 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
             computes.append(time.perf_counter() - t1)
             if not math.isfinite(loss):
                 raise DivergedError(f"loss became {loss}")
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if on_step is not None:
+                on_step(loss)
         return waits, computes
 
     meter = meter_for(device)
     t_train = time.perf_counter()
-    run_steps(1)  # warm-up: creates the optimizer state
-    nvml = NvmlSampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext()
+    with AttentionKernels() as attention:  # the warm-up is not measured: the observer costs nothing there
+        run_steps(1)  # warm-up: creates the optimizer state
+    faults.inject("run.warmup", variant.name)
+    cuda_index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" else None
+    nvml = NvmlSampler(cuda_index) if cuda_index is not None else contextlib.nullcontext()
     with meter.phase(training_state(model, opt)) as train_peak, nvml:
         run_steps(n_measured)
     data_waits, step_times = run_steps(steps - 1 - n_measured)
@@ -259,6 +265,7 @@ def run(suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, p
             "measured_steps": [1, n_measured],
             **(_nvml_figures(nvml.result) if device.type == "cuda" else {}),
         },
+        "attention_kernels": attention.kernels,
         "step_time_s_median": median_step,
         "data_wait_s_median": statistics.median(data_waits) if data_waits else None,
         "data_workers": train_split.workers,

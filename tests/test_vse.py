@@ -238,7 +238,7 @@ def test_unsupported_method_in_a_sweep_is_a_record(tmp_path, monkeypatch):
     unsupported = OTHER_METHODS[0]
     suite = load_suite("vl-retrieval", TINY)
 
-    def fake_run(suite, variant, seed, device, progress=None):
+    def fake_run(suite, variant, seed, device, on_step=None):
         prepare(tiny_vse(), suite, variant)
         return RunOutcome(metrics={"rsum": 0.0}, cost={})
 
