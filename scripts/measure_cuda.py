@@ -1,17 +1,20 @@
-"""Measure `torch.cuda.max_memory_allocated` of the training step for every method variant
-on a random-weight model of a shipped architecture, at two batch sizes, against the
-estimate (`petlbench estimate`); write the measured figures to a fixture that
-tests/test_estimate.py then uses on the CPU to guard the estimate.
+"""Measure `torch.cuda.max_memory_allocated` (and reserved) of the training step for every
+method variant on a random-weight model of a shipped architecture, next to the estimate
+(`petlbench estimate`); write both to a fixture that tests/test_estimate.py then uses on
+the CPU to guard the estimate.
 
 Each (variant, batch size) runs in a fresh process (measurement.md: allocator state and
-cuBLAS handles of one run would otherwise change the next). Run on a CUDA machine:
+cuBLAS handles of one run would otherwise change the next); ``--jobs`` processes share the
+GPU at once (each has its own allocator and peak counters). The fixture is rewritten after
+every measurement, so a run cut short keeps what it measured. Run on a CUDA machine:
 
-    python scripts/measure_cuda.py                      # ViT-B/32, batches 16 and 64
-    python scripts/measure_cuda.py --set train.precision=bf16 --output tests/fixtures/cuda_memory_bf16.json
-    python scripts/measure_cuda.py --device cpu --model embedded-clip --output /tmp/x.json   # plumbing check
+    python scripts/measure_cuda.py                      # ViT-B/32, batches 16 and 64, fp32
+    python scripts/measure_cuda.py --methods full,lora --set train.precision=bf16 --output tests/fixtures/cuda_memory_options.json --append
+    python scripts/measure_cuda.py --device cpu --model embedded-clip --batch-sizes 4 --output /tmp/x.json   # plumbing check
 
-With ``--device cpu`` the "measured" figure is the CPU accounting and the estimate's target
-is ``cpu`` (exact bytes), so every ratio must be 1.
+Every row records the suite overrides it was measured under. With ``--device cpu`` the
+"measured" figure is the CPU accounting and the estimate's target is ``cpu`` (exact bytes),
+so every ratio must be 1.
 """
 
 from __future__ import annotations
@@ -21,43 +24,49 @@ import json
 import platform
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from petlbench.config import available, load_suite, load_variant
 from petlbench.measure.estimate import FakeTraining, data_free, random_batch
-from petlbench.measure.memory import meter_for, training_state
+from petlbench.measure.memory import host_side, meter_for, training_state
 from petlbench.models.loader import load_architecture
+from petlbench.records import write_atomic
 from petlbench.train import make_optimizer, prepare, train_step
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cuda_memory.json"
 
 
 def measure(model_name: str, suite_name: str, overrides: list[str], variant_name: str, batch_size: int, device: torch.device) -> dict:
-    """One (variant, batch size) in this process: warm-up step, then the measured step
-    under the suite's meter for ``device``, exactly as `petlbench.train.run` measures."""
+    """One (variant, batch size) in this process, as `petlbench.train.run` measures a step:
+    the backbone on ``device`` (what the method adds it must create there: `prepare` checks),
+    a warm-up step, then a step under the suite's meter whose batch is made on the host and
+    copied to the device inside the phase."""
     suite, architecture = load_suite(suite_name, overrides), load_architecture(model_name)
     text_length = architecture.max_text_positions
     torch.manual_seed(0)
-    with device:  # weights, optimizer state and batches are created on the device directly
-        variant = data_free(load_variant(variant_name))
-        model = prepare(architecture.build(suite.model.attn_implementation), suite, variant)
+    with device:  # random initial weights, computed on the device (as load_backbone puts a checkpoint there)
+        backbone = architecture.build(suite.model.attn_implementation)
+    variant = data_free(load_variant(variant_name))
+    row = {"method": variant_name, "batch_size": batch_size, "overrides": overrides}
+    try:
+        model = prepare(backbone, suite, variant)
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
         model.train()
-        try:
-            train_step(model, random_batch(architecture, batch_size, text_length), opt, suite.train.precision)
-            with meter_for(device).phase(training_state(model, opt)) as peak:
-                train_step(model, random_batch(architecture, batch_size, text_length), opt, suite.train.precision)
-        except torch.OutOfMemoryError:
-            return {"method": variant_name, "batch_size": batch_size, "status": "oom"}
-    return {
-        "method": variant_name,
-        "batch_size": batch_size,
-        "status": "ok",
-        "peak_bytes": peak.peak_bytes,
-        "reserved_peak_bytes": peak.reserved_peak_bytes,
-    }
+
+        def step() -> None:
+            with host_side():
+                host = random_batch(architecture, batch_size, text_length)
+            train_step(model, {key: t.to(device, copy=True) for key, t in host.items()}, opt, suite.train.precision)
+
+        step()
+        with meter_for(device).phase(training_state(model, opt)) as peak:
+            step()
+    except torch.OutOfMemoryError:
+        return {**row, "status": "oom"}
+    return {**row, "status": "ok", "peak_bytes": peak.peak_bytes, "reserved_peak_bytes": peak.reserved_peak_bytes}
 
 
 def environment(device: torch.device) -> dict:
@@ -71,6 +80,31 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def _child_command(args: argparse.Namespace, variant: str, batch_size: int) -> list[str]:
+    sets = [item for override in args.set for item in ("--set", override)]
+    return [
+        sys.executable,
+        __file__,
+        "--model",
+        args.model,
+        "--suite",
+        args.suite,
+        "--device",
+        args.device,
+        *sets,
+        "--one",
+        variant,
+        str(batch_size),
+    ]
+
+
+def _measure_in_child(command: list[str]) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"status": "error", "error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="clip-vit-base-patch32")
@@ -81,7 +115,9 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="suite override, e.g. train.precision=bf16 (repeatable)"
     )
+    parser.add_argument("--jobs", type=int, default=1, help="measuring processes at once")
     parser.add_argument("--output", type=Path, default=FIXTURE)
+    parser.add_argument("--append", action="store_true", help="keep the rows already in --output (other overrides)")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -94,45 +130,36 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     suite, architecture = load_suite(args.suite, args.set), load_architecture(args.model)
     target = "cuda" if device.type == "cuda" else "cpu"
-    rows = []
-    print(f"{'method':<18} {'batch':>5} {'estimate (MiB)':>15} {'measured (MiB)':>15} {'estimate / measured':>20}")
-    for name in variants:
-        for batch_size in batch_sizes:
-            child = [
-                sys.executable,
-                __file__,
-                "--model",
-                args.model,
-                "--suite",
-                args.suite,
-                "--device",
-                args.device,
-                *(item for override in args.set for item in ("--set", override)),
-                "--one",
-                name,
-                str(batch_size),
-            ]
-            row = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-            estimate = FakeTraining(architecture, suite, load_variant(name), architecture.max_text_positions, target).peak(batch_size)
-            row["estimate_bytes"] = estimate.peak_bytes
-            rows.append(row)
-            measured = (
-                f"{row['peak_bytes'] / 2**20:15.1f} {estimate.peak_bytes / row['peak_bytes']:20.4f}"
-                if row["status"] == "ok"
-                else f"{'OOM':>15}"
-            )
-            print(f"{name:<18} {batch_size:>5} {estimate.peak_bytes / 2**20:15.1f} {measured}", flush=True)
-
+    kept = json.loads(args.output.read_text())["measurements"] if args.append and args.output.is_file() else []
+    kept = [m for m in kept if m.get("overrides", []) != args.set]
     fixture = {
         "model": args.model,
         "suite": args.suite,
-        "overrides": args.set,
         "text_length": architecture.max_text_positions,
         "env": environment(device),
-        "measurements": rows,
+        "measurements": kept,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(fixture, indent=2) + "\n")
+    jobs = [(name, b) for name in variants for b in batch_sizes]
+    print(f"{'method':<18} {'batch':>5} {'estimate (MiB)':>15} {'measured (MiB)':>15} {'estimate / measured':>20}  {args.set or ''}")
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        pending = [pool.submit(_measure_in_child, _child_command(args, name, b)) for name, b in jobs]
+        for (name, batch_size), future in zip(jobs, pending, strict=True):  # estimates on this CPU while the children measure
+            estimate = FakeTraining(architecture, suite, load_variant(name), architecture.max_text_positions, target).peak(batch_size)
+            row = {
+                "method": name,
+                "batch_size": batch_size,
+                "overrides": args.set,
+                **future.result(),
+                "estimate_bytes": estimate.peak_bytes,
+            }
+            fixture["measurements"].append(row)
+            write_atomic(args.output, fixture)
+            measured = (
+                f"{row['peak_bytes'] / 2**20:15.1f} {estimate.peak_bytes / row['peak_bytes']:20.4f}"
+                if row["status"] == "ok"
+                else f"{row['status'].upper():>15}"
+            )
+            print(f"{name:<18} {batch_size:>5} {estimate.peak_bytes / 2**20:15.1f} {measured}", flush=True)
     print(f"measured figures in {args.output}")
 
 
