@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
@@ -33,9 +34,23 @@ def _fraction(text: str) -> float:
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x]
+        values = [int(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {cfgmod.clip(text)!r}")
+    return values
+
+
+def _names(option: str, text: str | None) -> list[str] | None:
+    """The comma-separated names of ``option`` (None when it is not given): at least one,
+    none empty."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise ConfigError(f"{option} {cfgmod.clip(text)!r}: expected comma-separated names, none empty")
+    return names
 
 
 def _positive_int(text: str) -> int:
@@ -65,7 +80,7 @@ def _size(text: str) -> int:
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from petlbench import estimate
 
-    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    methods = _names("--methods", args.methods)
     job = estimate.make_job(args.model, args.suite, methods, args.seq_len, args.precision, args.grad_checkpointing)
     if args.budget is None:
         rows, batch = estimate.at_batch(job, args.batch_size), f"batch {args.batch_size}"
@@ -84,18 +99,41 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """Plan (every check), then run; SIGINT and SIGTERM end it with one line and exit
+    130 / 143, a record that cannot be written with exit 1."""
+    from petlbench.sweep import Interrupted, OutputError, interruptible
+
+    with interruptible():
+        try:
+            return _run(args)
+        except KeyboardInterrupt:
+            exc = Interrupted(signal.SIGINT)
+        except Interrupted as caught:
+            exc = caught
+        except OutputError as caught:
+            print(
+                f"petlbench: error: {caught}; the sweep stopped, finished records are in place (resume with the same command)",
+                file=sys.stderr,
+            )
+            return 1
+    print(f"petlbench: {exc}", file=sys.stderr)
+    return 128 + exc.signum
+
+
+def _run(args: argparse.Namespace) -> int:
     from petlbench.sweep import make_plan, resolve_device, run_plan
 
-    methods = [m for m in args.methods.split(",") if m] if args.methods else None
-    plan = make_plan(args.suite, methods, args.seeds, args.output, args.set, args.shard)
     device = resolve_device(args.device)
-    if args.memory_limit is not None:
-        if device.type != "cuda":
-            raise ConfigError(f"--memory-limit caps the CUDA caching allocator; this run is on {device.type} (use --device cuda)")
-        plan.memory_limit = args.memory_limit
+    if args.memory_limit is not None and device.type != "cuda":
+        raise ConfigError(f"--memory-limit caps the CUDA caching allocator; this run is on {device.type} (use --device cuda)")
+    plan = make_plan(args.suite, _names("--methods", args.methods), args.seeds, args.output, args.set, args.shard)
+    plan.memory_limit = args.memory_limit
     runs, grid = len(plan.runs()), len(plan.grid())
     part = f"{runs} runs" if plan.shard is None else f"shard {plan.shard}: {runs} of {grid} runs"
     print(f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {part} on {device}, records in {plan.output}")
+    if args.dry_run:
+        _print_plan(plan, device)
+        return 0
     if not runs:
         print(f"shard {plan.shard}: nothing to do, the grid has {grid} runs for {plan.shard.count} shards")
         return 0
@@ -111,6 +149,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     failed = [r for r in results if r["run"]["status"] == "error"]
     return 1 if failed else 0
+
+
+def _print_plan(plan, device) -> None:
+    """What `run` would do, run by run (`--dry-run`)."""
+    from petlbench import records
+    from petlbench.sweep import existing_record
+
+    for variant, seed in plan.runs():
+        path = records.record_path(plan.output, variant.name, seed)
+        if variant.name in plan.unsupported:
+            what = f"unsupported ({plan.unsupported[variant.name]})"
+        elif records.is_done(existing_record(path), cfgmod.run_hash(plan.suite, variant, seed), device):
+            what = f"done, would be skipped ({path})"
+        else:
+            what = "would run"
+        print(f"  {variant.name} seed {seed}: {what}")
+    print("dry run: everything checked, nothing run")
 
 
 def _write_report(folder: Path) -> None:
@@ -129,7 +184,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from petlbench.records import read_all
     from petlbench.report.tables import report
 
-    print(report(read_all(args.dir), args.format, args.by), end="")
+    print(report(read_all(args.dir, args.strict), args.format, args.by), end="")
     return 0
 
 
@@ -137,7 +192,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from petlbench.records import read_all
     from petlbench.report.plots import write_plots
 
-    plots = write_plots(read_all(args.dir), args.out or args.dir)
+    plots = write_plots(read_all(args.dir, args.strict), args.out or args.dir)
     print("\n".join(str(p) for p in plots) or "nothing to plot: no successful run with figures")
     return 0
 
@@ -146,7 +201,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from petlbench.records import read_all
     from petlbench.report.compare import compare
 
-    result = compare(read_all(args.baseline), read_all(args.current), args.tolerance, args.metric_tolerance)
+    result = compare(read_all(args.baseline, args.strict), read_all(args.current, args.strict), args.tolerance, args.metric_tolerance)
     print(result.text())
     return result.exit_code
 
@@ -165,6 +220,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"  {variant.name:<24} {variant.method:<10} {options}")
     print("registered methods: " + ", ".join(sorted(registered())))
     return 0
+
+
+STRICT = "exit 2 when a file in the folder is not a valid record (default: name it on stderr and skip it)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key (repeatable), e.g. train.steps=50 or method.lr=1e-3",
     )
     run.add_argument(
+        "--dry-run", action="store_true", help="check everything (config, model, data, output folder), print the plan, run nothing"
+    )
+    run.add_argument(
         "--memory-limit",
         type=_size,
         metavar="SIZE",
@@ -210,11 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", type=Path, help="folder of result records (one sweep)")
     rep.add_argument("--format", choices=FORMATS, default="md")
     rep.add_argument("--by", choices=tuple(BY), default="variant", help="one row per variant (mean ± std over seeds) or per run")
+    rep.add_argument("--strict", action="store_true", help=STRICT)
     rep.set_defaults(func=_cmd_report)
 
     plot = sub.add_parser("plot", help="figures (PNG and PDF) from a folder of result records")
     plot.add_argument("dir", type=Path, help="folder of result records (one sweep)")
     plot.add_argument("--out", type=Path, help="folder for the figures; default: DIR")
+    plot.add_argument("--strict", action="store_true", help=STRICT)
     plot.set_defaults(func=_cmd_plot)
 
     cmp = sub.add_parser("compare", help="check CURRENT records against BASELINE records for regressions")
@@ -224,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=_fraction, default=0.02, help="allowed relative growth of a memory or parameter figure (default 0.02)"
     )
     cmp.add_argument("--metric-tolerance", type=_fraction, help="allowed relative drop of rSum (default: not checked)")
+    cmp.add_argument("--strict", action="store_true", help=STRICT)
     cmp.set_defaults(func=_cmd_compare)
 
     est = sub.add_parser(

@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import operator
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +33,46 @@ class ConfigError(ValueError):
         self.key = key
 
 
+INT64 = (-(2**63), 2**63 - 1)
+SEED_RANGE = (0, 2**32 - 1)  # what every generator a run seeds accepts (torch, numpy)
+
+
+def rule(
+    help: str = "",
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    min_items: int | None = None,
+    nonempty: bool | None = None,
+    hashed: bool = True,
+) -> dict[str, Any]:
+    """Field metadata: the help text and the bounds `build` enforces, declared beside the
+    field so that a new field states its own (tests check that every number, list and
+    string field does). Numeric bounds apply to a number or to each item of a list;
+    ``min_items`` to a list; ``nonempty`` to a string (or to each string of a list).
+    ``hashed=False``: a setting that cannot change a run's result (where the data lives,
+    how many processes load it), left out of `suite_hash` so that records of the same data
+    set from two machines share a table."""
+    bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt, "min_items": min_items, "nonempty": nonempty}
+    return {"help": help, **{k: v for k, v in bounds.items() if v is not None}, **({} if hashed else {"hashed": False})}
+
+
+# A setting that cannot change a run's result (`rule(hashed=False)`).
+NOT_HASHED = {"hashed": False}
+
+
 @dataclass
 class ModelConfig:
-    name: str = field(metadata={"help": "shipped model name or local checkpoint folder"})
+    name: str = field(metadata=rule("shipped model name or local checkpoint folder", nonempty=True))
     attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "attention kernel, pinned for every method"})
-
-
-# Field metadata ``hashed: False``: a setting that cannot change a run's result (where the
-# data lives, how many processes load it), left out of `suite_hash` so that records of the
-# same data set from two machines share a table.
-NOT_HASHED = {"hashed": False}
+    allow_pickle: bool = field(
+        default=False,
+        metadata=rule(
+            "load pickled weights (pytorch_model.bin) where a checkpoint has no safetensors; unpickling can run code", hashed=False
+        ),
+    )
 
 
 @dataclass
@@ -48,37 +81,38 @@ class DataConfig:
         metadata={"help": "'scenes': the embedded generator; 'karpathy': a Karpathy-split JSON (Flickr30K, COCO); 'jsonl': a manifest"}
     )
     root: str = field(
-        default="", metadata={"help": "karpathy / jsonl: the folder holding the annotation file and the images folder", **NOT_HASHED}
+        default="",
+        metadata=rule("karpathy / jsonl: the folder holding the annotation file and the images folder", nonempty=False, hashed=False),
     )
-    annotations: str = field(default="", metadata={"help": "karpathy / jsonl: the annotation file, relative to data.root"})
-    images: str = field(default="", metadata={"help": "karpathy / jsonl: the images folder, relative to data.root"})
-    seed: int = field(default=0, metadata={"help": "scenes: generator seed (the data set is identical for every run seed)"})
-    train_images: int = field(default=6000, metadata={"help": "scenes: images generated; karpathy / jsonl: the first N (0: all)"})
-    val_images: int = field(default=500, metadata={"help": "as train_images, for the validation split"})
-    test_images: int = field(default=1000, metadata={"help": "as train_images, for the test split"})
-    captions_per_image: int = field(default=5, metadata={"help": "karpathy / jsonl: captions kept per image (the first ones)"})
-    text_length: int = field(default=40, metadata={"help": "tokens per caption (padded)"})
+    annotations: str = field(default="", metadata=rule("karpathy / jsonl: the annotation file, relative to data.root", nonempty=False))
+    images: str = field(default="", metadata=rule("karpathy / jsonl: the images folder, relative to data.root", nonempty=False))
+    seed: int = field(
+        default=0,
+        metadata=rule("scenes: generator seed (the data set is identical for every run seed)", ge=SEED_RANGE[0], le=SEED_RANGE[1]),
+    )
+    train_images: int = field(
+        default=6000, metadata=rule("scenes: images generated; karpathy / jsonl: the first N (0: all)", ge=0, le=10**8)
+    )
+    val_images: int = field(default=500, metadata=rule("as train_images, for the validation split", ge=0, le=10**8))
+    test_images: int = field(default=1000, metadata=rule("as train_images, for the test split", ge=0, le=10**8))
+    captions_per_image: int = field(default=5, metadata=rule("karpathy / jsonl: captions kept per image (the first ones)", ge=1, le=1000))
+    text_length: int = field(default=40, metadata=rule("tokens per caption (padded)", ge=1, le=100_000))
     workers: int = field(
-        default=4, metadata={"help": "karpathy / jsonl: DataLoader worker processes (0: load in the main process)", **NOT_HASHED}
+        default=4, metadata=rule("karpathy / jsonl: DataLoader worker processes (0: load in the main process)", ge=0, le=1024, hashed=False)
     )
 
     def __post_init__(self):
         files = self.kind != "scenes"
         for split in ("train", "val", "test"):
-            if getattr(self, f"{split}_images") < (0 if files else 1):
-                rule = "0 (all) or more" if files else "at least 1 (0 means 'all' only for data read from files)"
-                raise ConfigError(rule, key=f"data.{split}_images")
+            if not files and getattr(self, f"{split}_images") < 1:
+                raise ConfigError("at least 1 (0 means 'all' only for data read from files)", key=f"data.{split}_images")
         for key in ("root", "annotations", "images"):
             if files and not getattr(self, key):
                 raise ConfigError(f"required for data.kind {self.kind!r} (a path)", key=f"data.{key}")
             if not files and getattr(self, key):
                 raise ConfigError("only for data read from files (data.kind karpathy or jsonl)", key=f"data.{key}")
-        if self.captions_per_image < 1:
-            raise ConfigError("at least 1", key="data.captions_per_image")
         if not files and self.captions_per_image != 5:
             raise ConfigError("the generated scenes have 5 captions per image", key="data.captions_per_image")
-        if self.workers < 0:
-            raise ConfigError("0 or more", key="data.workers")
 
 
 # Training precisions; `objective.autocast` is the one place that maps them to an autocast context.
@@ -87,14 +121,14 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass
 class TrainConfig:
-    batch_size: int
-    steps: int
-    warmup_steps: int = 0
+    batch_size: int = field(metadata=rule("image-caption pairs per training step", ge=1, le=2**20))
+    steps: int = field(metadata=rule("training steps, the warm-up step included", ge=2, le=10**9))
+    warmup_steps: int = field(default=0, metadata=rule("steps of linear learning-rate warm-up", ge=0, le=10**9))
     optimizer: Literal["adamw"] = "adamw"
     optimizer_impl: Literal["foreach", "for-loop", "fused"] = field(
         default="foreach", metadata={"help": "AdamW implementation: it changes the memory peak"}
     )
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata=rule("AdamW's decoupled weight decay", ge=0, le=10))
     precision: Precision = field(
         default="fp32",
         metadata={"help": "bf16: forward and loss under torch.autocast (weights, gradients and optimizer state stay fp32)"},
@@ -107,46 +141,44 @@ class TrainConfig:
         default="frozen", metadata={"help": "the towers' final projections, for every method that does not define them itself"}
     )
     temperature: Literal["frozen", "trainable"] = field(default="frozen", metadata={"help": "the logit scale, for every method"})
-    measure_steps: int = field(default=2, metadata={"help": "steps after the warm-up step whose memory peak is measured"})
+    measure_steps: int = field(default=2, metadata=rule("steps after the warm-up step whose memory peak is measured", ge=1, le=10**9))
 
     def __post_init__(self):
-        if self.steps < 2:
-            raise ConfigError("at least 2 (a warm-up step, then a measured one)", key="train.steps")
-        for name in ("batch_size", "measure_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError("at least 1", key=f"train.{name}")
+        if self.measure_steps > self.steps - 1:
+            raise ConfigError(
+                f"{self.measure_steps} measured steps do not fit after the warm-up step in train.steps = {self.steps}",
+                key="train.measure_steps",
+            )
 
 
 @dataclass
 class EvalConfig:
     split: Literal["val", "test"] = field(default="test", metadata={"help": "'val' for learning-rate sweeps, 'test' for reported numbers"})
-    batch_size: int = 256
-    folds: int = field(default=1, metadata={"help": "also report the mean over this many equal folds of the split (COCO: 5 folds of 1K)"})
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ConfigError("at least 1", key="eval.batch_size")
-        if self.folds < 1:
-            raise ConfigError("at least 1", key="eval.folds")
+    batch_size: int = field(default=256, metadata=rule("images or captions per evaluation forward", ge=1, le=2**20))
+    folds: int = field(
+        default=1, metadata=rule("also report the mean over this many equal folds of the split (COCO: 5 folds of 1K)", ge=1, le=1000)
+    )
 
 
 @dataclass
 class SuiteConfig:
-    name: str
-    version: int
+    name: str = field(metadata=rule("the suite's name (records and tables show it)", nonempty=True))
+    version: int = field(metadata=rule("bumped when the suite's meaning changes", ge=1, le=10**6))
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seeds: list[int] = field(default_factory=lambda: [0], metadata=NOT_HASHED)
-    description: str = field(default="", metadata=NOT_HASHED)
+    seeds: list[int] = field(
+        default_factory=lambda: [0], metadata=rule("default run seeds", ge=SEED_RANGE[0], le=SEED_RANGE[1], min_items=1, hashed=False)
+    )
+    description: str = field(default="", metadata=rule("one line for `petlbench list`", nonempty=False, hashed=False))
 
 
 @dataclass
 class MethodConfig:
     """Fields every method has; a method's own config subclasses this."""
 
-    lr: float = field(metadata={"help": "peak learning rate (from the suite's validation sweep)"})
+    lr: float = field(metadata=rule("peak learning rate (from the suite's validation sweep)", gt=0, le=100))
 
 
 @dataclass
@@ -157,9 +189,26 @@ class Variant:
     method: str
     config: MethodConfig
     source: str
+    overrides: tuple[str, ...] = ()  # the `--set method.KEY=value` applied to it
 
 
 # --------------------------------------------------------------------------- validation
+
+# Error messages quote a bad value by a short prefix: a value can be huge.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 48
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 4
+_SHORT.maxlevel = 2
+
+
+def short(value: Any) -> str:
+    """``value`` as a message quotes it: at most 80 characters."""
+    return clip(_SHORT.repr(value))
+
+
+def clip(text: str, width: int = 80) -> str:
+    """``text`` cut to ``width`` characters, for names and arguments a message repeats."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _type_name(tp: Any) -> str:
@@ -173,11 +222,11 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     """``value`` as type ``tp``, or a ConfigError naming the source, the key and what is allowed."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"{source}: key '{key}': {value!r} is not {_type_name(tp)}")
+    bad = ConfigError(f"{source}: key '{key}': {short(value)} is not {_type_name(tp)}", key=key)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, source, prefix=f"{key}.")
     if origin is Literal:
-        if value not in typing.get_args(tp):
+        if not isinstance(value, (str, int, float, bool)) or isinstance(value, bool) or value not in typing.get_args(tp):
             raise bad
         return value
     if origin is list:
@@ -191,43 +240,91 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
+        if not INT64[0] <= value <= INT64[1]:
+            raise ConfigError(f"{source}: key '{key}': {short(value)} is beyond the 64-bit integer range", key=key)
         return value
     if tp is float:
         # PyYAML reads "1e-3" (no dot) as a string: accept any numeric spelling.
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (ValueError, OverflowError):
             raise bad from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{source}: key '{key}': {short(value)} is not a finite number", key=key)
+        return number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise bad
-        return str(value)
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{source}: key '{key}': {short(value)} is not valid UTF-8 text", key=key) from None
+        return text
     raise TypeError(f"unsupported config type {tp}")
 
 
+def _bound_error(meta: dict[str, Any], value: Any) -> str | None:
+    """Why ``value`` breaks the bounds in field metadata ``meta`` (None when it keeps them)."""
+    if isinstance(value, list):
+        if len(value) < meta.get("min_items", 0):
+            return f"needs at least {meta['min_items']} item{'s' if meta['min_items'] > 1 else ''}"
+        for i, item in enumerate(value):
+            if why := _bound_error({k: v for k, v in meta.items() if k != "min_items"}, item):
+                return f"item {i} ({short(item)}) {why}"
+        return None
+    if isinstance(value, str):
+        return "must not be empty" if meta.get("nonempty") and not value.strip() else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        checks = {
+            "ge": (operator.ge, "at least"),
+            "gt": (operator.gt, "above"),
+            "le": (operator.le, "at most"),
+            "lt": (operator.lt, "below"),
+        }
+        for name, (holds, words) in checks.items():
+            if name in meta and not holds(value, meta[name]):
+                return f"must be {words} {meta[name]:g}" if isinstance(meta[name], float) else f"must be {words} {meta[name]}"
+    return None
+
+
 def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown and missing keys."""
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown and missing keys and
+    values outside the bounds each field declares (`rule`)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     allowed = ", ".join(fields)
     if not isinstance(data, dict):
         where = f"key '{prefix[:-1]}'" if prefix else "the top level"
-        raise ConfigError(f"{source}: {where} must be a mapping with keys {allowed}, got {data!r}")
-    unknown = sorted(set(data) - set(fields))
+        raise ConfigError(f"{source}: {where} must be a mapping with keys {allowed}, got {short(data)}")
+    unknown = sorted(short(k) if not isinstance(k, str) else k for k in data if k not in fields)
     if unknown:
         raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}'; allowed keys: {allowed}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():
+        key = prefix + name
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], source, prefix + name)
+            kwargs[name] = _coerce(data[name], hints[name], source, key)
+            if why := _bound_error(f.metadata, kwargs[name]):
+                raise ConfigError(f"{source}: key '{key}': {short(data[name])} {why}", key=key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{source}: missing required key '{prefix}{name}' ({_type_name(hints[name])})")
+            raise ConfigError(f"{source}: missing required key '{key}' ({_type_name(hints[name])})")
     try:
         return cls(**kwargs)
-    except ConfigError as exc:  # a range check in the schema's __post_init__
+    except ConfigError as exc:  # a check across fields in the schema's __post_init__
         raise ConfigError(f"{source}: key '{exc.key}': {exc}", key=exc.key) from None
+
+
+def check_value(cls: type, name: str, value: Any, source: str) -> Any:
+    """``value`` for field ``name`` of ``cls``, coerced and checked against its bounds, as
+    `build` would (for values that arrive outside a file, e.g. `--seeds`)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    coerced = _coerce(value, typing.get_type_hints(cls)[name], source, name)
+    if why := _bound_error(f.metadata, coerced):
+        raise ConfigError(f"{source}: {short(value)} {why}")
+    return coerced
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:
@@ -238,27 +335,84 @@ def describe_fields(cls: type) -> list[tuple[str, str, str]]:
 
 # --------------------------------------------------------------------------- loading
 
+# A suite or method file is a few hundred bytes; anything this large is not one.
+MAX_YAML_BYTES = 1 << 20
+
+
+class _Refused(yaml.YAMLError):
+    """YAML that `_StrictLoader` refuses, with the line."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that build objects), refusing aliases — an alias can
+    expand a small file into gigabytes (billion laughs), and config files need none — and
+    duplicate keys, where YAML would silently keep the last."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(f"line {event.start_mark.line + 1}: alias *{event.anchor}: aliases are not allowed (write the value out)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                raise _Refused(f"line {key_node.start_mark.line + 1}: a key must be a plain value, not {short(key)}") from None
+            if first != key_node.start_mark.line + 1:
+                raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {short(key)} (first on line {first})")
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed by `_StrictLoader`; raises `yaml.YAMLError`."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ValueError as exc:  # Python refuses integers of over 4,300 digits
+        raise _Refused(f"a value YAML cannot read: {exc}") from None
+
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, larger than a config file can be ({MAX_YAML_BYTES:,})")
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: not readable (permission denied)") from None
+    except OSError as exc:  # a name too long, an I/O error
+        raise ConfigError(f"{clip(str(path))}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except _Refused as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:  # PyYAML's message spans lines (marks, carets): one line here
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
 def _find(kind: str, name_or_path: str) -> Path:
+    if not name_or_path.strip():
+        raise ConfigError(f"an empty {kind[:-1]} name; known: {', '.join(p.stem for p in available(kind))}")
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return path
     candidate = PROJECT_ROOT / kind / f"{name_or_path}.yaml"
-    if not candidate.is_file():
+    try:
+        found = "/" not in name_or_path and candidate.is_file()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
         known = ", ".join(p.stem for p in available(kind))
-        raise ConfigError(f"unknown {kind[:-1]} '{name_or_path}'; known: {known} (or pass a .yaml path)")
+        raise ConfigError(f"unknown {kind[:-1]} {clip(name_or_path)!r}; known: {known} (or pass a .yaml path)")
     return candidate
 
 
@@ -268,12 +422,13 @@ def available(kind: str) -> list[Path]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` -> (['a', 'b'], value parsed as a YAML scalar)."""
+    """`a.b=value` -> (['a', 'b'], value parsed as a YAML scalar; the raw text where it is
+    not one). An empty value is the empty string, which the schema then judges."""
     key, sep, raw = text.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text}: expected key.path=value")
+    if not sep or not key or any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set {clip(text)}: expected key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -296,9 +451,9 @@ def load_suite(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     for text in overrides:
         keys, value = parse_override(text)
         if keys[0] != "method":
-            _check_override(SuiteConfig, keys, value, f"--set {text}")
+            _check_override(SuiteConfig, keys, value, f"--set {clip(text)}")
             _apply(data, keys, value)
-            overridden[".".join(keys)] = f"--set {text}"
+            overridden[".".join(keys)] = f"--set {clip(text)}"
     try:
         return build(SuiteConfig, data, str(path))
     except ConfigError as exc:  # a range error in a value an override set: name the override
@@ -310,13 +465,15 @@ def load_suite(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
 def _check_override(cls: type, keys: list[str], value: Any, source: str) -> None:
     """Validate one `--set` against the schema alone, so that its error names it."""
     for i, key in enumerate(keys):
-        fields = [f.name for f in dataclasses.fields(cls)]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         dotted = ".".join(keys[: i + 1])
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{dotted}'; allowed keys: {', '.join(fields)}")
+            raise ConfigError(f"{source}: unknown key {short(dotted)}; allowed keys: {', '.join(fields)}")
         tp = typing.get_type_hints(cls)[key]
         if i == len(keys) - 1:
-            _coerce(value, tp, source, dotted)
+            coerced = _coerce(value, tp, source, dotted)
+            if why := _bound_error(fields[key].metadata, coerced):
+                raise ConfigError(f"{source}: key '{dotted}': {short(value)} {why}", key=dotted)
         elif dataclasses.is_dataclass(tp):
             cls = tp
         else:
@@ -332,15 +489,20 @@ def load_variant(name_or_path: str, overrides: list[str] = ()) -> Variant:
     method_name = data.pop("method", None)
     if method_name is None:
         raise ConfigError(f"{path}: missing required key 'method' (a registered method name)")
+    if not isinstance(method_name, str):
+        raise ConfigError(f"{path}: key 'method': {short(method_name)} is not a registered method name")
     spec = get_method(method_name, where=f"{path}: method")
+    applied = []
     for text in overrides:
         keys, value = parse_override(text)
         if keys[0] == "method":
             if len(keys) != 2:
-                raise ConfigError(f"--set {text}: method options are flat (method.KEY=value)")
-            _check_override(spec.config_cls, keys[1:], value, f"--set {text}")
+                raise ConfigError(f"--set {clip(text)}: method options are flat (method.KEY=value)")
+            _check_override(spec.config_cls, keys[1:], value, f"--set {clip(text)}")
             data[keys[1]] = value
-    return Variant(name=path.stem, method=method_name, config=build(spec.config_cls, data, str(path)), source=str(path))
+            applied.append(text)
+    config = build(spec.config_cls, data, str(path))
+    return Variant(name=path.stem, method=method_name, config=config, source=str(path), overrides=tuple(applied))
 
 
 # --------------------------------------------------------------------------- hashes

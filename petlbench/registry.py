@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig
+from petlbench.config import ConfigError, MethodConfig, short
 
 
 @dataclass(frozen=True)
@@ -94,5 +94,5 @@ def registered() -> dict[str, MethodSpec]:
 
 def get_method(name: str, where: str = "method") -> MethodSpec:
     if name not in registered():
-        raise ConfigError(f"{where}: unknown method {name!r}; registered: {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"{where}: unknown method {short(name)}; registered: {', '.join(sorted(METHODS))}")
     return METHODS[name]

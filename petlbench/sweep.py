@@ -4,13 +4,16 @@ shards that separate processes run into one folder."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import multiprocessing
 import re
 import signal
+import sys
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -20,12 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from petlbench import config as cfgmod
-from petlbench import faults, records
+from petlbench import faults, folder, records
 from petlbench.config import ConfigError, SuiteConfig, Variant
 from petlbench.data.files import validate as validate_data
-from petlbench.models.loader import load_architecture, load_preprocessors
+from petlbench.measure.estimate import data_free
+from petlbench.models.loader import Architecture, check_weights, load_architecture, load_preprocessors
 from petlbench.registry import UnsupportedError, registered
-from petlbench.train import DivergedError, RunOutcome, run
+from petlbench.train import DivergedError, RunOutcome, prepare, run
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class Plan:
     shard: Shard | None = None
     # bytes each run's CUDA caching allocator may hold (`--memory-limit`): a larger need ends the run `oom`
     memory_limit: int | None = None
+    # variant name -> why its method does not apply to the suite's backbone (a record, not a run)
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     def grid(self) -> list[tuple[Variant, int]]:
         """Every (variant, seed) of the sweep, in the order shards are cut from."""
@@ -95,45 +101,89 @@ def default_variants() -> list[str]:
 def _check_data(suite: SuiteConfig) -> None:
     """Data read from files is checked whole (every image) before the first run, and so is
     the model's image processor that reads it; the evaluation folds must split the
-    evaluated images equally."""
+    evaluated images equally, and a training batch must fit in the training split."""
     data = suite.data
     if data.kind == "scenes":
-        n_eval = getattr(data, f"{suite.eval.split}_images")
+        n_train, n_eval = data.train_images, getattr(data, f"{suite.eval.split}_images")
     else:
         if load_preprocessors(suite.model.name)[1] is None:
             raise ConfigError(
                 f"model {suite.model.name!r} has no image processor (preprocessor_config.json), which data.kind {data.kind!r} needs: "
                 "save one next to the checkpoint (e.g. CLIPProcessor.save_pretrained)"
             )
-        n_eval = len(validate_data(data)[suite.eval.split])
+        splits = validate_data(data)
+        n_train, n_eval = len(splits["train"]), len(splits[suite.eval.split])
     if n_eval % suite.eval.folds:
         raise ConfigError(
             f"key 'eval.folds': {suite.eval.folds} folds do not split the {n_eval} images of the {suite.eval.split} split equally"
         )
+    if suite.train.batch_size > n_train:
+        raise ConfigError(f"key 'train.batch_size': {suite.train.batch_size} exceeds the {n_train} images of the training split")
+
+
+def _dry_prepare(architecture: Architecture, suite: SuiteConfig, variants: list[Variant]) -> dict[str, str]:
+    """`train.prepare` of every variant on a ``meta`` copy of the backbone (no weights, no
+    data): the checks that depend on the model (partial's k against the depth, widths that
+    must divide, whole heads, LoRA targets that exist) fail here, before the first run, with
+    the file and the `--set` that set the value. Returns why each unsupported variant does
+    not apply (those become records, not errors, unless nothing applies)."""
+    unsupported = {}
+    for variant in variants:
+        with torch.device("meta"):
+            backbone = architecture.build(suite.model.attn_implementation)
+        try:
+            prepare(backbone, suite, data_free(variant))
+        except UnsupportedError as exc:
+            unsupported[variant.name] = str(exc)
+        except ConfigError as exc:
+            where = variant.source + (f" with --set {', --set '.join(variant.overrides)}" if variant.overrides else "")
+            raise ConfigError(f"{where}: {exc}") from None
+    if unsupported and len(unsupported) == len(variants):
+        reasons = "; ".join(f"{name}: {why}" for name, why in unsupported.items())
+        raise ConfigError(f"no variant asked for applies to model {suite.model.name!r}: {reasons}")
+    return unsupported
+
+
+def _distinct(items: list, what: str) -> list:
+    twice = sorted({str(x) for x in items if items.count(x) > 1})
+    if twice:
+        raise ConfigError(f"{what}: {', '.join(twice)} asked for twice (each (variant, seed) is one record)")
+    return items
 
 
 def make_plan(
     suite: str, methods: list[str] | None, seeds: list[int] | None, output: Path | None, overrides: list[str], shard: Shard | None = None
 ) -> Plan:
-    """Validate everything a sweep needs before any run starts."""
+    """Validate everything a sweep needs before any run starts: the suite and every
+    variant (bounds, the model-dependent checks of a dry `prepare`), the weights, the data,
+    the seeds and the output folder (writable, and holding no other sweep)."""
     if shard is not None and output is None:
         raise ConfigError(
             f"--shard {shard}: needs --output DIR, the one folder all shards write into (the default folder is named after each process's start time)"
         )
     suite_cfg = cfgmod.load_suite(suite, overrides)
     # with weights: a shipped architecture (config only) is an error here
-    max_text = load_architecture(suite_cfg.model.name, weights=True).max_text_positions
-    if suite_cfg.data.text_length > max_text:
+    architecture = load_architecture(suite_cfg.model.name, weights=True)
+    if suite_cfg.data.text_length > architecture.max_text_positions:
         raise ConfigError(
-            f"key 'data.text_length': {suite_cfg.data.text_length} exceeds the {max_text} text positions of {suite_cfg.model.name}"
+            f"key 'data.text_length': {suite_cfg.data.text_length} exceeds the {architecture.max_text_positions} text positions of {suite_cfg.model.name}"
         )
+    check_weights(suite_cfg.model.name, suite_cfg.model.allow_pickle)
     _check_data(suite_cfg)
-    names = methods or default_variants()
+    names = default_variants() if methods is None else methods
     if names == ["all"]:
         names = [p.stem for p in cfgmod.available("methods")]
     variants = [cfgmod.load_variant(name, overrides) for name in names]
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Plan(suite_cfg, variants, seeds or suite_cfg.seeds, list(overrides), output or Path("results") / suite_cfg.name / stamp, shard)
+    _distinct([v.name for v in variants], "--methods")
+    if seeds is None:
+        seeds = suite_cfg.seeds
+    _distinct(cfgmod.check_value(SuiteConfig, "seeds", seeds, "--seeds"), "--seeds")
+    unsupported = _dry_prepare(architecture, suite_cfg, variants)
+    output = output or Path("results") / suite_cfg.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    plan = Plan(suite_cfg, variants, list(seeds), list(overrides), output, shard, unsupported=unsupported)
+    folder.check_writable(output, create=False)
+    folder.check_manifest(output, suite_cfg, plan.grid())
+    return plan
 
 
 def make_record(
@@ -209,7 +259,9 @@ def _attempt(plan: Plan, variant: Variant, seed: int, device: torch.device, on_s
 
 
 def _child(conn: Connection, plan: Plan, variant: Variant, seed: int, device: torch.device) -> None:
-    """The body of a run's own process: each step's loss, then the `Attempt`, go to the parent."""
+    """The body of a run's own process: each step's loss, then the `Attempt`, go to the parent.
+    Ctrl-C reaches the whole process group: the parent decides, and stops this process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn.send(("result", attempt(plan, variant, seed, device, lambda loss: conn.send(("step", loss)))))
     conn.close()
 
@@ -258,34 +310,141 @@ def attempt_in_fresh_process(
     return result if result is not None else Attempt("error", died(process.exitcode), None, records.environment(device, query_device=False))
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM stopped the sweep: which signal, and how far it got. Not an
+    `Exception`: no run records it as its own failure."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name} before any run started; nothing was run")
+        self.signum = signum
+
+
+class OutputError(Exception):
+    """A record could not be written (a full disk, a folder gone): the sweep stops cleanly."""
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM (what SLURM sends at a time limit) raises `Interrupted` like Ctrl-C raises
+    `KeyboardInterrupt`, so that the current run is abandoned cleanly: its lock released,
+    its process stopped, no temporary file left."""
+
+    def stop(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``record`` (what it became is returned): non-finite numbers become null, and an
+    ``ok`` run that held one becomes ``diverged`` (in its metrics) or ``error``, saying
+    where; a record JSON cannot hold at all is replaced by its run section with the reason.
+    Never a half record: a write that fails leaves the old file (or none) and raises
+    `OutputError`."""
+    record, nonfinite = records.finite(record)
+    if nonfinite and record["run"]["status"] == "ok":
+        status = "diverged" if any(p.startswith("metrics") for p in nonfinite) else "error"
+        record["run"].update(status=status, error=f"non-finite values, recorded as null: {', '.join(nonfinite[:5])}")
+    try:
+        try:
+            records.write_atomic(path, record)
+        except (TypeError, ValueError) as exc:  # a value JSON cannot hold: keep the run and the reason
+            run = {**record["run"], "status": "error", "error": f"the record could not be serialised: {exc}"}
+            record = {"schema": records.SCHEMA, "run": run, "config": record["config"], "metrics": None, "cost": None, "env": record["env"]}
+            records.write_atomic(path, json.loads(json.dumps(record, default=str)))
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return record
+
+
+def existing_record(path: Path) -> dict[str, Any] | None:
+    """The record already at ``path`` for resume; an unreadable one is named and re-run."""
+    if not path.exists():
+        return None
+    try:
+        return records.read(path)
+    except records.UnreadableRecord as exc:
+        print(f"petlbench: {path}: {exc}; it is run again", file=sys.stderr)
+        return None
+
+
 def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> list[dict[str, Any]]:
     """Run every (variant, seed) of the plan (of its shard) not already done; return their
-    records in grid order. ``isolate`` (default: on CUDA) runs each in a fresh process (measurement.md)."""
+    records in grid order. ``isolate`` (default: on CUDA) runs each in a fresh process
+    (measurement.md). The output folder is made and proven writable, its manifest checked
+    and extended, and the temporary files of writers that are gone removed, before the first
+    run; each run holds its lock while it runs, so that another process sharing the folder
+    leaves it alone (and this one leaves alone the runs another holds). SIGINT or SIGTERM
+    raise `Interrupted` with how far the sweep got."""
     isolate = device.type == "cuda" if isolate is None else isolate
-    out = []
+    folder.check_writable(plan.output, create=True)
+    folder.update_manifest(plan.output, plan.suite, plan.grid())
+    for path in folder.clean_temporaries(plan.output):
+        print(f"removed {path.name}, left by a writer that is gone", file=sys.stderr)
+    out: list[dict[str, Any]] = []
+    elsewhere: list[str] = []
     grid = plan.runs()
-    for i, (variant, seed) in enumerate(grid, 1):
-        path = records.record_path(plan.output, variant.name, seed)
-        if records.is_done(path, cfgmod.run_hash(plan.suite, variant, seed), device):
-            print(f"[{i}/{len(grid)}] {variant.name} seed {seed}: already done, skipped ({path})")
-            out.append(records.read(path))
-            continue
-        t0 = time.perf_counter()
-        with tqdm(
-            total=plan.suite.train.steps, desc=f"[{i}/{len(grid)}] {variant.name} seed {seed}", unit="step", leave=False, disable=None
-        ) as bar:
+    current = ""
+    try:
+        for i, (variant, seed) in enumerate(grid, 1):
+            current = f"{variant.name} seed {seed}"
+            path = records.record_path(plan.output, variant.name, seed)
+            run_hash = cfgmod.run_hash(plan.suite, variant, seed)
+            if records.is_done(done := existing_record(path), run_hash, device):
+                print(f"[{i}/{len(grid)}] {current}: already done, skipped ({path})")
+                out.append(done)
+                continue
+            lock = folder.Lock(plan.output, path.stem)
+            if (holder := lock.acquire()) is not None:
+                print(f"[{i}/{len(grid)}] {current}: running in {holder}, left to it")
+                elsewhere.append(current)
+                continue
+            try:
+                if records.is_done(done := existing_record(path), run_hash, device):  # finished by another process meanwhile
+                    print(f"[{i}/{len(grid)}] {current}: done by another process, skipped ({path})")
+                    out.append(done)
+                    continue
+                out.append(_run_one(plan, variant, seed, device, isolate, path, f"[{i}/{len(grid)}] {current}"))
+            finally:
+                lock.release()
+    except KeyboardInterrupt:
+        raise Interrupted(signal.SIGINT, _interrupted_message(signal.SIGINT, current, out, grid, plan)) from None
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, _interrupted_message(exc.signum, current, out, grid, plan)) from None
+    if elsewhere:
+        print(
+            f"{len(elsewhere)} runs were left to the processes running them ({', '.join(elsewhere)}): their records appear in {plan.output}"
+        )
+    return out
+
+
+def _interrupted_message(signum: int, current: str, out: list, grid: list, plan: Plan) -> str:
+    return (
+        f"interrupted by {signal.Signals(signum).name} during {current}: {len(out)} of {len(grid)} runs finished, "
+        f"records in {plan.output}; run the same command again to resume (finished runs are skipped)"
+    )
+
+
+def _run_one(plan: Plan, variant: Variant, seed: int, device: torch.device, isolate: bool, path: Path, label: str) -> dict[str, Any]:
+    """One (variant, seed): run (or an `unsupported` record), write its record, report it."""
+    t0 = time.perf_counter()
+    if variant.name in plan.unsupported:
+        status, error, outcome, env = "unsupported", plan.unsupported[variant.name], None, records.environment(device, query_device=False)
+    else:
+        with tqdm(total=plan.suite.train.steps, desc=label, unit="step", leave=False, disable=None) as bar:
 
             def on_step(loss: float) -> None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
             status, error, outcome, env = (attempt_in_fresh_process if isolate else attempt)(plan, variant, seed, device, on_step)
-        record = make_record(plan, variant, seed, status, error, outcome, env, time.perf_counter() - t0)
-        records.write_atomic(path, record)
-        faults.inject("sweep.recorded", variant.name)
-        rsum = f", rSum {record['metrics']['rsum']:.1f}" if status == "ok" else f": {error}"
-        print(
-            f"[{i}/{len(grid)}] {variant.name} seed {seed}: {status} in {record['cost']['wall_s'] if record['cost'] else time.perf_counter() - t0:.0f}s{rsum}"
-        )
-        out.append(record)
-    return out
+    record = write_record(path, make_record(plan, variant, seed, status, error, outcome, env, time.perf_counter() - t0))
+    faults.inject("sweep.recorded", variant.name)
+    status, error = record["run"]["status"], record["run"]["error"]
+    rsum = f", rSum {record['metrics']['rsum']:.1f}" if status == "ok" else f": {error}"
+    print(f"{label}: {status} in {time.perf_counter() - t0:.0f}s{rsum}")
+    return record

@@ -194,7 +194,9 @@ def run(
     every training step (progress). Raises `DivergedError`, `ConfigError` or out-of-memory
     errors for the sweep to record."""
     torch.manual_seed(seed)
-    backbone, tokenizer, image_processor = load_backbone(suite.model.name, suite.model.attn_implementation, device)
+    backbone, tokenizer, image_processor = load_backbone(
+        suite.model.name, suite.model.attn_implementation, device, suite.model.allow_pickle
+    )
     splits = _splits(suite, tokenizer, image_processor, device)
     train_split, eval_split = splits["train"], splits[suite.eval.split]
 

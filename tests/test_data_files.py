@@ -285,3 +285,73 @@ def test_where_the_data_lives_is_not_in_the_suite_hash(tmp_path):
     b = _suite([*karpathy_args(tmp_path / "b"), "data.workers=8"])
     assert cfgmod.suite_hash(a) == cfgmod.suite_hash(b)
     assert cfgmod.suite_hash(a) != cfgmod.suite_hash(_suite([*karpathy_args(tmp_path / "a"), "data.test_images=5"]))
+
+
+def _edited(tmp_path: Path, edit) -> list[str]:
+    """`_broken`'s Karpathy folder with its annotation file changed by ``edit(data)``."""
+    root = _broken(tmp_path)
+    data = json.loads((root / "dataset.json").read_text())
+    edit(data)
+    (root / "dataset.json").write_text(json.dumps(data))
+    return karpathy_args(root)
+
+
+def _set_caption(data, image: int, text: str) -> None:
+    data["images"][image]["sentences"][1]["raw"] = text
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"),
+    [
+        (lambda d: d["images"].append(dict(d["images"][0])), ("images[12]", "image test-0000.png is listed twice, first at images[0]")),
+        (
+            lambda d: d["images"].append({**d["images"][0], "split": "train"}),
+            ("images[12]", "in two splits (test and train: test images would leak into training)"),
+        ),
+        (lambda d: _set_caption(d, 2, ""), ("images[2]", "caption 1 is empty or only whitespace")),
+        (lambda d: _set_caption(d, 2, " \t\n"), ("images[2]", "caption 1 is empty or only whitespace")),
+        (lambda d: _set_caption(d, 4, "a red \ud800 circle"), ("images[4]", "not valid UTF-8 text (a lone surrogate)")),
+        (lambda d: d.update(images={"0": d["images"][0]}), ("expected a Karpathy-split JSON object with a list under 'images'",)),
+        (lambda d: d.update(images=7), ("a list under 'images'",)),
+        (lambda d: d["images"][1].update(split=["train"]), ("images[1]", "split must be a string, got ['train']")),
+        (lambda d: d["images"].__setitem__(3, "train-0003.png"), ("images[3]", "is not an object with 'filename'")),
+        (lambda d: d["images"][5].update(sentences="a caption"), ("images[5]", "'sentences' must be a list of objects with 'raw'")),
+        (lambda d: d["images"][5].update(sentences=[{"tokens": []}]), ("images[5]", "'sentences' must be a list of objects with 'raw'")),
+    ],
+    ids=[
+        "duplicate",
+        "two-splits",
+        "empty-caption",
+        "blank-caption",
+        "surrogate",
+        "images-dict",
+        "images-int",
+        "split-list",
+        "entry-str",
+        "sentences-str",
+        "no-raw",
+    ],
+)
+def test_annotations_that_would_skew_the_metric_are_refused(cli, tmp_path, edit, fragments):
+    _expect_error(cli, tmp_path, _edited(tmp_path, edit), *fragments)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragments"),
+    [
+        ('["train/0.png", ["x"], "train"]', ("manifest.jsonl:13", "is not an object with 'image'")),
+        ('{"image": "train/0.png", "captions": ["a", "b", "c", "d", "e"], "split": "train"}', ("manifest.jsonl:13", "listed twice")),
+        (
+            '{"image": "x.png", "captions": ["a", "b", "c", "d", "e"], "split": {"name": "val"}}',
+            ("manifest.jsonl:13", "split must be a string"),
+        ),
+        ('{"image": "x.png", "captions": ["a", "", "c", "d", "e"], "split": "val"}', ("manifest.jsonl:13", "caption 1 is empty")),
+        ("[" * 100_000 + "]" * 100_000, ("manifest.jsonl:13", "not valid JSON")),
+    ],
+    ids=["not-object", "duplicate", "split-object", "empty-caption", "deep"],
+)
+def test_a_bad_manifest_line_is_refused(cli, tmp_path, line, fragments):
+    root = _broken(tmp_path, "jsonl")
+    manifest = root / "manifest.jsonl"
+    manifest.write_text(manifest.read_text() + line + "\n")
+    _expect_error(cli, tmp_path, jsonl_args(root), *fragments)

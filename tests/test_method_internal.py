@@ -166,8 +166,8 @@ def test_adapters_sit_on_the_sublayer_outputs_before_the_residual_adds(placement
     [
         ("adapter", "method.r=1000", "r=1000"),
         ("lora", "method.targets=[visual_projection]", "visual_projection"),
-        ("lora", "method.targets=[]", "non-empty"),
-        ("lora", "method.r=0", "r=0"),
+        ("lora", "method.targets=[]", "key 'targets': \\[\\] needs at least 1 item"),
+        ("lora", "method.r=0", "key 'r': 0 must be at least 1"),
     ],
 )
 def test_bad_options_are_config_errors(variant, override, message):

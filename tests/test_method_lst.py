@@ -153,11 +153,20 @@ def _body_with_grad(model, tower, pixels, ids, mask):
 
 
 def test_bad_options_are_config_errors(cli, tmp_path):
-    code, out, _ = cli(
-        "run", "--suite", "vl-retrieval", "--methods", "lst", "--output", str(tmp_path), *tiny_args("method.r=3", "method.init=random")
+    """A width that does not divide the model's is found by the plan's dry `prepare`:
+    exit 2 naming the file and the override, before anything runs."""
+    code, out, err = cli(
+        "run",
+        "--suite",
+        "vl-retrieval",
+        "--methods",
+        "lst",
+        "--output",
+        str(tmp_path / "out"),
+        *tiny_args("method.r=3", "method.init=random"),
     )
-    assert code == 1
-    assert "r=3 must divide" in json.loads(records.record_path(tmp_path, "lst", 0).read_text())["run"]["error"]
+    assert code == 2 and "methods/lst.yaml with --set method.r=3" in err and "r=3 must divide" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("init", ["fisher", "magnitude", "random"])

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from petlbench import config, records, train
+from petlbench import config, records, sweep, train
 from petlbench.registry import registered
 from tests.conftest import tiny_args
 
@@ -49,7 +49,7 @@ def test_memory_figures_identical_run_to_run(cli, tmp_path):
     assert figures[0] == figures[1]
 
 
-def test_resume_skips_finished_runs_and_reruns_changed_ones(cli, tmp_path):
+def test_resume_skips_finished_runs_and_refuses_another_config_in_the_folder(cli, tmp_path):
     path = records.record_path(tmp_path, "linear", 0)
     assert _run(cli, tmp_path, "--methods", "linear", *tiny_args())[0] == 0
     first = path.read_text()
@@ -58,26 +58,30 @@ def test_resume_skips_finished_runs_and_reruns_changed_ones(cli, tmp_path):
     assert code == 0 and "already done" in out
     assert path.read_text() == first
 
-    code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))
-    assert code == 0 and "already done" not in out
-    changed = json.loads(path.read_text())
-    assert changed["run"]["run_hash"] != json.loads(first)["run"]["run_hash"]
-    assert changed["config"]["method"]["lr"] == 0.05
+    # another configuration of the same (variant, seed) would overwrite this record: refused
+    code, out, err = _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))
+    assert code == 2 and "linear--seed0 was planned with another method configuration (lr 0.03 vs 0.05" in err
+    assert path.read_text() == first
+    code, _, err = _run(cli, tmp_path, "--methods", "linear", *tiny_args("train.steps=5"))  # another suite configuration
+    assert code == 2 and "differing in train.steps (4 vs 5)" in err
+    assert path.read_text() == first
 
+    changed = json.loads(first)
     changed["run"]["status"] = "error"  # a failed run is never skipped
     records.write_atomic(path, changed)
-    code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))
+    code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args())
     assert "already done" not in out and json.loads(path.read_text())["run"]["status"] == "ok"
 
     for field, other in (("device", "cuda"), ("torch", "0.0.1")):  # measured elsewhere: not this run's figure
         foreign = json.loads(path.read_text())
         foreign["env"][field] = other
         records.write_atomic(path, foreign)
-        code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))
+        code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args())
         assert "already done" not in out and json.loads(path.read_text())["env"][field] != other
 
-    path.write_text('{"not": "a record"}')  # a foreign JSON file is re-run over, not a crash
-    assert _run(cli, tmp_path, "--methods", "linear", *tiny_args("method.lr=0.05"))[0] == 0
+    path.write_text('{"not": "a record"}')  # a foreign JSON file is named and run over, not a crash
+    code, _, err = _run(cli, tmp_path, "--methods", "linear", *tiny_args())
+    assert code == 0 and f"{path}: off-schema: schema None, not 1; it is run again" in err
 
 
 def test_atomic_write_keeps_the_old_record_on_failure(tmp_path):
@@ -89,16 +93,22 @@ def test_atomic_write_keeps_the_old_record_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
 
 
-def test_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path):
-    bad = tmp_path / "partial-k99.yaml"
-    bad.write_text("method: partial\nlr: 1.0e-3\nk: 99\n")
-    code, out, _ = _run(cli, tmp_path / "out", "--methods", f"{bad},linear", *tiny_args())
+def test_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatch):
+    real_run = sweep.run
+
+    def failing_for_partial(suite, variant, *args):
+        if variant.name == "partial":
+            raise RuntimeError("partial broke in a test")
+        return real_run(suite, variant, *args)
+
+    monkeypatch.setattr(sweep, "run", failing_for_partial)
+    code, out, _ = _run(cli, tmp_path / "out", "--methods", "partial,linear", *tiny_args())
     assert code == 1
-    failed = json.loads(records.record_path(tmp_path / "out", "partial-k99", 0).read_text())
-    assert failed["run"]["status"] == "error" and "k=99" in failed["run"]["error"]
+    failed = json.loads(records.record_path(tmp_path / "out", "partial", 0).read_text())
+    assert failed["run"]["status"] == "error" and "partial broke in a test" in failed["run"]["error"]
     assert failed["metrics"] is None and failed["cost"] is None
     assert json.loads(records.record_path(tmp_path / "out", "linear", 0).read_text())["run"]["status"] == "ok"
-    row = next(line.split() for line in out.splitlines() if line.startswith("partial-k99 "))
+    row = next(line.split() for line in out.splitlines() if line.startswith("partial "))
     assert row[3:] == ["error"] * 4  # the summary shows the status, never a zero
 
 

@@ -112,7 +112,9 @@ def _figures(record):
 
 def test_two_shards_give_the_records_of_one_unsharded_run(swept):
     sharded, whole, shard_outs = swept
-    assert sorted(p.name for p in sharded.iterdir()) == [f"{v}--seed{s}.json" for v in ("bitfit", "linear") for s in (0, 1)]
+    assert sorted(p.name for p in sharded.iterdir()) == [f"{v}--seed{s}.json" for v in ("bitfit", "linear") for s in (0, 1)] + [
+        records.MANIFEST
+    ]  # no lock and no temporary file left
     keys = {(r["run"]["variant"], r["run"]["seed"], r["run"]["run_hash"], r["run"]["status"]) for r in records.read_all(whole)}
     assert keys == {(r["run"]["variant"], r["run"]["seed"], r["run"]["run_hash"], r["run"]["status"]) for r in records.read_all(sharded)}
     assert {k[3] for k in keys} == {"ok"} and len(keys) == 4

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from petlbench.config import ConfigError, DataConfig
+from petlbench.config import ConfigError, DataConfig, short
 
 SPLITS = ("train", "val", "test")
 # Karpathy's split names, as the splits they join.
@@ -58,22 +58,30 @@ def _folders(cfg: DataConfig) -> tuple[Path, Path]:
 def _karpathy(path: Path, images: Path) -> Iterator[tuple[str, str, Path, list]]:
     """(where, split, image path, captions) of every image of a Karpathy JSON."""
     try:
-        data = json.loads(path.read_text())
-        entries = data["images"]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-    except (KeyError, TypeError):
-        raise ConfigError(f"{path}: expected a Karpathy-split JSON object with a list under 'images'") from None
+    entries = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: expected a Karpathy-split JSON object with a list under 'images'")
     for i, entry in enumerate(entries):
         where = f"{path}: images[{i}]"
-        try:
-            split, name = entry["split"], _text(entry["filename"], where, "filename")
-            captions = [sentence["raw"] for sentence in entry["sentences"]]
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"{where}: missing key {exc} (each image needs 'filename', 'split' and 'sentences' with 'raw')") from None
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: {short(entry)} is not an object with 'filename', 'split' and 'sentences'")
+        missing = [key for key in ("filename", "split", "sentences") if key not in entry]
+        if missing:
+            raise ConfigError(f"{where}: missing key {missing[0]!r} (each image needs 'filename', 'split' and 'sentences' with 'raw')")
+        split, name, sentences = _text(entry["split"], where, "split"), _text(entry["filename"], where, "filename"), entry["sentences"]
+        if not isinstance(sentences, list) or not all(isinstance(s, dict) and "raw" in s for s in sentences):
+            raise ConfigError(f"{where}: 'sentences' must be a list of objects with 'raw'")
         if split not in KARPATHY_SPLITS:
-            raise ConfigError(f"{where}: split {split!r} is not one of {', '.join(KARPATHY_SPLITS)}")
-        yield where, KARPATHY_SPLITS[split], images / _text(entry.get("filepath", ""), where, "filepath") / name, captions
+            raise ConfigError(f"{where}: split {short(split)} is not one of {', '.join(KARPATHY_SPLITS)}")
+        yield (
+            where,
+            KARPATHY_SPLITS[split],
+            images / _text(entry.get("filepath", ""), where, "filepath") / name,
+            [s["raw"] for s in sentences],
+        )
 
 
 def _jsonl(path: Path, images: Path) -> Iterator[tuple[str, str, Path, list]]:
@@ -85,13 +93,16 @@ def _jsonl(path: Path, images: Path) -> Iterator[tuple[str, str, Path, list]]:
             where = f"{path}:{number}"
             try:
                 entry = json.loads(line)
-                split, image, captions = entry["split"], entry["image"], entry["captions"]
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise ConfigError(f"{where}: not valid JSON: {exc}") from None
-            except (KeyError, TypeError) as exc:
-                raise ConfigError(f"{where}: missing key {exc} (each line needs 'image', 'captions' and 'split')") from None
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where}: {short(entry)} is not an object with 'image', 'captions' and 'split'")
+            missing = [key for key in ("image", "captions", "split") if key not in entry]
+            if missing:
+                raise ConfigError(f"{where}: missing key {missing[0]!r} (each line needs 'image', 'captions' and 'split')")
+            split, image, captions = _text(entry["split"], where, "split"), entry["image"], entry["captions"]
             if split not in SPLITS:
-                raise ConfigError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+                raise ConfigError(f"{where}: split {short(split)} is not one of {', '.join(SPLITS)}")
             if not isinstance(captions, list):
                 raise ConfigError(f"{where}: 'captions' must be a list of strings")
             yield where, split, images / _text(image, where, "image"), captions
@@ -101,9 +112,14 @@ READERS = {"karpathy": _karpathy, "jsonl": _jsonl}
 
 
 def _text(value, where: str, key: str) -> str:
-    """``value``, which annotation ``key`` at ``where`` must hold as a string."""
+    """``value``, which annotation ``key`` at ``where`` must hold as a string of valid UTF-8
+    (JSON can spell a lone surrogate, which no tokenizer takes)."""
     if not isinstance(value, str):
-        raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be a string, got {short(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{where}: {key} {short(value)} is not valid UTF-8 text (a lone surrogate)") from None
     return value
 
 
@@ -122,11 +138,23 @@ def _read(kind: str, annotations: Path, images: Path, k: int, sizes: tuple[int, 
         entries = list(READERS[kind](annotations, images))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{annotations}: not UTF-8 text: {exc}") from None
+    first: dict[Path, tuple[str, str]] = {}  # image -> (where, split) of its first entry
     for where, split, path, captions in entries:
         for caption in captions:
             _text(caption, where, "every caption")
         if len(captions) < k:
             raise ConfigError(f"{where}: {len(captions)} captions, fewer than data.captions_per_image = {k}")
+        if blank := [i for i, caption in enumerate(captions[:k]) if not caption.strip()]:
+            raise ConfigError(f"{where}: caption {blank[0]} is empty or only whitespace (captions are the retrieval targets)")
+        if path in first:
+            earlier, earlier_split = first[path]
+            rule = (
+                f"in two splits ({earlier_split} and {split}: test images would leak into training)" if earlier_split != split else "twice"
+            )
+            raise ConfigError(
+                f"{where}: image {path.name} is listed {rule}, first at {earlier.rsplit(': ', 1)[-1]}; each image must appear once"
+            )
+        first[path] = (where, split)
         splits[split].append(ImageItem(path, tuple(captions[:k])))
     for split, size in zip(SPLITS, sizes, strict=True):
         if not splits[split]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig
+from petlbench.config import ConfigError, MethodConfig, rule
 from petlbench.registry import register
 
 # The block sub-layers whose output each placement adapts (before the residual add).
@@ -21,7 +21,7 @@ class AdapterConfig(MethodConfig):
     is what AdapterHub's Pfeiffer configuration and AdaptFormer (the usual ViT adapter
     baseline) use; GELU is the CLIP-family alternative."""
 
-    r: int = field(default=8, metadata={"help": "reduction factor: the bottleneck width is the block width // r"})
+    r: int = field(default=8, metadata=rule("reduction factor: the bottleneck width is the block width // r", ge=1, le=65536))
     placement: Literal["houlsby", "pfeiffer"] = field(
         default="houlsby", metadata={"help": "'houlsby': after the attention and the MLP sub-layers; 'pfeiffer': after the MLP only"}
     )

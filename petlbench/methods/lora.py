@@ -8,18 +8,20 @@ import peft
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig
+from petlbench.config import ConfigError, MethodConfig, rule, short
 from petlbench.registry import backbone_kind, register
 
 
 @dataclass
 class LoraConfig(MethodConfig):
-    r: int = field(default=8, metadata={"help": "rank of the update B A"})
-    alpha: float = field(default=16.0, metadata={"help": "the update is scaled by alpha / r"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the input of the low-rank branch"})
+    r: int = field(default=8, metadata=rule("rank of the update B A", ge=1, le=65536))
+    alpha: float = field(default=16.0, metadata=rule("the update is scaled by alpha / r", gt=0, le=1e6))
+    dropout: float = field(default=0.0, metadata=rule("dropout on the input of the low-rank branch", ge=0, lt=1))
     targets: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "names of the blocks' linear layers to adapt (q_proj, k_proj, v_proj, out_proj, fc1, fc2)"},
+        metadata=rule(
+            "names of the blocks' linear layers to adapt (q_proj, k_proj, v_proj, out_proj, fc1, fc2)", min_items=1, nonempty=True
+        ),
     )
 
 
@@ -53,12 +55,8 @@ def apply(backbone, cfg: LoraConfig):
     # parameters on or off with it.
     allowed = _block_linears(backbone)
     targets, root = _targets_and_root(backbone, cfg.targets)
-    if not targets or not set(targets) <= allowed:
-        raise ConfigError(f"lora: targets {cfg.targets} must be a non-empty list of {', '.join(sorted(allowed))}")
-    if cfg.r < 1:
-        raise ConfigError(f"lora: r={cfg.r} must be at least 1")
-    if not 0 <= cfg.dropout < 1:
-        raise ConfigError(f"lora: dropout={cfg.dropout} must be in [0, 1)")
+    if not set(targets) <= allowed:
+        raise ConfigError(f"lora: targets {short(cfg.targets)} must be a non-empty list of {', '.join(sorted(allowed))}")
     peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
     peft.inject_adapter_in_model(peft_config, root)
     # PEFT freezes all but its adapters already; say so here rather than rely on its policy.

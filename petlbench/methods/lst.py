@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig
+from petlbench.config import ConfigError, MethodConfig, rule
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.wrapper import BackboneWrapper
 from petlbench.objective import contrastive_loss
@@ -34,17 +34,25 @@ from petlbench.registry import backbone_kind, register
 
 @dataclass
 class LSTConfig(MethodConfig):
-    r: int = field(default=4, metadata={"help": "width reduction of the side network (paper: 8 for NLP, 4 for vision-language)"})
+    r: int = field(
+        default=4, metadata=rule("width reduction of the side network (paper: 8 for NLP, 4 for vision-language)", ge=1, le=65536)
+    )
     drop_layers: list[int] = field(
-        default_factory=list, metadata={"help": "backbone layers with no ladder and no side block (paper, 12 layers: [0, 4, 8])"}
+        default_factory=list,
+        metadata=rule("backbone layers with no ladder and no side block (paper, 12 layers: [0, 4, 8])", ge=0, le=10_000, min_items=0),
     )
     init: Literal["fisher", "magnitude", "random"] = field(
         default="fisher",
         metadata={"help": "side-block initialisation: pruned backbone rows ranked by Fisher importance or weight magnitude, or random"},
     )
-    fisher_samples: int = field(default=1000, metadata={"help": "training samples whose squared gradients rank the rows (init=fisher)"})
-    fisher_batch_size: int = field(default=32, metadata={"help": "pairs per contrastive batch while ranking (init=fisher)"})
-    gate_temperature: float = field(default=0.1, metadata={"help": "T in the ladder gate sigmoid(alpha / T)"})
+    fisher_samples: int = field(
+        default=1000, metadata=rule("training samples whose squared gradients rank the rows (init=fisher)", ge=1, le=10**8)
+    )
+    fisher_batch_size: int = field(
+        default=32,
+        metadata=rule("pairs per contrastive batch while ranking (init=fisher; a loss over one pair is constant)", ge=2, le=2**20),
+    )
+    gate_temperature: float = field(default=0.1, metadata=rule("T in the ladder gate sigmoid(alpha / T)", gt=0, le=1e6))
 
 
 class LadderSide(nn.Module):

@@ -3,13 +3,13 @@ projections train; the gradient travels back through those blocks only."""
 
 from dataclasses import dataclass, field
 
-from petlbench.config import ConfigError, MethodConfig
+from petlbench.config import ConfigError, MethodConfig, rule
 from petlbench.registry import register
 
 
 @dataclass
 class PartialConfig(MethodConfig):
-    k: int = field(default=1, metadata={"help": "trainable blocks at the top of each tower"})
+    k: int = field(default=1, metadata=rule("trainable blocks at the top of each tower (at most the tower depth)", ge=1, le=10_000))
 
 
 @register("partial", PartialConfig, defines_head=True)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
-from petlbench.config import ConfigError, MethodConfig
+from petlbench.config import MethodConfig, rule
 from petlbench.models.clip import TOWERS, ClipDualEncoder, eot_positions
 from petlbench.models.wrapper import BackboneWrapper
 from petlbench.registry import register
@@ -33,7 +33,7 @@ class PromptConfig(MethodConfig):
     # 8, the low end of methods.md's 8..16: prompts lengthen every sequence of both towers
     # (37 vision and 40 text tokens on the shipped model, 50 and 77 on ViT-B/32), and the
     # activations kept for backward grow with it; the validation sweep may ask for more.
-    prompts: int = field(default=8, metadata={"help": "prompt tokens per tower and set (p)"})
+    prompts: int = field(default=8, metadata=rule("prompt tokens per tower and set (p)", ge=1, le=10_000))
     depth: Literal["deep", "shallow"] = field(
         default="deep", metadata={"help": "deep: a fresh set of prompts before every block; shallow: one set before the first block"}
     )
@@ -124,7 +124,5 @@ class PromptedClip(BackboneWrapper):
 
 @register("prompt", PromptConfig)
 def apply(backbone: ClipDualEncoder, cfg: PromptConfig) -> PromptedClip:
-    if cfg.prompts < 1:
-        raise ConfigError(f"prompt: prompts={cfg.prompts} must be at least 1")
     backbone.requires_grad_(False)
     return PromptedClip(backbone, cfg.prompts, cfg.depth)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig
+from petlbench.config import ConfigError, MethodConfig, rule
 from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
 from petlbench.models.pooling import masked_mean
 from petlbench.models.wrapper import BackboneWrapper
@@ -117,7 +117,9 @@ class UniPT(BackboneWrapper):
 class UniPTConfig(MethodConfig):
     downsample: int = field(
         default=1,
-        metadata={"help": "r_d: UniPT works in width m = embedding width / r_d (1 in the authors' CLIP code, 2 in their VSE setting)"},
+        metadata=rule(
+            "r_d: UniPT works in width m = embedding width / r_d (1 in the authors' CLIP code, 2 in their VSE setting)", ge=1, le=65536
+        ),
     )
 
 

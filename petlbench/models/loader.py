@@ -108,20 +108,45 @@ def load_architecture(name: str, weights: bool = False) -> Architecture:
     return clip_architecture(_config(folder, CLIPConfig, f"model {name!r}"))
 
 
-def load_backbone(name: str, attn_implementation: str, device: torch.device) -> LoadedModel:
-    """Model ``name`` with its weights, tokenizer and image processor, on ``device``."""
+def _weight_folders(name: str) -> list[Path]:
+    """The folders whose weights `load_backbone` loads for model ``name``."""
     folder = resolve(name)
+    if (folder / VSE_FILE).is_file():
+        vse = _VseFolder.read(folder, weights=True)
+        return [vse.image, vse.text]
+    return [folder]
+
+
+def check_weights(name: str, allow_pickle: bool) -> None:
+    """Weights load from safetensors only, unless ``allow_pickle``: a pickled checkpoint
+    (pytorch_model.bin) can run code when it is loaded. Raises `ConfigError` naming the
+    folder where only pickled weights exist and pickle is not allowed."""
+    for folder in _weight_folders(name):
+        if not allow_pickle and not any(folder.glob("*.safetensors*")) and any(folder.glob("pytorch_model*.bin*")):
+            raise ConfigError(
+                f"model {name!r}: {folder} holds pickled weights only (pytorch_model.bin), which can run code when loaded: "
+                "convert them to safetensors (save_pretrained(..., safe_serialization=True)), or allow them with "
+                "--set model.allow_pickle=true"
+            )
+
+
+def load_backbone(name: str, attn_implementation: str, device: torch.device, allow_pickle: bool = False) -> LoadedModel:
+    """Model ``name`` with its weights (safetensors only unless ``allow_pickle``: see
+    `check_weights`), tokenizer and image processor, on ``device``."""
+    folder = resolve(name)
+    check_weights(name, allow_pickle)
+    weights = {**OFFLINE, "use_safetensors": None if allow_pickle else True}  # None: safetensors first, pickle as fallback
     hf_logging.disable_progress_bar()  # one bar per run would drown the sweep's own progress
     if (folder / VSE_FILE).is_file():
         vse = _VseFolder.read(folder, weights=True)
-        resnet = ResNetModel.from_pretrained(vse.image, **OFFLINE)
-        bert = BertModel.from_pretrained(vse.text, attn_implementation=attn_implementation, add_pooling_layer=False, **OFFLINE)
+        resnet = ResNetModel.from_pretrained(vse.image, **weights)
+        bert = BertModel.from_pretrained(vse.text, attn_implementation=attn_implementation, add_pooling_layer=False, **weights)
         backbone = VseDualEncoder(resnet, bert, vse.embed_dim)
         if (folder / HEADS_FILE).is_file():
             _load_heads(backbone, folder / HEADS_FILE)
     else:
         _config(folder, CLIPConfig, f"model {name!r}")
-        backbone = ClipDualEncoder(CLIPModel.from_pretrained(folder, attn_implementation=attn_implementation, **OFFLINE))
+        backbone = ClipDualEncoder(CLIPModel.from_pretrained(folder, attn_implementation=attn_implementation, **weights))
     return LoadedModel(backbone.to(device), *load_preprocessors(name))
 
 

@@ -5,6 +5,7 @@ conditions are refused rather than compared.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from tabulate import tabulate
@@ -13,8 +14,7 @@ from petlbench.config import ConfigError
 from petlbench.records import VERSIONED
 from petlbench.report import memory_unit, status_label, suite_differences, value
 
-# Exact CPU-accounting figures change with these (measurement.md): compare them only
-# between equal versions.
+# The figures that fail a comparison when they grow past the tolerance.
 GROWTH_CHECKED = ("train_peak_bytes", "eval_peak_bytes", "params_trainable")
 
 
@@ -34,6 +34,10 @@ class Comparison:
     def text(self) -> str:
         verdict = [f"FAIL: {f}" for f in self.failures] or [f"OK: {self.compared} records compared, no regression"]
         return "\n".join([self.table, "", *self.notes, *verdict])
+
+
+def _finite(figure) -> bool:
+    return isinstance(figure, (int, float)) and not isinstance(figure, bool) and math.isfinite(figure)
 
 
 def _key(record: dict) -> tuple[str, str, int]:
@@ -71,6 +75,11 @@ def _incomparable(pairs: list[tuple[dict, dict]]) -> list[str]:
 def compare(baseline: list[dict], current: list[dict], tolerance: float = 0.02, metric_tolerance: float | None = None) -> Comparison:
     """Match records by (suite, variant, seed) and check each figure. Raises ConfigError
     when the two folders are not comparable."""
+    suites = sorted({r["run"]["suite"] for r in baseline}), sorted({r["run"]["suite"] for r in current})
+    if suites[0] != suites[1]:
+        raise ConfigError(
+            f"baseline and current are not comparable: they hold the suites {', '.join(suites[0])} (baseline) and {', '.join(suites[1])} (current)"
+        )
     now = {_key(r): r for r in current}
     pairs = [(b, now[_key(b)]) for b in baseline if _key(b) in now]
     if reasons := _incomparable(pairs):
@@ -93,8 +102,12 @@ def compare(baseline: list[dict], current: list[dict], tolerance: float = 0.02, 
             *_key(b),
             status_label(old_status) if old_status == new_status else f"{status_label(old_status)} → {status_label(new_status)}",
         ]
-        for figure, (_, fmt) in shown.items():
+        for figure, (label, fmt) in shown.items():
             old, new = value(b, figure), value(c, figure)
+            if old is not None and old_status == new_status == "ok" and not _finite(new):
+                failures.append(f"{name}: {label} is {new} in CURRENT, where BASELINE has {fmt(old)}")
+                row.append(f"{fmt(old)} → {new}")
+                continue
             if old is None or new is None or old_status != "ok" or new_status != "ok":
                 row.append(fmt(old) if old is not None else "-")
                 continue

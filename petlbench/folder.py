@@ -1,0 +1,233 @@
+"""A sweep's output folder, which several processes may share (shards, a second terminal, a
+SLURM array on NFS): the manifest that pins which suite and which run configurations the
+folder holds, a lock per run so that no two processes run the same (variant, seed), and the
+clean-up of temporary files left by writers that are gone.
+
+Locks and the manifest's lock are files created with ``O_EXCL`` and holding
+``host:pid`` — portable to NFS and Lustre, where ``flock`` is not reliable. A lock whose
+process is gone (same host, no such pid) is taken over; one held on another host is left
+alone (its process cannot be checked from here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from petlbench import config as cfgmod
+from petlbench import records
+from petlbench.config import ConfigError, SuiteConfig, Variant
+from petlbench.report import suite_differences
+
+MANIFEST_SCHEMA = 1
+# How long to wait for another process's hold on the manifest (it holds it for milliseconds).
+MANIFEST_WAIT_S = 30.0
+
+
+def owner() -> str:
+    """This process, as lock files name it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def alive(holder: str) -> bool | None:
+    """Whether the process ``host:pid`` runs: None when it is on another host (unknowable here)."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def check_writable(folder: Path, create: bool) -> None:
+    """``folder`` is (or, with ``create``, is made) a folder this process can write records
+    to; proven by writing and removing a file. Without ``create``, an absent folder is
+    judged by its nearest existing parent. Raises `ConfigError` naming the folder."""
+    folder = Path(folder)
+    where = f"--output {folder}"
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{where}: exists and is not a folder")
+    if not create:
+        parent = next((p for p in [folder, *folder.parents] if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{where}: cannot be written ({parent} is not a writable folder)")
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".petlbench-probe~{socket.gethostname()}~{os.getpid()}"
+        probe.write_text("probe\n")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be written ({exc.strerror or exc})") from None
+
+
+class Lock:
+    """``folder/.NAME.lock`` held by this process: `acquire` returns None once held, else
+    the holder's ``host:pid``; `release` removes the file if this process still holds it."""
+
+    def __init__(self, folder: Path, name: str):
+        self.path = Path(folder) / f".{name}.lock"
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def acquire(self) -> str | None:
+        for _ in range(3):  # a stale lock taken over, then created again (another process may win that race)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if not holder or alive(holder) is not False:  # empty: its writer is between create and write
+                    return holder or "another process"
+                stale = self.path.with_name(f"{self.path.name}~stale~{os.getpid()}")
+                try:
+                    os.rename(self.path, stale)  # atomic: of two processes taking over, one renames
+                    stale.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(owner() + "\n")
+            return None
+        return self._holder() or "another process"
+
+    def release(self) -> None:
+        if self._holder() == owner():
+            self.path.unlink(missing_ok=True)
+
+
+def clean_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary record files whose writer is gone (same host, no such pid); a
+    file of a live writer or of another host's is kept. Returns the removed files."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        parts = path.name.split("~")
+        if len(parts) >= 4 and alive(f"{parts[-3]}:{parts[-2]}") is False:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _run_key(variant: str, seed: int) -> str:
+    return records.record_path(Path(), variant, seed).stem
+
+
+def _entries(suite: SuiteConfig, grid: list[tuple[Variant, int]]) -> dict[str, dict[str, Any]]:
+    return {
+        _run_key(v.name, s): {"run_hash": cfgmod.run_hash(suite, v, s), "method": {"name": v.method, **cfgmod.to_dict(v.config)}}
+        for v, s in grid
+    }
+
+
+def _conflicts(folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entries: dict[str, dict[str, Any]]) -> list[str]:
+    """Why the plan (``suite``, ``entries``) cannot share ``folder`` with what ``manifest``
+    pins: another suite configuration, or another configuration of a (variant, seed)."""
+    if manifest["suite_hash"] != cfgmod.suite_hash(suite):
+        why = suite_differences([manifest["suite_config"], cfgmod.to_dict(suite)])
+        return [
+            f"it holds suite {manifest['suite']} with suite_hash {manifest['suite_hash']}, this run's is {cfgmod.suite_hash(suite)} (differing in {why})"
+        ]
+    out = []
+    for key, entry in entries.items():
+        pinned = manifest["runs"].get(key)
+        if pinned is not None and pinned["run_hash"] != entry["run_hash"]:
+            old, new = pinned["method"], entry["method"]
+            changed = ", ".join(f"{k} {old.get(k)} vs {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            out.append(
+                f"{key} was planned with another method configuration ({changed or 'same values, another hash'}; folder vs this run)"
+            )
+    return out
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / records.MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: unreadable manifest ({exc}); it pins what the folder holds: restore it or use another --output"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA or not isinstance(manifest.get("runs"), dict):
+        raise ConfigError(f"{path}: not a petlbench manifest (schema {MANIFEST_SCHEMA}); restore it or use another --output")
+    return manifest
+
+
+def _adopted(folder: Path, suite: SuiteConfig) -> dict[str, Any] | None:
+    """A manifest for a folder of records written before manifests existed: their suite
+    and run configurations, from the records themselves."""
+    found = records.load(folder).records
+    if not found:
+        return None
+    first = found[0]
+    runs = {
+        _run_key(r["run"]["variant"], r["run"]["seed"]): {"run_hash": r["run"]["run_hash"], "method": r["config"].get("method", {})}
+        for r in found
+    }
+    hashes = {r["run"]["suite_hash"] for r in found}
+    if len(hashes) > 1:
+        raise ConfigError(
+            f"{folder}: holds records of {len(hashes)} suite configurations ({', '.join(sorted(hashes))}): use another --output"
+        )
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "suite": first["run"]["suite"],
+        "suite_hash": first["run"]["suite_hash"],
+        "suite_config": first["config"]["suite"],
+        "runs": runs,
+    }
+
+
+def check_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]]) -> None:
+    """Raise `ConfigError` (exit 2) when the plan disagrees with what ``folder`` holds; reads only."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    manifest = _read_manifest(folder) or _adopted(folder, suite)
+    if manifest is not None and (conflicts := _conflicts(folder, manifest, suite, _entries(suite, grid))):
+        raise ConfigError(
+            f"--output {folder}: {conflicts[0]}"
+            + (f" (and {len(conflicts) - 1} more runs)" if len(conflicts) > 1 else "")
+            + ": a folder holds one sweep, so its records never mix; use another --output"
+        )
+
+
+def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]]) -> None:
+    """Check the plan against ``folder``'s manifest and add its runs, under the manifest's
+    lock (so that two processes starting at once agree or one of them stops)."""
+    folder = Path(folder)
+    lock = Lock(folder, records.MANIFEST)
+    deadline = time.monotonic() + MANIFEST_WAIT_S
+    while (holder := lock.acquire()) is not None:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"--output {folder}: its manifest is held by {holder} (remove {lock.path} if no such process runs)")
+        time.sleep(0.05)
+    try:
+        check_manifest(folder, suite, grid)
+        manifest = (
+            _read_manifest(folder)
+            or _adopted(folder, suite)
+            or {
+                "schema": MANIFEST_SCHEMA,
+                "suite": suite.name,
+                "suite_hash": cfgmod.suite_hash(suite),
+                "suite_config": cfgmod.to_dict(suite),
+                "runs": {},
+            }
+        )
+        manifest["runs"].update(_entries(suite, grid))
+        records.write_atomic(folder / records.MANIFEST, manifest)
+    finally:
+        lock.release()
