@@ -101,7 +101,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     """Plan (every check), then run; SIGINT and SIGTERM end it with one line and exit
     130 / 143, a record that cannot be written with exit 1."""
-    from petlbench.sweep import Interrupted, OutputError, interruptible
+    from petlbench.records import OutputError
+    from petlbench.sweep import Interrupted, interruptible
 
     with interruptible():
         try:
@@ -207,7 +208,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from petlbench.registry import registered
+    from petlbench.methods import registered
+    from petlbench.variants import load_variant
 
     print("suites:")
     for path in cfgmod.available("suites"):
@@ -215,7 +217,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"  {path.stem:<24} v{suite.version}  {suite.description}")
     print("method variants:")
     for path in cfgmod.available("methods"):
-        variant = cfgmod.load_variant(str(path))
+        variant = load_variant(str(path))
         options = ", ".join(f"{k}={v}" for k, v in cfgmod.to_dict(variant.config).items())
         print(f"  {variant.name:<24} {variant.method:<10} {options}")
     print("registered methods: " + ", ".join(sorted(registered())))

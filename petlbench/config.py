@@ -181,17 +181,6 @@ class MethodConfig:
     lr: float = field(metadata=rule("peak learning rate (from the suite's validation sweep)", gt=0, le=100))
 
 
-@dataclass
-class Variant:
-    """A method YAML: its file name, its registered method and the validated config."""
-
-    name: str
-    method: str
-    config: MethodConfig
-    source: str
-    overrides: tuple[str, ...] = ()  # the `--set method.KEY=value` applied to it
-
-
 # --------------------------------------------------------------------------- validation
 
 # Error messages quote a bad value by a short prefix: a value can be huge.
@@ -375,7 +364,7 @@ def load_yaml(text: str) -> Any:
         raise _Refused(f"a value YAML cannot read: {exc}") from None
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
             raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, larger than a config file can be ({MAX_YAML_BYTES:,})")
@@ -399,7 +388,7 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _find(kind: str, name_or_path: str) -> Path:
+def find(kind: str, name_or_path: str) -> Path:
     if not name_or_path.strip():
         raise ConfigError(f"an empty {kind[:-1]} name; known: {', '.join(p.stem for p in available(kind))}")
     path = Path(name_or_path)
@@ -445,13 +434,13 @@ def _apply(data: dict, path: list[str], value: Any) -> None:
 
 def load_suite(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     """The validated suite, with every `--set` override outside `method.` applied."""
-    path = _find("suites", name_or_path)
-    data = _read_yaml(path)
+    path = find("suites", name_or_path)
+    data = read_yaml(path)
     overridden: dict[str, str] = {}
     for text in overrides:
         keys, value = parse_override(text)
         if keys[0] != "method":
-            _check_override(SuiteConfig, keys, value, f"--set {clip(text)}")
+            check_override(SuiteConfig, keys, value, f"--set {clip(text)}")
             _apply(data, keys, value)
             overridden[".".join(keys)] = f"--set {clip(text)}"
     try:
@@ -462,7 +451,7 @@ def load_suite(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
         raise ConfigError(overridden[exc.key] + str(exc).removeprefix(str(path)), key=exc.key) from None
 
 
-def _check_override(cls: type, keys: list[str], value: Any, source: str) -> None:
+def check_override(cls: type, keys: list[str], value: Any, source: str) -> None:
     """Validate one `--set` against the schema alone, so that its error names it."""
     for i, key in enumerate(keys):
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -478,31 +467,6 @@ def _check_override(cls: type, keys: list[str], value: Any, source: str) -> None
             cls = tp
         else:
             raise ConfigError(f"{source}: '{dotted}' is not a section")
-
-
-def load_variant(name_or_path: str, overrides: list[str] = ()) -> Variant:
-    """The validated method variant, with every `--set method.key=value` applied."""
-    from petlbench.registry import get_method
-
-    path = _find("methods", name_or_path)
-    data = _read_yaml(path)
-    method_name = data.pop("method", None)
-    if method_name is None:
-        raise ConfigError(f"{path}: missing required key 'method' (a registered method name)")
-    if not isinstance(method_name, str):
-        raise ConfigError(f"{path}: key 'method': {short(method_name)} is not a registered method name")
-    spec = get_method(method_name, where=f"{path}: method")
-    applied = []
-    for text in overrides:
-        keys, value = parse_override(text)
-        if keys[0] == "method":
-            if len(keys) != 2:
-                raise ConfigError(f"--set {clip(text)}: method options are flat (method.KEY=value)")
-            _check_override(spec.config_cls, keys[1:], value, f"--set {clip(text)}")
-            data[keys[1]] = value
-            applied.append(text)
-    config = build(spec.config_cls, data, str(path))
-    return Variant(name=path.stem, method=method_name, config=config, source=str(path), overrides=tuple(applied))
 
 
 # --------------------------------------------------------------------------- hashes
@@ -530,6 +494,6 @@ def suite_hash(suite: SuiteConfig) -> str:
     return _digest(_hashed(suite))
 
 
-def run_hash(suite: SuiteConfig, variant: Variant, seed: int) -> str:
+def run_hash(suite: SuiteConfig, variant, seed: int) -> str:
     """Covers everything that defines one run's result."""
     return _digest({"suite": suite_hash(suite), "method": variant.method, "config": to_dict(variant.config), "seed": seed})

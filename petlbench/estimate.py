@@ -4,6 +4,7 @@ or the largest batch size that fits a memory budget, from fake tensors
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -16,18 +17,31 @@ from typing import Any
 
 import torch
 from tabulate import tabulate
+from torch._subclasses.fake_tensor import FakeTensorMode
 from tqdm.auto import tqdm
 
 from petlbench import config as cfgmod
 from petlbench import records
-from petlbench.config import ConfigError, Precision, SuiteConfig, TrainConfig, Variant
-from petlbench.measure.estimate import CUDA_GRANULARITY, CUDA_WORKSPACE_BYTES, FakeTraining, MiB, largest_batch
-from petlbench.measure.memory import PhasePeak
+from petlbench.config import ConfigError, Precision, SuiteConfig, TrainConfig
+from petlbench.measure.estimate import (
+    CUDA_GRANULARITY,
+    CUDA_WORKSPACE_BYTES,
+    CpuNormStatistics,
+    FusedAttentionDropout,
+    MiB,
+    Target,
+    largest_batch,
+    materialize,
+    random_batch,
+)
+from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, training_state
+from petlbench.measure.params import parameter_counts
+from petlbench.measure.phase import training_phase
+from petlbench.methods import get_method, registered
 from petlbench.models.loader import Architecture, load_architecture
-from petlbench.registry import get_method, registered
 from petlbench.report import memory_unit
-from petlbench.sweep import Plan, make_record
-from petlbench.train import RunOutcome, trainable_rule
+from petlbench.train import RunOutcome, make_optimizer, prepare, train_step, trainable_rule
+from petlbench.variants import Variant, data_free, load_variant, shipped
 
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 # The breakdown of a peak, in table order, with column names.
@@ -51,6 +65,53 @@ def parse_size(text: str) -> int:
     if nbytes < 1:
         raise ValueError(f"{text!r} is not a memory size: write a positive number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. 24GiB")
     return nbytes
+
+
+class FakeTraining:
+    """One variant's model and optimizer on fake tensors, for the suite's training step
+    (`train.train_step`: same loss, same AdamW implementation) on ``architecture``; `peak`
+    measures a steady-state step at any batch size through the one measured phase, under the
+    CPU accounting (``target`` ``cpu``: exactly a real CPU run's figure; ``cuda``: shaped
+    like `max_memory_allocated`, `petlbench.measure.estimate`)."""
+
+    def __init__(self, architecture: Architecture, suite: SuiteConfig, variant: Variant, text_length: int, target: Target = "cuda"):
+        self.architecture, self.suite, self.text_length, self.target = architecture, suite, text_length, target
+        with torch.device("meta"):
+            backbone = architecture.build(suite.model.attn_implementation)
+        self.model = prepare(backbone, suite, data_free(variant))
+        self.params = parameter_counts(self.model)
+        self.fake_mode = FakeTensorMode()
+        with self.fake_mode:
+            materialize(self.model)
+            self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], suite, variant.config.lr)
+        self.model.train()
+        self._warm = False
+
+    def peak(self, batch_size: int) -> PhasePeak:
+        """The peak of a steady-state step at ``batch_size`` (the first call runs the
+        warm-up step first), broken down like the CPU accounting, plus ``workspace``."""
+        cuda = self.target == "cuda"
+
+        def step(batch: dict[str, torch.Tensor]) -> None:
+            train_step(self.model, batch, self.opt, self.suite.train.precision)
+
+        batches = iter(lambda: random_batch(self.architecture, batch_size, self.text_length), None)
+        steps_on_host = cuda and self.suite.train.optimizer_impl != "fused"
+        with self.fake_mode, CpuNormStatistics(), FusedAttentionDropout() if cuda else contextlib.nullcontext():
+            peak = training_phase(
+                step,
+                batches,
+                torch.device("cpu"),
+                CpuAccountingMeter(granularity=CUDA_GRANULARITY if cuda else 1),
+                lambda: training_state(self.model, self.opt, steps_on_host),
+                warmup=0 if self._warm else 1,
+            ).peak
+        self._warm = True
+        if cuda:
+            peak.breakdown["workspace"] = CUDA_WORKSPACE_BYTES
+            peak.peak_bytes += CUDA_WORKSPACE_BYTES
+        peak.source = "estimate"
+        return peak
 
 
 @dataclass
@@ -106,12 +167,12 @@ def make_job(
             grad_checkpointing=suite_cfg.train.grad_checkpointing if grad_checkpointing is None else grad_checkpointing,
         ),
     )
-    names = methods or [p.stem for p in cfgmod.available("methods")]
-    variants = [cfgmod.load_variant(name) for name in names]
+    names = methods or shipped()
+    variants = [load_variant(name) for name in names]
     family = architecture.family
-    supported = [v for v in variants if family in get_method(v.method).backbones]
+    supported = [v for v in variants if get_method(v.method).unsupported_reason(family) is None]
     if not supported:
-        applicable = ", ".join(sorted(name for name, spec in registered().items() if family in spec.backbones))
+        applicable = ", ".join(sorted(name for name, spec in registered().items() if spec.unsupported_reason(family) is None))
         raise ConfigError(f"--methods {','.join(names)}: none applies to the {family!r} family of {model!r}; methods that do: {applicable}")
     return Job(model, architecture, suite_cfg, supported, [v.name for v in variants if v not in supported])
 
@@ -224,6 +285,7 @@ def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
     """Result records of the usual schema (memory source ``estimate``, no metrics); a
     budget no batch size fits is recorded as ``oom`` at batch 1."""
     paths = []
+    env = records.environment(torch.device("cpu"))
     for row in rows:
         suite = dataclasses.replace(job.suite, train=dataclasses.replace(job.suite.train, batch_size=row.batch_size))
         memory = {
@@ -246,9 +308,7 @@ def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
             if row.max_batch_size == 0
             else ("ok", None)
         )
-        plan = Plan(suite, job.variants, [SEED], [], output)
         path = records.record_path(output, row.variant.name, SEED)
-        env = records.environment(torch.device("cpu"))
-        records.write_atomic(path, make_record(plan, row.variant, SEED, status, error, outcome, env, row.wall_s))
+        records.write_record(path, records.make_record(suite, row.variant, SEED, status, error, outcome, env, row.wall_s))
         paths.append(path)
     return paths

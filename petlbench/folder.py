@@ -20,8 +20,9 @@ from typing import Any
 
 from petlbench import config as cfgmod
 from petlbench import records
-from petlbench.config import ConfigError, SuiteConfig, Variant
+from petlbench.config import ConfigError, SuiteConfig
 from petlbench.report import suite_differences
+from petlbench.variants import Variant
 
 MANIFEST_SCHEMA = 1
 # How long to wait for another process's hold on the manifest (it holds it for milliseconds).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-RECALL_KS = (1, 5, 10)
+from petlbench.schema import RECALL_KS
 
 
 def retrieval_recalls(similarity: torch.Tensor, captions_per_image: int) -> dict[str, float]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from petlbench.config import Precision
 from petlbench.data.retrieval import RetrievalSplit
-from petlbench.measure.memory import host_batches
 from petlbench.metrics import retrieval_recalls
 
 
@@ -47,25 +47,34 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 @torch.no_grad()
 def embed_split(
-    model, split: RetrievalSplit, batch_size: int, device: torch.device, precision: Precision = "fp32"
+    model, split: RetrievalSplit, batch_size: int, device: torch.device, precision: Precision = "fp32", host: Callable = iter
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised fp32 embeddings of every image and every caption (captions flattened
     image-major), the forward under the training ``precision`` so that evaluation memory and
-    speed reflect it. Batches are read under `host_side` and copied to ``device`` even on the
-    CPU, so that every device holds (and the CPU accounting counts) the batch, as with
-    training batches."""
+    speed reflect it. Batches are read through ``host`` (the loop passes
+    `measure.memory.host_batches`, which keeps host data out of the CPU accounting) and
+    copied to ``device`` even on the CPU, so that every device holds (and the accounting
+    counts) the batch, as with training batches."""
 
     def embed(encode, *batch: torch.Tensor) -> torch.Tensor:
         with autocast(precision, device.type):
             out = encode(*(t.to(device, copy=True) for t in batch))
         return F.normalize(out.float(), dim=-1)
 
-    images = [embed(model.encode_image, pixels) for pixels in host_batches(split.image_batches(batch_size))]
-    texts = [embed(model.encode_text, ids, mask) for ids, mask in host_batches(split.caption_batches(batch_size))]
+    images = [embed(model.encode_image, pixels) for pixels in host(split.image_batches(batch_size))]
+    texts = [embed(model.encode_text, ids, mask) for ids, mask in host(split.caption_batches(batch_size))]
     return torch.cat(images), torch.cat(texts)
 
 
-def evaluate(model, split: RetrievalSplit, batch_size: int, device: torch.device, folds: int = 1, precision: Precision = "fp32") -> dict:
+def evaluate(
+    model,
+    split: RetrievalSplit,
+    batch_size: int,
+    device: torch.device,
+    folds: int = 1,
+    precision: Precision = "fp32",
+    host: Callable = iter,
+) -> dict:
     """Recalls and rSum of ``model`` on ``split``, with the number of images and captions
     ranked; with ``folds`` > 1, also under ``folds`` their mean over that many equal folds
     (COCO's 1K test: 5 folds of its 5K test images); the forward under the training
@@ -73,7 +82,7 @@ def evaluate(model, split: RetrievalSplit, batch_size: int, device: torch.device
     was_training = model.training
     model.eval()
     try:
-        images, texts = embed_split(model, split, batch_size, device, precision)
+        images, texts = embed_split(model, split, batch_size, device, precision, host)
     finally:
         model.train(was_training)
     similarity = (images @ texts.T).float().cpu()

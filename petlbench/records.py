@@ -15,20 +15,23 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from petlbench import faults
-from petlbench.config import PROJECT_ROOT, ConfigError, short
+from petlbench import config as cfgmod
+from petlbench import faults, schema
+from petlbench.config import PROJECT_ROOT, ConfigError, SuiteConfig
 from petlbench.measure.kernels import cuda_settings
 from petlbench.measure.nvml import driver_version
 
-SCHEMA = 1
-STATUSES = ("ok", "oom", "diverged", "unsupported", "error")
-METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+if TYPE_CHECKING:
+    from petlbench.variants import Variant
+
+SCHEMA = schema.SCHEMA
 # A record is a few kilobytes; a file this large is not one.
 MAX_RECORD_BYTES = 16 << 20
 # The suffix of a record file; other files in a folder are not records.
@@ -87,6 +90,72 @@ def finite(value: Any, where: str = "") -> tuple[Any, list[str]]:
     return value, []
 
 
+class OutputError(Exception):
+    """A record could not be written (a full disk, a folder gone): the sweep stops cleanly."""
+
+
+def make_record(
+    suite: SuiteConfig,
+    variant: Variant,
+    seed: int,
+    status: str,
+    error: str | None,
+    outcome: Any,
+    env: dict[str, Any],
+    wall_s: float,
+    overrides: list[str] = (),
+    memory_limit: int | None = None,
+) -> dict[str, Any]:
+    """The sections of the record of one (variant, seed) (`petlbench.schema`): what a run
+    measured (``outcome``: a `train.RunOutcome`, None where it did not finish), or an
+    estimate."""
+    return {
+        "schema": SCHEMA,
+        "run": {
+            "suite": suite.name,
+            "suite_version": suite.version,
+            "suite_hash": cfgmod.suite_hash(suite),
+            "run_hash": cfgmod.run_hash(suite, variant, seed),
+            "method": variant.method,
+            "variant": variant.name,
+            "seed": seed,
+            "overrides": list(overrides),
+            "status": status,
+            "error": error,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "memory_limit_bytes": memory_limit,
+        },
+        "config": {"suite": cfgmod.to_dict(suite), "method": {"name": variant.method, **cfgmod.to_dict(variant.config)}},
+        "trainable_rule": outcome.trainable_rule if outcome else None,
+        "metrics": outcome.metrics if outcome else None,
+        "cost": {**outcome.cost, "wall_s": wall_s} if outcome else None,
+        "env": env,
+    }
+
+
+def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The one writer: ``record`` checked against the schema and written atomically; what it
+    became is returned. Non-finite numbers become null, and an ``ok`` run that held one
+    becomes ``diverged`` (in its metrics) or ``error``, saying where; a record that does not
+    fit the schema or JSON is replaced by its run section with the reason. Never a half
+    record: a write that fails leaves the old file (or none) and raises `OutputError`."""
+    record, nonfinite = finite(record)
+    if nonfinite and record["run"]["status"] == "ok":
+        status = "diverged" if any(p.startswith("metrics") for p in nonfinite) else "error"
+        record["run"].update(status=status, error=f"non-finite values, recorded as null: {', '.join(nonfinite[:5])}")
+    try:
+        try:
+            record = schema.check(json.loads(json.dumps(record, allow_nan=False)))
+        except (TypeError, ValueError) as exc:  # a value JSON cannot hold, or a record off the schema: keep the run and why
+            run = {**record["run"], "status": "error", "error": f"the record could not be written as it was: {exc}"}
+            minimal = {"schema": SCHEMA, "run": run, "config": record["config"], "trainable_rule": None, "metrics": None, "cost": None}
+            record = schema.check(json.loads(json.dumps({**minimal, "env": record["env"]}, default=str)))
+        write_atomic(path, record)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return record
+
+
 class UnreadableRecord(Exception):
     """A file in a record folder that is not a valid record: the reason."""
 
@@ -100,105 +169,6 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"number {text[:20]} is beyond the float range")
     return number
-
-
-# The figures views read from a record's `cost` and `cost.memory`: each a number where present.
-COST_NUMBERS = (
-    "params_trainable",
-    "params_total",
-    "trainable_state_bytes",
-    "step_time_s_median",
-    "data_wait_s_median",
-    "train_samples_per_s",
-    "eval_samples_per_s",
-    "train_s",
-    "eval_s",
-    "wall_s",
-)
-MEMORY_NUMBERS = ("train_peak_bytes", "eval_peak_bytes", "train_reserved_peak_bytes", "eval_reserved_peak_bytes", "nvml_train_peak_bytes")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _figures_problem(record: dict) -> str | None:
-    """Why a figure some view reads has the wrong type (None where all are numbers, or absent)."""
-    run = record["run"]
-    if type(run.get("suite_version")) is not int:
-        return f"run.suite_version is {short(run.get('suite_version'))}, not an integer"
-    if not isinstance(run.get("overrides", []), list) or not isinstance(run.get("error"), (str, type(None))):
-        return "run.overrides or run.error has the wrong type"
-    cost, metrics = record.get("cost"), record.get("metrics")
-    if cost is not None:
-        if not isinstance(cost, dict):
-            return "cost is not an object"
-        memory = cost.get("memory")
-        if not isinstance(memory, (dict, type(None))):
-            return "cost.memory is not an object"
-        figures = [(f"cost.{k}", cost.get(k)) for k in COST_NUMBERS]
-        if memory is not None:
-            if not isinstance(memory.get("source"), str):
-                return f"cost.memory.source is {short(memory.get('source'))}, not a name"
-            breakdown = memory.get("train_breakdown") or {}
-            if not isinstance(breakdown, dict):
-                return "cost.memory.train_breakdown is not an object"
-            figures += [(f"cost.memory.{k}", memory.get(k)) for k in MEMORY_NUMBERS]
-            figures += [(f"cost.memory.train_breakdown.{k}", v) for k, v in breakdown.items()]
-        if isinstance(cost.get("params_total"), int) and cost["params_total"] < 1:
-            return "cost.params_total is below 1"
-    else:
-        figures = []
-    if metrics is not None:
-        if not isinstance(metrics, dict):
-            return "metrics is not an object"
-        folds = metrics.get("folds") or {}
-        if not isinstance(folds, dict):
-            return "metrics.folds is not an object"
-        figures += [(f"metrics.{k}", metrics.get(k)) for k in METRICS] + [(f"metrics.folds.{k}", folds.get(k)) for k in METRICS]
-    wrong = [where for where, value in figures if value is not None and not _number(value)]
-    return f"{wrong[0]} is not a number" if wrong else None
-
-
-def problem(record: Any) -> str | None:
-    """Why ``record`` is not a record of this schema (None when it is one): the checks every
-    reader relies on, so that no view meets a half-formed record."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not a record object"
-    if record.get("schema") != SCHEMA:
-        return f"schema {short(record.get('schema'))}, not {SCHEMA}"
-    run = record.get("run")
-    if not isinstance(run, dict):
-        return "no 'run' section"
-    for key in ("suite", "suite_hash", "run_hash", "variant", "method", "status"):
-        if not isinstance(run.get(key), str) or not run[key]:
-            return f"run.{key} is {short(run.get(key))}, not a name"
-    if type(run.get("seed")) is not int:
-        return f"run.seed is {short(run.get('seed'))}, not an integer"
-    if run["status"] not in STATUSES:
-        return f"run.status {short(run['status'])} is not one of {', '.join(STATUSES)}"
-    if not isinstance(record.get("config"), dict) or not isinstance(record["config"].get("suite"), dict):
-        return "no resolved suite in 'config'"
-    if not isinstance(record.get("env"), dict):
-        return "no 'env' section"
-    if why := _figures_problem(record):
-        return why
-    if run["status"] != "ok":
-        return None
-    cost = record.get("cost")
-    memory = cost.get("memory") if isinstance(cost, dict) else None
-    if not isinstance(memory, dict) or type(memory.get("train_peak_bytes")) is not int or memory["train_peak_bytes"] < 0:
-        return "an ok run without cost.memory.train_peak_bytes"
-    for key in ("params_trainable", "params_total"):
-        if type(cost.get(key)) is not int:
-            return f"an ok run without cost.{key}"
-    if memory.get("source") == "estimate":  # estimates have no metrics
-        return None
-    metrics = record.get("metrics")
-    if not isinstance(metrics, dict):
-        return "an ok run without metrics"
-    missing = [name for name in METRICS if not isinstance(metrics.get(name), (int, float)) or isinstance(metrics[name], bool)]
-    return f"an ok run without the metric {missing[0]}" if missing else None
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -221,9 +191,10 @@ def read(path: Path) -> dict[str, Any]:
         raise UnreadableRecord("nested too deeply to be a record") from None
     except ValueError as exc:  # json.JSONDecodeError included
         raise UnreadableRecord(f"not valid JSON: {exc}") from None
-    if why := problem(record):
-        raise UnreadableRecord(f"off-schema: {why}")
-    return record
+    try:
+        return schema.check(record)
+    except schema.OffSchema as exc:
+        raise UnreadableRecord(f"off-schema: {exc}") from None
 
 
 @dataclass
@@ -267,7 +238,7 @@ def read_all(directory: Path, strict: bool = False) -> list[dict[str, Any]]:
         if strict:
             raise ConfigError(f"{directory}: {len(loaded.skipped)} files are not valid records (named above; --strict)")
     if not loaded.records:
-        raise ConfigError(f"{directory}: no result records (*.json with schema {SCHEMA})")
+        raise ConfigError(f"{directory}: no result records (*.json of schema {', '.join(map(str, schema.READABLE))})")
     return loaded.records
 
 

@@ -5,7 +5,6 @@ shards that separate processes run into one folder."""
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import re
 import signal
@@ -14,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,12 +23,12 @@ from tqdm.auto import tqdm
 
 from petlbench import config as cfgmod
 from petlbench import faults, folder, records
-from petlbench.config import ConfigError, SuiteConfig, Variant
+from petlbench.config import ConfigError, SuiteConfig
 from petlbench.data.files import validate as validate_data
-from petlbench.measure.estimate import data_free
 from petlbench.models.loader import Architecture, check_weights, load_architecture, load_preprocessors
-from petlbench.registry import UnsupportedError, registered
+from petlbench.registry import UnsupportedError
 from petlbench.train import DivergedError, RunOutcome, prepare, run
+from petlbench.variants import Variant, data_free, default_variants, load_variant, shipped
 
 
 @dataclass(frozen=True)
@@ -90,12 +89,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
-
-
-def default_variants() -> list[str]:
-    """One variant per registered method: the one named after it (`methods/<method>.yaml`)."""
-    shipped = {p.stem for p in cfgmod.available("methods")}
-    return [name for name in sorted(registered()) if name in shipped]
 
 
 def _check_data(suite: SuiteConfig) -> None:
@@ -172,8 +165,8 @@ def make_plan(
     _check_data(suite_cfg)
     names = default_variants() if methods is None else methods
     if names == ["all"]:
-        names = [p.stem for p in cfgmod.available("methods")]
-    variants = [cfgmod.load_variant(name, overrides) for name in names]
+        names = shipped()
+    variants = [load_variant(name, overrides) for name in names]
     _distinct([v.name for v in variants], "--methods")
     if seeds is None:
         seeds = suite_cfg.seeds
@@ -186,37 +179,8 @@ def make_plan(
     return plan
 
 
-def make_record(
-    plan: Plan, variant: Variant, seed: int, status: str, error: str | None, outcome: RunOutcome | None, env: dict[str, Any], wall_s: float
-) -> dict[str, Any]:
-    """The result record of one (variant, seed): what `run` measured, or an estimate."""
-    suite = plan.suite
-    return {
-        "schema": records.SCHEMA,
-        "run": {
-            "suite": suite.name,
-            "suite_version": suite.version,
-            "suite_hash": cfgmod.suite_hash(suite),
-            "run_hash": cfgmod.run_hash(suite, variant, seed),
-            "method": variant.method,
-            "variant": variant.name,
-            "seed": seed,
-            "overrides": plan.overrides,
-            "memory_limit_bytes": plan.memory_limit,
-            "status": status,
-            "error": error,
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-        "config": {"suite": cfgmod.to_dict(suite), "method": {"name": variant.method, **cfgmod.to_dict(variant.config)}},
-        "trainable_rule": outcome.trainable_rule if outcome else None,
-        "metrics": outcome.metrics if outcome else None,
-        "cost": {**outcome.cost, "wall_s": wall_s} if outcome else None,
-        "env": env,
-    }
-
-
 class Attempt(NamedTuple):
-    """How one run ended: its status (`records.STATUSES`), the reason where it is not ``ok``,
+    """How one run ended: its status (`schema.STATUSES`), the reason where it is not ``ok``,
     what it measured where it is, and the environment of the process it ran in."""
 
     status: str
@@ -319,10 +283,6 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class OutputError(Exception):
-    """A record could not be written (a full disk, a folder gone): the sweep stops cleanly."""
-
-
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """SIGTERM (what SLURM sends at a time limit) raises `Interrupted` like Ctrl-C raises
@@ -337,28 +297,6 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Write ``record`` (what it became is returned): non-finite numbers become null, and an
-    ``ok`` run that held one becomes ``diverged`` (in its metrics) or ``error``, saying
-    where; a record JSON cannot hold at all is replaced by its run section with the reason.
-    Never a half record: a write that fails leaves the old file (or none) and raises
-    `OutputError`."""
-    record, nonfinite = records.finite(record)
-    if nonfinite and record["run"]["status"] == "ok":
-        status = "diverged" if any(p.startswith("metrics") for p in nonfinite) else "error"
-        record["run"].update(status=status, error=f"non-finite values, recorded as null: {', '.join(nonfinite[:5])}")
-    try:
-        try:
-            records.write_atomic(path, record)
-        except (TypeError, ValueError) as exc:  # a value JSON cannot hold: keep the run and the reason
-            run = {**record["run"], "status": "error", "error": f"the record could not be serialised: {exc}"}
-            record = {"schema": records.SCHEMA, "run": run, "config": record["config"], "metrics": None, "cost": None, "env": record["env"]}
-            records.write_atomic(path, json.loads(json.dumps(record, default=str)))
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return record
 
 
 def existing_record(path: Path) -> dict[str, Any] | None:
@@ -442,7 +380,9 @@ def _run_one(plan: Plan, variant: Variant, seed: int, device: torch.device, isol
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
             status, error, outcome, env = (attempt_in_fresh_process if isolate else attempt)(plan, variant, seed, device, on_step)
-    record = write_record(path, make_record(plan, variant, seed, status, error, outcome, env, time.perf_counter() - t0))
+    wall_s = time.perf_counter() - t0
+    record = records.make_record(plan.suite, variant, seed, status, error, outcome, env, wall_s, plan.overrides, plan.memory_limit)
+    record = records.write_record(path, record)
     faults.inject("sweep.recorded", variant.name)
     status, error = record["run"]["status"], record["run"]["error"]
     rsum = f", rSum {record['metrics']['rsum']:.1f}" if status == "ok" else f": {error}"

@@ -21,16 +21,18 @@ from transformers import PreTrainedModel
 
 from petlbench import config as cfgmod
 from petlbench import faults
-from petlbench.config import ConfigError, Precision, SuiteConfig, Variant
+from petlbench.config import ConfigError, Precision, SuiteConfig
 from petlbench.data.retrieval import RetrievalSplit, suite_splits
 from petlbench.measure.kernels import AttentionKernels
 from petlbench.measure.memory import host_batches, meter_for, training_state
 from petlbench.measure.nvml import NvmlPeak, NvmlSampler
 from petlbench.measure.params import parameter_counts
-from petlbench.models.clip import ClipDualEncoder
+from petlbench.measure.phase import to_device, training_phase
+from petlbench.methods import get_method
+from petlbench.models.backbone import DualEncoder
 from petlbench.models.loader import load_backbone
 from petlbench.objective import autocast, contrastive_loss, evaluate, warmup_cosine
-from petlbench.registry import get_method
+from petlbench.variants import Variant
 
 # `MethodSpec.needs_data`: training batches of a given size, for a method's set-up.
 SetupData = Callable[[int], Iterator[dict[str, torch.Tensor]]]
@@ -66,17 +68,11 @@ def _splits(suite: SuiteConfig, tokenizer, image_processor, device: torch.device
     return _SPLITS_CACHE[key]
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A copy of a host batch on ``device`` (a copy on the CPU too: every device then holds,
-    and the CPU accounting counts, the batch the step reads)."""
-    return {key: t.to(device, copy=True) for key, t in batch.items()}
-
-
 def _setup_batches(split: RetrievalSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches for a method's set-up, from a sampler of their own, so that the
     training batches stay identical for every method."""
     for batch in split.training_batches(batch_size, torch.Generator().manual_seed(seed + 7919)):
-        yield _to_device(batch, device)
+        yield to_device(batch, device)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: float) -> torch.optim.Optimizer:
@@ -92,14 +88,13 @@ def make_optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: flo
     )
 
 
-def prepare(backbone: ClipDualEncoder, suite: SuiteConfig, variant: Variant, data: SetupData | None = None) -> nn.Module:
+def prepare(backbone: DualEncoder, suite: SuiteConfig, variant: Variant, data: SetupData | None = None) -> nn.Module:
     """``variant``'s method applied to ``backbone``, then the suite's rules for the
     projections, the logit scale and activation checkpointing: the model that `run` and the
     estimate both train, wholly on the backbone's device (checked, `PlacementError`).
     ``data`` feeds the set-up of methods that read training data (`MethodSpec.needs_data`)."""
-    device = backbone.device
-    spec = get_method(variant.method)
-    model = spec.apply(backbone, variant.config, data=data) if spec.needs_data else spec.apply(backbone, variant.config)
+    device, spec = backbone.device, get_method(variant.method)
+    model = spec.apply(backbone, variant.config, data)
     if not spec.defines_head:
         for projection in backbone.projections():
             projection.requires_grad_(suite.train.head == "trainable")
@@ -182,11 +177,6 @@ def _nvml_figures(peak: NvmlPeak) -> dict[str, Any]:
     return {"nvml_train_peak_bytes": peak.peak_bytes, "nvml_approximate": peak.approximate, "nvml_unavailable": peak.unavailable}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(
     suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, on_step: Callable[[float], None] | None = None
 ) -> RunOutcome:
@@ -206,52 +196,53 @@ def run(
     steps, bs = suite.train.steps, suite.train.batch_size
     opt = make_optimizer(trainable, suite, variant.config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(suite.train.warmup_steps, steps))
-    batches = host_batches(train_split.training_batches(bs, torch.Generator().manual_seed(seed)))
+    batches = train_split.training_batches(bs, torch.Generator().manual_seed(seed))
     model.train()
-    n_measured = min(suite.train.measure_steps, steps - 1)  # TrainConfig guarantees steps >= 2
 
-    def run_steps(n: int) -> tuple[list[float], list[float]]:
-        """``n`` training steps; returns the time each waited for its batch and the time
-        of the rest of it (the copy to the device, the step itself)."""
-        waits, computes = [], []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            host = next(batches)
-            t1 = time.perf_counter()
-            loss = train_step(model, _to_device(host, device), opt, suite.train.precision).item()
-            sched.step()
-            _sync(device)
-            waits.append(t1 - t0)
-            computes.append(time.perf_counter() - t1)
-            if not math.isfinite(loss):
-                raise DivergedError(f"loss became {loss}")
-            if on_step is not None:
-                on_step(loss)
-        return waits, computes
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        loss = train_step(model, batch, opt, suite.train.precision).item()
+        sched.step()
+        if not math.isfinite(loss):
+            raise DivergedError(f"loss became {loss}")
+        if on_step is not None:
+            on_step(loss)
 
     meter = meter_for(device)
-    t_train = time.perf_counter()
-    with AttentionKernels() as attention:  # the warm-up is not measured: the observer costs nothing there
-        run_steps(1)  # warm-up: creates the optimizer state
-    faults.inject("run.warmup", variant.name)
     cuda_index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" else None
     nvml = NvmlSampler(cuda_index) if cuda_index is not None else contextlib.nullcontext()
-    with meter.phase(training_state(model, opt)) as train_peak, nvml:
-        run_steps(n_measured)
-    data_waits, step_times = run_steps(steps - 1 - n_measured)
+    # on CUDA, AdamW keeps its step counters on the host unless fused (they are no device memory)
+    steps_on_host = device.type == "cuda" and suite.train.optimizer_impl != "fused"
+    warmup = contextlib.ExitStack()  # the warm-up is not measured: the kernel observer costs nothing there
+    attention = warmup.enter_context(AttentionKernels())
+    warmup.callback(faults.inject, "run.warmup", variant.name)
+    t_train = time.perf_counter()
+    phase = training_phase(
+        step,
+        batches,
+        device,
+        meter,
+        lambda: training_state(model, opt, steps_on_host),
+        measured=suite.train.measure_steps,
+        timed=steps - 1 - suite.train.measure_steps,
+        around_warmup=warmup,
+        around_window=nvml,
+    )
     train_s = time.perf_counter() - t_train
+    train_peak, data_waits, step_times = phase.peak, phase.timed.waits, phase.timed.steps
+    n_measured = len(phase.measured.steps)
 
     # Evaluation: the optimizer state goes first (on CUDA it would otherwise sit inside the
     # evaluation peak of methods in proportion to what they train). One pass is timed; the
     # memory is measured on a second, identical pass, so that the CPU accounting's per-op
     # cost never enters the timing.
     opt.state.clear()
-    batches.close()  # drops the training DataLoader: its workers stop, their prefetched batches go
+    if hasattr(batches, "close"):
+        batches.close()  # drops the training DataLoader: its workers stop, their prefetched batches go
     t_eval = time.perf_counter()
-    metrics = evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision)
+    metrics = evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision, host=host_batches)
     eval_s = time.perf_counter() - t_eval
-    with meter.phase(training_state(model)) as eval_peak:
-        evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision)
+    with meter.phase(*training_state(model)) as eval_peak:
+        evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision, host=host_batches)
     n_eval_items = eval_split.n_images * (1 + eval_split.captions_per_image)
 
     median_step = statistics.median(step_times) if step_times else None

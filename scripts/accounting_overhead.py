@@ -3,8 +3,9 @@ must not distort what it measures more than it says).
 
     python scripts/accounting_overhead.py --methods full,lst --steps 10
 
-Runs the suite's training step at its batch size with and without `CpuAccountingMeter`,
-alternating, and prints the median step times and their ratio per method.
+Runs the suite's training step at its batch size through the one measured phase: the
+measured window under `CpuAccountingMeter`, then as many timed steps without it; prints the
+median step times and their ratio per method.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import time
 
 import torch
 
-from petlbench.config import load_suite, load_variant
+from petlbench.config import load_suite
 from petlbench.data.retrieval import suite_splits
 from petlbench.measure.memory import CpuAccountingMeter, training_state
+from petlbench.measure.phase import training_phase
 from petlbench.models.loader import load_backbone
 from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.variants import load_variant
 
 
 def main() -> None:
@@ -41,18 +43,18 @@ def main() -> None:
         setup_batch = next(batches)  # LST's Fisher ranking: set-up, not timed
         model = prepare(backbone, suite, variant, data=lambda _size: itertools.repeat(setup_batch))  # noqa: B023
         opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite, variant.config.lr)
-        train_step(model, next(batches), opt)  # warm-up
-        plain, accounted = [], []
-        for _ in range(args.steps):
-            batch = next(batches)
-            t0 = time.perf_counter()
-            train_step(model, batch, opt)
-            plain.append(time.perf_counter() - t0)
-            batch = next(batches)
-            with CpuAccountingMeter().phase(training_state(model, opt)):
-                t0 = time.perf_counter()
-                train_step(model, batch, opt)
-                accounted.append(time.perf_counter() - t0)
+        step = lambda batch, m=model, o=opt: train_step(m, batch, o)  # noqa: E731
+        # the measured window runs under the accounting, the timed steps after it without
+        phase = training_phase(
+            step,
+            batches,
+            device,
+            CpuAccountingMeter(),
+            lambda model=model, opt=opt: training_state(model, opt),
+            measured=args.steps,
+            timed=args.steps,
+        )
+        plain, accounted = phase.timed.steps, phase.measured.steps
         a, b = statistics.median(plain), statistics.median(accounted)
         print(f"{name:10s} step {a * 1e3:7.1f} ms plain, {b * 1e3:7.1f} ms with accounting: x{b / a:.3f}")
 

@@ -13,6 +13,7 @@ measured step) plus the peak of what the measured step allocates on top.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import time
 
@@ -20,11 +21,14 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from petlbench.config import load_suite, load_variant
-from petlbench.measure.estimate import FakeTraining, data_free, random_batch
-from petlbench.measure.memory import storage_bytes
+from petlbench.config import load_suite
+from petlbench.estimate import FakeTraining
+from petlbench.measure.estimate import random_batch
+from petlbench.measure.memory import PhasePeak, storage_bytes, training_state
+from petlbench.measure.phase import training_phase
 from petlbench.models.loader import load_architecture
 from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.variants import data_free, load_variant
 
 MiB = 2**20
 
@@ -39,8 +43,24 @@ def allocation_peak(prof: profile) -> int:
     return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
 
 
+class ProfilerMeter:
+    """A meter for `training_phase` whose peak is the resident bytes plus the peak of the
+    profiler's allocator events over the phase."""
+
+    source = "profiler"
+
+    @contextlib.contextmanager
+    def phase(self, resident: dict[str, list[torch.Tensor]], ignore=()):
+        peak = PhasePeak(0, self.source, breakdown={"resident": storage_bytes(t for ts in resident.values() for t in ts)})
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+            yield peak
+        peak.breakdown["transient_peak"] = allocation_peak(prof)
+        peak.peak_bytes = sum(peak.breakdown.values())
+
+
 def profiled_step(model_name: str, method: str, batch_size: int, suite_name: str) -> tuple[int, int]:
-    """(resident bytes, peak allocated on top during the measured step) of a real step."""
+    """(resident bytes, peak allocated on top during the measured step) of a real step,
+    measured through the one training phase the runs use."""
     suite = load_suite(suite_name)
     architecture = load_architecture(model_name)
     text_length = architecture.max_text_positions
@@ -49,12 +69,10 @@ def profiled_step(model_name: str, method: str, batch_size: int, suite_name: str
     model = prepare(architecture.build(suite.model.attn_implementation), suite, variant)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
     model.train()
-    train_step(model, random_batch(architecture, batch_size, text_length), opt)  # warm-up: creates the optimizer state
-    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-    resident = storage_bytes([*model.parameters(), *model.buffers(), *state])
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
-        train_step(model, random_batch(architecture, batch_size, text_length), opt)
-    return resident, allocation_peak(prof)
+    batches = iter(lambda: random_batch(architecture, batch_size, text_length), None)
+    step = lambda batch: train_step(model, batch, opt)  # noqa: E731
+    peak = training_phase(step, batches, torch.device("cpu"), ProfilerMeter(), lambda: training_state(model, opt)).peak
+    return peak.breakdown["resident"], peak.breakdown["transient_peak"]
 
 
 def main() -> None:

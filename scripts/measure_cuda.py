@@ -29,21 +29,23 @@ from pathlib import Path
 
 import torch
 
-from petlbench.config import available, load_suite, load_variant
-from petlbench.measure.estimate import FakeTraining, data_free, random_batch
-from petlbench.measure.memory import host_side, meter_for, training_state
+from petlbench.config import available, load_suite
+from petlbench.estimate import FakeTraining
+from petlbench.measure.estimate import random_batch
+from petlbench.measure.memory import meter_for, training_state
+from petlbench.measure.phase import training_phase
 from petlbench.models.loader import load_architecture
 from petlbench.records import write_atomic
 from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.variants import data_free, load_variant
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cuda_memory.json"
 
 
 def measure(model_name: str, suite_name: str, overrides: list[str], variant_name: str, batch_size: int, device: torch.device) -> dict:
-    """One (variant, batch size) in this process, as `petlbench.train.run` measures a step:
-    the backbone on ``device`` (what the method adds it must create there: `prepare` checks),
-    a warm-up step, then a step under the suite's meter whose batch is made on the host and
-    copied to the device inside the phase."""
+    """One (variant, batch size) in this process, through the one measured phase that
+    `petlbench.train.run` uses, with the backbone on ``device`` (what the method adds it must
+    create there: `prepare` checks)."""
     suite, architecture = load_suite(suite_name, overrides), load_architecture(model_name)
     text_length = architecture.max_text_positions
     torch.manual_seed(0)
@@ -55,15 +57,15 @@ def measure(model_name: str, suite_name: str, overrides: list[str], variant_name
         model = prepare(backbone, suite, variant)
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
         model.train()
-
-        def step() -> None:
-            with host_side():
-                host = random_batch(architecture, batch_size, text_length)
-            train_step(model, {key: t.to(device, copy=True) for key, t in host.items()}, opt, suite.train.precision)
-
-        step()
-        with meter_for(device).phase(training_state(model, opt)) as peak:
-            step()
+        batches = iter(lambda: random_batch(architecture, batch_size, text_length), None)
+        steps_on_host = device.type == "cuda" and suite.train.optimizer_impl != "fused"
+        peak = training_phase(
+            lambda batch: train_step(model, batch, opt, suite.train.precision),
+            batches,
+            device,
+            meter_for(device),
+            lambda: training_state(model, opt, steps_on_host),
+        ).peak
     except torch.OutOfMemoryError:
         return {**row, "status": "oom"}
     return {**row, "status": "ok", "peak_bytes": peak.peak_bytes, "reserved_peak_bytes": peak.reserved_peak_bytes}

@@ -14,11 +14,13 @@ import itertools
 
 import torch
 
-from petlbench.config import ConfigError, available, load_suite, load_variant
+from petlbench.config import ConfigError, available, load_suite
 from petlbench.measure.memory import CpuAccountingMeter, training_state
 from petlbench.measure.params import parameter_counts
+from petlbench.measure.phase import training_phase
 from petlbench.models.vse import tiny_vse
 from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.variants import load_variant
 
 
 def main() -> None:
@@ -48,9 +50,10 @@ def main() -> None:
             continue
         opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite, variant.config.lr)
         model.train()
-        train_step(model, batch, opt)  # warm-up
-        with CpuAccountingMeter().phase(training_state(model, opt)) as peak:
-            train_step(model, batch, opt)
+        step = lambda b, m=model, o=opt: train_step(m, b, o)  # noqa: E731
+        peak = training_phase(
+            step, itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter(), lambda m=model, o=opt: training_state(m, o)
+        ).peak
         counts = parameter_counts(model)
         print(f"{variant.name:18s} {counts['params_trainable']:>10,d} {counts['params_total']:>8,d} {peak.peak_bytes / 1024:>17.1f}")
 

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from petlbench import config
+from petlbench.variants import load_variant
 
 SUITE = config.PROJECT_ROOT / "suites" / "vl-retrieval.yaml"
 
@@ -110,7 +111,7 @@ def test_unknown_names(cli):
 
 
 def test_float_spellings_and_override_recorded_types():
-    variant = config.load_variant("full", ["method.lr=3e-4"])
+    variant = load_variant("full", ["method.lr=3e-4"])
     assert variant.config.lr == pytest.approx(3e-4)
     suite = config.load_suite("vl-retrieval", ["train.steps=7", "seeds=[1, 2]"])
     assert suite.train.steps == 7 and suite.seeds == [1, 2]
@@ -118,10 +119,10 @@ def test_float_spellings_and_override_recorded_types():
 
 def test_hashes():
     base = config.load_suite("vl-retrieval")
-    full = config.load_variant("full")
+    full = load_variant("full")
     # the seed list and description do not enter the suite hash; everything else does
     assert config.suite_hash(base) == config.suite_hash(config.load_suite("vl-retrieval", ["seeds=[5]", "description=x"]))
     assert config.suite_hash(base) != config.suite_hash(config.load_suite("vl-retrieval", ["train.batch_size=32"]))
     assert config.run_hash(base, full, 0) != config.run_hash(base, full, 1)
-    assert config.run_hash(base, full, 0) != config.run_hash(base, config.load_variant("full", ["method.lr=1"]), 0)
-    assert config.run_hash(base, full, 0) == config.run_hash(config.load_suite("vl-retrieval"), config.load_variant("full"), 0)
+    assert config.run_hash(base, full, 0) != config.run_hash(base, load_variant("full", ["method.lr=1"]), 0)
+    assert config.run_hash(base, full, 0) == config.run_hash(config.load_suite("vl-retrieval"), load_variant("full"), 0)

@@ -12,14 +12,16 @@ from transformers import CLIPConfig, CLIPModel
 
 from petlbench import records
 from petlbench.cli import main
-from petlbench.config import available, load_suite, load_variant
-from petlbench.estimate import parse_size
-from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, FakeTraining, data_free, largest_batch, random_batch
-from petlbench.measure.memory import CpuAccountingMeter, allocated_bytes
+from petlbench.config import available, load_suite
+from petlbench.estimate import FakeTraining, parse_size
+from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, largest_batch, random_batch
+from petlbench.measure.memory import CpuAccountingMeter, allocated_bytes, training_state
+from petlbench.measure.phase import training_phase
+from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture, load_architecture, vse_architecture
 from petlbench.models.vse import tiny_vse
-from petlbench.registry import registered
 from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.variants import data_free, load_variant
 
 SUITE = load_suite("vl-retrieval")
 BATCH = 4
@@ -52,17 +54,20 @@ TINY = {"clip": clip_architecture(tiny_config()), "vse": tiny_vse_architecture()
 
 
 def real_accounting(architecture: Architecture, method: str, text_length: int, suite=SUITE):
-    """The same step on real tensors under the existing meter, as `train.run` measures it:
-    warm-up step, then the measured step with parameters, buffers and optimizer state resident."""
+    """The same step on real tensors through the one measured phase, as `train.run` measures it."""
     torch.manual_seed(0)
     variant = data_free(load_variant(method))
     model = prepare(architecture.build(suite.model.attn_implementation), suite, variant)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
     model.train()
-    train_step(model, random_batch(architecture, BATCH, text_length), opt, suite.train.precision)
-    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-    with CpuAccountingMeter().phase({"parameters": [*model.parameters(), *model.buffers()], "optimizer_state": state}) as peak:
-        train_step(model, random_batch(architecture, BATCH, text_length), opt, suite.train.precision)
+    batches = iter(lambda: random_batch(architecture, BATCH, text_length), None)
+    peak = training_phase(
+        lambda batch: train_step(model, batch, opt, suite.train.precision),
+        batches,
+        torch.device("cpu"),
+        CpuAccountingMeter(),
+        lambda: training_state(model, opt),
+    ).peak
     return peak, model
 
 
@@ -72,7 +77,7 @@ TRAIN_OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "checkpointing": {"g
 
 @pytest.mark.parametrize("options", TRAIN_OPTIONS)
 @pytest.mark.parametrize(
-    "family, method", [(family, name) for family in TINY for name, spec in sorted(registered().items()) if family in spec.backbones]
+    "family, method", [(family, name) for family in TINY for name, spec in sorted(registered().items()) if family in spec.families]
 )
 def test_fake_estimate_equals_real_cpu_accounting(family, method, options):
     architecture = TINY[family]
@@ -237,7 +242,7 @@ def test_cli_on_a_vse_folder_leaves_out_the_methods_that_do_not_apply(cli, tmp_p
     towers.bert.config.save_pretrained(tmp_path / "vse" / "text")
     (tmp_path / "vse" / "vse.json").write_text(json.dumps({"image_tower": "image", "text_tower": "text", "embed_dim": towers.embed_dim}))
     variants = [load_variant(path.stem) for path in available("methods")]
-    applies = [v.name for v in variants if "vse" in registered()[v.method].backbones]
+    applies = [v.name for v in variants if "vse" in registered()[v.method].families]
     left_out = [v.name for v in variants if v.name not in applies]
     assert applies and left_out
     code, out, err = cli("estimate", "--model", str(tmp_path / "vse"), "--batch-size", "2")

@@ -2,9 +2,11 @@
 
 import torch
 
-from petlbench.measure.memory import CpuAccountingMeter, host_batches, storage_bytes
+from petlbench.measure.memory import CpuAccountingMeter, host_batches, storage_bytes, training_state
+from petlbench.measure.phase import training_phase
 
 F32 = 4
+CPU = torch.device("cpu")
 
 
 def test_chain_of_matmuls_forward_and_backward():
@@ -66,33 +68,63 @@ def test_shared_storage_counted_once():
     assert storage_bytes([t, t[:5], t.view(2, 5)]) == 40
 
 
-def test_identical_figures_run_to_run():
-    def step():
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
-        opt = torch.optim.AdamW(model.parameters(), foreach=True)
-        model(torch.randn(16, 32)).square().mean().backward()
+def _tiny_training():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    opt = torch.optim.AdamW(model.parameters(), foreach=True)
+
+    def step(batch):
+        model(batch["x"]).square().mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        state = [t for s in opt.state.values() for t in s.values()]
-        with CpuAccountingMeter().phase({"parameters": list(model.parameters()), "optimizer_state": state}) as peak:
-            model(torch.randn(16, 32)).square().mean().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return peak.breakdown
 
-    assert step() == step()
+    return model, opt, step
+
+
+def _batches(n: int = 16):
+    return iter(lambda: {"x": torch.randn(n, 32)}, None)
+
+
+def test_identical_figures_run_to_run():
+    def peak():
+        model, opt, step = _tiny_training()
+        return training_phase(step, _batches(), CPU, CpuAccountingMeter(), lambda: training_state(model, opt)).peak.breakdown
+
+    assert peak() == peak()
+
+
+def test_the_phase_counts_the_batch_copy_and_not_the_host_batch():
+    """A step that reads nothing: the window's transient peak is exactly the device copy of
+    one batch (16 x 32 fp32); the host batch (made under `host_side`) is not counted."""
+    result = training_phase(lambda batch: None, _batches(), CPU, CpuAccountingMeter(), lambda: ({}, []), measured=3)
+    assert result.peak.breakdown == {"transient_peak": 16 * 32 * F32}
+
+
+def test_the_phase_reads_the_resident_state_after_the_warmup_and_times_every_part():
+    model, opt, step = _tiny_training()
+    result = training_phase(step, _batches(), CPU, CpuAccountingMeter(), lambda: training_state(model, opt), measured=2, timed=3)
+    params = sum(p.numel() for p in model.parameters()) * F32
+    assert result.peak.breakdown["parameters"] == params
+    assert result.peak.breakdown["optimizer_state"] == 2 * params + 4 * 4  # exp_avg, exp_avg_sq; a step counter per parameter
+    assert (len(result.warmup.steps), len(result.measured.steps), len(result.timed.steps)) == (1, 2, 3)
+    assert len(result.timed.waits) == 3 and all(t >= 0 for t in result.timed.waits + result.timed.steps)
 
 
 def test_training_state_counts_gradients_that_were_kept():
-    from petlbench.measure.memory import training_state
-
     model = torch.nn.Linear(10, 4)  # 44 parameters
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 10)).sum().backward()
     opt.step()
     opt.zero_grad(set_to_none=False)  # a regression that keeps the gradients allocated
-    state = {k: storage_bytes(v) for k, v in training_state(model, opt).items()}
+    state = {k: storage_bytes(v) for k, v in training_state(model, opt)[0].items()}
     assert state == {"parameters": 44 * F32, "gradients": 44 * F32, "optimizer_state": 44 * F32}
     opt.zero_grad(set_to_none=True)
-    assert storage_bytes(training_state(model)["gradients"]) == 0
+    assert storage_bytes(training_state(model)[0]["gradients"]) == 0
+
+
+def test_step_counters_stay_out_when_they_live_on_the_host():
+    model, opt, step = _tiny_training()
+    step({"x": torch.randn(4, 32)})
+    categories, host = training_state(model, opt, steps_on_host=True)
+    assert len(host) == 4 and all(t.numel() == 1 for t in host)  # one step counter per parameter
+    assert storage_bytes(categories["optimizer_state"]) == 2 * sum(p.numel() for p in model.parameters()) * F32

@@ -7,10 +7,11 @@ import pytest
 import torch
 import yaml
 
-from petlbench.config import build, load_variant
+from petlbench.config import build
+from petlbench.methods import registered
 from petlbench.models.loader import load_backbone
 from petlbench.objective import contrastive_loss
-from petlbench.registry import registered
+from petlbench.variants import load_variant
 from tests.frozen import assert_unchanged_except, snapshot
 
 METHODS = sorted(registered())

@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from petlbench import records
-from petlbench.config import ConfigError, load_variant
+from petlbench.config import ConfigError
 from petlbench.measure.params import parameter_counts
+from petlbench.methods import get_method
 from petlbench.models.loader import load_backbone
 from petlbench.objective import contrastive_loss
-from petlbench.registry import get_method
+from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 
 VARIANTS = ["adapter", "adapter-pfeiffer", "bitfit", "lora"]

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from petlbench import records
-from petlbench.config import load_variant
 from petlbench.measure.params import parameter_counts
 from petlbench.methods import lst
 from petlbench.models.loader import load_backbone
+from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 from tests.test_methods import _block_params
 
@@ -34,7 +34,7 @@ def _inputs(tok, batch=4):
 @pytest.mark.parametrize("r,drop", [(4, []), (8, [0, 2])])
 def test_trainable_count_closed_form(r, drop):
     backbone, _ = _backbone()
-    model = lst.apply(backbone, _config(f"method.r={r}", f"method.drop_layers={drop}"), data=None)
+    model = lst.LST.apply(backbone, _config(f"method.r={r}", f"method.drop_layers={drop}"), None)
     expected = 0
     for tower_cfg in (backbone.clip.config.vision_config, backbone.clip.config.text_config):
         d, ds, kept = tower_cfg.hidden_size, tower_cfg.hidden_size // r, tower_cfg.num_hidden_layers - len(drop)
@@ -47,14 +47,14 @@ def test_trainable_count_closed_form(r, drop):
 
 def test_gates_start_at_one_half():
     backbone, _ = _backbone()
-    model = lst.apply(backbone, _config(), data=None)
+    model = lst.LST.apply(backbone, _config(), None)
     for side in model.side.values():
         torch.testing.assert_close(torch.sigmoid(side.gates / side.temperature), torch.full_like(side.gates, 0.5))
 
 
 def test_magnitude_init_copies_the_top_rows_of_each_block():
     backbone, _ = _backbone()
-    model = lst.apply(backbone, load_variant("lst", ["method.init=magnitude"]).config, data=None)
+    model = lst.LST.apply(backbone, load_variant("lst", ["method.init=magnitude"]).config, None)
     block, side = backbone.blocks()["text"][1], model.side["text"].blocks[1]
     d, ds, heads = 128, 32, 4
     # independent selection with plain sorting
@@ -112,7 +112,7 @@ def _saved_bytes(fn, model) -> int:
 
 def test_saved_for_backward_stays_within_the_ladder_bound():
     backbone, tok = _backbone()
-    model = lst.apply(backbone, _config(), data=None)
+    model = lst.LST.apply(backbone, _config(), None)
     pixels, ids, mask = _inputs(tok)
     encode = {"vision": lambda: model.encode_image(pixels), "text": lambda: model.encode_text(ids, mask)}
     for tower, run in encode.items():
@@ -136,12 +136,14 @@ def test_saved_for_backward_stays_within_the_ladder_bound():
         embeddings = backbone.clip.vision_model.embeddings if tower == "vision" else backbone.clip.text_model.embeddings
         embeddings.requires_grad_(True)
         try:
-            leaky = _saved_bytes(
-                lambda tower=tower: model.backbone.tower_head(tower, *_body_with_grad(model, tower, pixels, ids, mask)), model
-            )
+            leaky = _saved_bytes(lambda tower=tower: _head(model, tower, *_body_with_grad(model, tower, pixels, ids, mask)), model)
         finally:
             embeddings.requires_grad_(False)
         assert leaky > ladder_bound + own + head
+
+
+def _head(model, tower, tokens, pool_index):
+    return model.backbone.tower_head(tower, tokens, pool_index=pool_index)
 
 
 def _body_with_grad(model, tower, pixels, ids, mask):

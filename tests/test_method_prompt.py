@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from petlbench import records
-from petlbench.config import ConfigError, load_variant
+from petlbench.config import ConfigError
+from petlbench.methods import get_method
 from petlbench.methods.prompt import PromptedClip
 from petlbench.models.loader import load_backbone
-from petlbench.registry import get_method
+from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 
 BOS, EOS, FIRST_WORD = 2, 3, 4  # the shipped tokenizer's ids (padding is 0)

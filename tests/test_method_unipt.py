@@ -9,14 +9,15 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from petlbench import records
-from petlbench.config import ConfigError, load_variant
+from petlbench.config import ConfigError
 from petlbench.measure.params import parameter_counts
+from petlbench.methods import get_method
 from petlbench.methods.unipt import LayerConfidence, UniPTTower
 from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
 from petlbench.models.loader import load_backbone
 from petlbench.models.pooling import masked_mean
 from petlbench.objective import contrastive_loss
-from petlbench.registry import get_method
+from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 
 F32 = 4
@@ -207,7 +208,7 @@ def test_backbone_body_builds_no_graph_even_after_a_trainable_module(backbone, b
 
     assert hidden <= _saved_bytes(model, tower, inputs) <= budget
 
-    model.frozen_states = backbone.tower_states  # the same model without the explicit no_grad
+    backbone.frozen_states = backbone.tower_states  # the same model without the explicit no_grad
     assert _saved_bytes(model, tower, inputs) > 2 * budget
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from petlbench.config import load_variant
 from petlbench.measure.params import parameter_counts
+from petlbench.methods import get_method
 from petlbench.models.loader import load_backbone
-from petlbench.registry import get_method
+from petlbench.variants import load_variant
 
 
 def _block_params(d: int, d_ff: int) -> int:

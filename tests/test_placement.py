@@ -10,11 +10,13 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from petlbench.config import available, load_suite, load_variant
+from petlbench.config import available, load_suite
+from petlbench.methods import registered
 from petlbench.models.loader import load_architecture
 from petlbench.models.vse import tiny_vse
-from petlbench.registry import METHODS, MethodSpec, registered
+from petlbench.registry import METHODS, NOTHING, MethodSpec
 from petlbench.train import PlacementError, prepare, train_step
+from petlbench.variants import load_variant
 
 SUITE = load_suite("vl-retrieval")
 IMAGE_SIZE = {"clip": 48, "vse": 64}  # the embedded CLIP's images; a CNN's multiple of 32 (UniPT's CNN variant)
@@ -38,7 +40,7 @@ PAIRS = [
     (family, path.stem)
     for path in available("methods")
     for family in ("clip", "vse")
-    if family in registered()[load_variant(path.stem).method].backbones
+    if family in registered()[load_variant(path.stem).method].families
 ]
 
 
@@ -69,7 +71,7 @@ def test_prepare_keeps_everything_on_the_backbone_device_and_a_step_runs_there(f
 
 def test_every_registered_method_and_family_is_covered():
     assert {(family, load_variant(v).method) for family, v in PAIRS} == {
-        (family, name) for name, spec in registered().items() for family in spec.backbones
+        (family, name) for name, spec in registered().items() for family in spec.families
     }
 
 
@@ -80,6 +82,7 @@ def test_prepare_names_the_first_tensor_left_on_another_device(monkeypatch):
         return backbone
 
     spec = registered()["linear"]
-    monkeypatch.setitem(METHODS, "linear", MethodSpec("linear", spec.config_cls, misplaced, True, False, ("clip",)))
+    stray = MethodSpec("linear", spec.config_cls, defines_head=True, builders={"clip": misplaced}, keeps={"clip": NOTHING})
+    monkeypatch.setitem(METHODS, "linear", stray)
     with pytest.raises(PlacementError, match=r"stray\.weight is on cpu, the backbone on meta"):
         prepare(meta_backbone("clip"), SUITE, load_variant("linear"))

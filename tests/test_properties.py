@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from petlbench import config, records
 from petlbench.config import INT64, ConfigError, DataConfig, EvalConfig, ModelConfig, SuiteConfig, TrainConfig
-from petlbench.registry import registered
+from petlbench.methods import registered
 from petlbench.report.tables import report
 from tests.test_report import make_record
 
@@ -93,7 +93,7 @@ def test_any_text_is_a_mapping_or_a_config_error(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("yaml") / "x.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     try:
-        assert isinstance(config._read_yaml(path), dict)
+        assert isinstance(config.read_yaml(path), dict)
     except ConfigError as exc:
         assert str(path) in str(exc) and "\n" not in str(exc)
 

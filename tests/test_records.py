@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from petlbench import records, sweep
+from petlbench import records
 from tests.test_report import make_record, write
 
 GOOD = ["full", "linear"]
@@ -26,14 +26,20 @@ def _corrupt(folder):
         "list--seed0.json": ("[]", "off-schema: a JSON list, not a record object"),
         "latin1--seed0.json": (b'{"schema": 1, "x": "\xff"}', "not UTF-8 text"),
         "deep--seed0.json": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-        "norun--seed0.json": (json.dumps({**good, "run": None}), "off-schema: no 'run' section"),
+        "norun--seed0.json": (json.dumps({**good, "run": None}), "off-schema: run is NoneType, not an object"),
         "nan--seed0.json": (json.dumps(good).replace('"rsum": 120', '"rsum": NaN'), "non-finite number NaN"),
         "huge-number--seed0.json": (json.dumps(good).replace('"rsum": 120', '"rsum": 1e999'), "beyond the float range"),
         "nullmetrics--seed0.json": (json.dumps({**good, "metrics": None}), "off-schema: an ok run without metrics"),
-        "nullmemory--seed0.json": (json.dumps({**good, "cost": {**good["cost"], "memory": None}}), "without cost.memory.train_peak_bytes"),
-        "schema--seed0.json": (json.dumps({**good, "schema": 99}), "off-schema: schema 99, not 1"),
-        "status--seed0.json": (json.dumps({**good, "run": {**good["run"], "status": "fine"}}), "run.status 'fine' is not one of"),
-        "seed--seed0.json": (json.dumps({**good, "run": {**good["run"], "seed": "0"}}), "run.seed is '0', not an integer"),
+        "nullmemory--seed0.json": (
+            json.dumps({**good, "cost": {**good["cost"], "memory": None}}),
+            "off-schema: cost.memory is NoneType, not an object",
+        ),
+        "schema--seed0.json": (json.dumps({**good, "schema": 99}), "off-schema: schema 99, not one of 1, 2"),
+        "status--seed0.json": (
+            json.dumps({**good, "run": {**good["run"], "status": "fine"}}),
+            "off-schema: run.status 'fine' is not one of",
+        ),
+        "seed--seed0.json": (json.dumps({**good, "run": {**good["run"], "seed": "0"}}), "off-schema: run.seed is str, not int"),
     }
     for name, (content, _) in cases.items():
         (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -110,7 +116,7 @@ def test_a_non_finite_metric_is_recorded_as_null_and_the_run_as_diverged(tmp_pat
     record = make_record("full")
     record["metrics"]["rsum"] = float("nan")
     record["metrics"]["i2t_r1"] = float("inf")
-    written = sweep.write_record(tmp_path / "full--seed0.json", record)
+    written = records.write_record(tmp_path / "full--seed0.json", record)
     on_disk = json.loads((tmp_path / "full--seed0.json").read_text())
     assert on_disk == written and on_disk["metrics"]["rsum"] is None and on_disk["metrics"]["i2t_r1"] is None
     assert on_disk["run"]["status"] == "diverged"
@@ -120,31 +126,31 @@ def test_a_non_finite_metric_is_recorded_as_null_and_the_run_as_diverged(tmp_pat
 def test_a_non_finite_cost_makes_an_error_record(tmp_path):
     record = make_record("full")
     record["cost"]["step_time_s_median"] = float("inf")
-    written = sweep.write_record(tmp_path / "r.json", record)
+    written = records.write_record(tmp_path / "r.json", record)
     assert (written["run"]["status"], written["cost"]["step_time_s_median"]) == ("error", None)
 
 
 def test_a_record_json_cannot_hold_is_still_written_with_the_reason(tmp_path):
     record = make_record("full")
     record["cost"]["memory"]["train_breakdown"] = {"parameters": object()}
-    written = sweep.write_record(tmp_path / "full--seed0.json", record)
+    written = records.write_record(tmp_path / "full--seed0.json", record)
     on_disk = json.loads((tmp_path / "full--seed0.json").read_text())
     assert on_disk == written and on_disk["run"]["status"] == "error" and on_disk["cost"] is None
-    assert on_disk["run"]["error"].startswith("the record could not be serialised: Object of type object is not JSON serializable")
+    assert on_disk["run"]["error"].startswith("the record could not be written as it was: Object of type object is not JSON serializable")
     assert on_disk["run"]["variant"] == "full" and on_disk["config"]["suite"]["name"] == "vl-retrieval"
 
 
 def test_a_full_disk_leaves_the_old_record_and_no_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "full--seed0.json"
-    sweep.write_record(path, make_record("full"))
+    records.write_record(path, make_record("full"))
     before = path.read_text()
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(sweep.OutputError, match="cannot write .*full--seed0.json: No space left on device"):
-        sweep.write_record(path, make_record("full", peak=1))
+    with pytest.raises(records.OutputError, match="cannot write .*full--seed0.json: No space left on device"):
+        records.write_record(path, make_record("full", peak=1))
     assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["full--seed0.json"]
 
 

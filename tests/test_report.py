@@ -14,6 +14,7 @@ import pytest
 from petlbench import records
 from petlbench.report import MIB, plots
 from petlbench.report.tables import report
+from petlbench.schema import RECALLS
 from tests.conftest import tiny_args
 
 SUITE = {
@@ -46,7 +47,7 @@ def make_record(
     """A record with the sections and keys `petlbench.sweep` writes; a run that is not ok
     has no metrics and no cost, like a real failed run."""
     ok = status == "ok"
-    names = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+    names = RECALLS
     breakdown = {"parameters": 4 * params_total, "optimizer_state": 8 * params, "transient_peak": peak - 4 * params_total - 8 * params}
     return {
         "schema": records.SCHEMA,
@@ -65,7 +66,7 @@ def make_record(
         },
         "config": {"suite": {**SUITE, "train": {**SUITE["train"], "steps": steps}}, "method": {"name": method or variant, "lr": 1e-3}},
         "trainable_rule": {"head": "frozen", "temperature": "frozen"} if ok else None,
-        "metrics": {**dict(zip(names, recalls, strict=True)), "rsum": sum(recalls)} if ok else None,
+        "metrics": {**dict(zip(names, recalls, strict=True)), "rsum": sum(recalls), "images": 1000, "captions": 5000} if ok else None,
         "cost": {
             "params_trainable": params,
             "params_total": params_total,
@@ -362,7 +363,7 @@ def test_compare_refuses_cuda_figures_from_another_gpu_and_estimates_from_other_
 @pytest.mark.parametrize(("command", "folders"), [("report", 1), ("plot", 1), ("compare", 2)])
 def test_a_folder_without_records_is_a_usage_error(cli, tmp_path, command, folders):
     code, out, err = cli(command, *[str(tmp_path)] * folders)
-    assert code == 2 and err == f"petlbench: error: {tmp_path}: no result records (*.json with schema 1)\n"
+    assert code == 2 and err == f"petlbench: error: {tmp_path}: no result records (*.json of schema 1, 2)\n"
 
 
 def test_run_writes_the_report_and_plots_into_its_folder(cli, tmp_path):

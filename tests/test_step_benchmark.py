@@ -11,11 +11,13 @@ import itertools
 import pytest
 import torch
 
-from petlbench.config import load_suite, load_variant
+from petlbench.config import load_suite
 from petlbench.measure.memory import CpuAccountingMeter, training_state
+from petlbench.measure.phase import training_phase
+from petlbench.methods import registered
 from petlbench.models.loader import load_backbone
-from petlbench.registry import registered
 from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.variants import load_variant
 
 BATCH = 16
 
@@ -31,9 +33,8 @@ def test_training_step(benchmark, method):
     variant = load_variant(method)
     model = prepare(backbone, suite, variant, data=lambda _size: itertools.repeat(batch))
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
-    train_step(model, batch, opt)  # warm-up: optimizer state
-    with CpuAccountingMeter().phase(training_state(model, opt)) as peak:
-        train_step(model, batch, opt)
+    step = lambda b: train_step(model, b, opt)  # noqa: E731
+    peak = training_phase(step, itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter(), lambda: training_state(model, opt)).peak
     benchmark.extra_info.update({"batch_size": BATCH, "train_peak_bytes": peak.peak_bytes, **peak.breakdown})
     loss = benchmark.pedantic(train_step, args=(model, batch, opt), rounds=3, iterations=1, warmup_rounds=1)
     assert torch.isfinite(loss)

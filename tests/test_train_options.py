@@ -9,20 +9,22 @@ import pytest
 import torch
 
 from petlbench import records
-from petlbench.config import ConfigError, load_suite, load_variant
+from petlbench.config import ConfigError, load_suite
 from petlbench.measure.estimate import random_batch
 from petlbench.measure.memory import CpuAccountingMeter, training_state
+from petlbench.measure.phase import training_phase
+from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture
 from petlbench.objective import contrastive_loss
-from petlbench.registry import registered
 from petlbench.train import checkpoint_blocks, make_optimizer, prepare, train_step
+from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 from tests.test_estimate import TINY, tiny_config
 
 SUITE = load_suite("vl-retrieval")
 # BERT's dropout is on in the VSE family: checkpointing must replay the same dropout masks.
 FAMILIES = TINY
-CASES = [(family, name) for family in FAMILIES for name, spec in sorted(registered().items()) if family in spec.backbones]
+CASES = [(family, name) for family in FAMILIES for name, spec in sorted(registered().items()) if family in spec.families]
 
 
 def deep_clip(layers: int) -> Architecture:
@@ -70,10 +72,10 @@ def step_peak(architecture: Architecture, method: str, suite_cfg, batch: dict) -
     model = build(architecture, method, suite_cfg, batch)
     variant = load_variant(method)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite_cfg, variant.config.lr)
-    train_step(model, batch, opt, suite_cfg.train.precision)  # warm-up: the optimizer state
-    with CpuAccountingMeter().phase(training_state(model, opt)) as peak:
-        train_step(model, batch, opt, suite_cfg.train.precision)
-    return peak.peak_bytes
+    step = lambda b: train_step(model, b, opt, suite_cfg.train.precision)  # noqa: E731
+    return training_phase(
+        step, itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter(), lambda: training_state(model, opt)
+    ).peak.peak_bytes
 
 
 def test_checkpointing_lowers_full_finetuning_and_costs_a_frozen_tower_nothing():

@@ -10,18 +10,20 @@ import torch
 from torch import nn
 
 from petlbench import records, sweep
-from petlbench.config import ConfigError, load_suite, load_variant
+from petlbench.config import ConfigError, load_suite
 from petlbench.measure.params import parameter_counts
-from petlbench.methods.unipt_vse import CnnUniPT, TokenUniPT
+from petlbench.methods import registered
+from petlbench.methods.unipt import CnnUniPT, TokenUniPT
 from petlbench.models.vse import tiny_vse
 from petlbench.objective import contrastive_loss
-from petlbench.registry import registered
+from petlbench.schema import METRICS
 from petlbench.train import RunOutcome, prepare
+from petlbench.variants import load_variant
 from tests.conftest import TINY
 from tests.frozen import assert_unchanged_except, snapshot
 
-VSE_METHODS = sorted(name for name, spec in registered().items() if "vse" in spec.backbones)
-OTHER_METHODS = sorted(name for name, spec in registered().items() if "vse" not in spec.backbones)
+VSE_METHODS = sorted(name for name, spec in registered().items() if "vse" in spec.families)
+OTHER_METHODS = sorted(name for name, spec in registered().items() if "vse" not in spec.families)
 BATCH, TEXT_LEN = 4, 12
 
 
@@ -81,7 +83,7 @@ def test_tiny_vse_interface():
     batch = _batch()
     assert backbone.encode_image(batch["pixel_values"]).shape == (BATCH, 24)
     assert backbone.encode_text(batch["input_ids"], batch["attention_mask"]).shape == (BATCH, 24)
-    maps = backbone.stage_maps(batch["pixel_values"])
+    maps = backbone.tower_states("vision", pixel_values=batch["pixel_values"]).hidden_states
     assert [m.shape[1] for m in maps] == backbone.resnet.config.hidden_sizes
     assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]  # strides 4, 8, 16, 32 of 64
     states = backbone.tower_states("text", input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -239,8 +241,11 @@ def test_unsupported_method_in_a_sweep_is_a_record(tmp_path, monkeypatch):
     suite = load_suite("vl-retrieval", TINY)
 
     def fake_run(suite, variant, seed, device, on_step=None):
-        prepare(tiny_vse(), suite, variant)
-        return RunOutcome(metrics={"rsum": 0.0}, cost={})
+        model = prepare(tiny_vse(), suite, variant)
+        memory = {"source": "cpu-accounting", "train_peak_bytes": 1, "eval_peak_bytes": 1, "train_reserved_peak_bytes": None}
+        memory.update(eval_reserved_peak_bytes=None, train_breakdown={}, measured_steps=[1, 1])
+        cost = {**parameter_counts(model), "memory": memory}
+        return RunOutcome(metrics={**dict.fromkeys(METRICS, 0.0), "images": 1, "captions": 5}, cost=cost)
 
     monkeypatch.setattr(sweep, "run", fake_run)
     plan = sweep.Plan(suite, [load_variant(unsupported), load_variant("linear")], [0], [], tmp_path)

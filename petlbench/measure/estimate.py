@@ -1,25 +1,21 @@
-"""Peak training memory of a real-size model without allocating it (measurement.md,
-"Without the hardware: estimation with fake tensors").
+"""The pieces of an estimate of training memory on fake tensors (measurement.md, "Without
+the hardware: estimation with fake tensors"); `petlbench.estimate.FakeTraining` assembles
+them around the one measured phase.
 
-The suite's own training step (`petlbench.train.train_step`: same loss, same AdamW
-implementation) runs on fake tensors under the CPU accounting (`CpuAccountingMeter`): one
-warm-up step creates the optimizer state, the next step is measured. For the CUDA target
-the figure is then shaped like `torch.cuda.max_memory_allocated`: every storage rounded up
-to the caching allocator's granularity, AdamW's host-side step counters left out, and a
-workspace constant added.
+For the CUDA target the figure is shaped like `torch.cuda.max_memory_allocated`: every
+storage rounded up to the caching allocator's granularity (`CUDA_GRANULARITY`), AdamW's
+host-side step counters left out, and a workspace constant added (`CUDA_WORKSPACE_BYTES`).
 
 Route (the only one that works for every method, PEFT included): build the model and
 apply the method on the ``meta`` device outside the fake mode (PEFT calls ``.to()``,
 which fails on fake parameters); inside the mode, replace every parameter and buffer by a
-fake ``cpu`` tensor. Fake ``cuda`` tensors cannot run backward without a GPU, and the step
-must not run on meta tensors (meta takes the math attention path, which saves the whole
-attention matrix for backward, unlike the CPU and CUDA fused kernels).
+fake ``cpu`` tensor (`materialize`). Fake ``cuda`` tensors cannot run backward without a
+GPU, and the step must not run on meta tensors (meta takes the math attention path, which
+saves the whole attention matrix for backward, unlike the CPU and CUDA fused kernels).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -27,16 +23,10 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from petlbench.config import SuiteConfig, Variant
-from petlbench.measure.memory import CpuAccountingMeter, PhasePeak
-from petlbench.measure.params import parameter_counts
 from petlbench.models.loader import Architecture
-from petlbench.registry import get_method
-from petlbench.train import make_optimizer, prepare, train_step
 
 MiB = 2**20
 
@@ -60,16 +50,6 @@ Target = Literal["cuda", "cpu"]
 accounting of a real run on this machine (tensor bytes exactly, no rounding, no workspace)."""
 
 
-def data_free(variant: Variant) -> Variant:
-    """``variant`` with a set-up that reads no training data. LST ranks its side blocks' rows
-    on training data (Fisher): the ranking only picks the side network's initial values,
-    before training and outside the training figure, and its random init builds the same
-    shapes. (LST is the only method with `needs_data`; its config has ``init``.)"""
-    if not get_method(variant.method).needs_data:
-        return variant
-    return dataclasses.replace(variant, config=dataclasses.replace(variant.config, init="random"))
-
-
 def random_batch(architecture: Architecture, batch_size: int, text_length: int) -> dict[str, torch.Tensor]:
     """A training batch with the shapes and dtypes of the suite's data (`RetrievalSplit`).
     Values do not change the memory with one exception: transformers builds the text
@@ -84,7 +64,7 @@ def random_batch(architecture: Architecture, batch_size: int, text_length: int) 
     }
 
 
-def _materialize(model: nn.Module) -> None:
+def materialize(model: nn.Module) -> None:
     """Replace every (meta) parameter and buffer of ``model`` by an uninitialised tensor on
     the cpu, of the same shape, dtype and ``requires_grad``: fake when called inside a fake
     mode. A tensor shared between modules stays shared."""
@@ -109,7 +89,7 @@ _NORM_STATISTICS = {
 }
 
 
-class _CpuNormStatistics(TorchDispatchMode):
+class CpuNormStatistics(TorchDispatchMode):
     """Makes fake normalisation ops return what the CPU kernels return. With a bf16 input and
     fp32 parameters (under bf16 autocast, a LayerNorm or BatchNorm fed by an autocast matmul
     or convolution, as in LST's side network and UniPT's CNN variant) the CPU kernels keep the
@@ -127,7 +107,7 @@ class _CpuNormStatistics(TorchDispatchMode):
         return out
 
 
-class _FusedAttentionDropout(TorchFunctionMode):
+class FusedAttentionDropout(TorchFunctionMode):
     """Attention dropout as CUDA's fused kernels cost it. In fp32 CUDA runs
     `scaled_dot_product_attention` with dropout in the memory-efficient kernel, which saves
     only its random-number state for backward; the CPU has no fused kernel with dropout and
@@ -144,51 +124,6 @@ class _FusedAttentionDropout(TorchFunctionMode):
             else:
                 kwargs = {**kwargs, "dropout_p": 0.0}
         return func(*args, **kwargs)
-
-
-class FakeTraining:
-    """One variant's model and optimizer on fake tensors, for the suite's training step on
-    ``architecture``; `peak` measures a step at any batch size."""
-
-    def __init__(self, architecture: Architecture, suite: SuiteConfig, variant: Variant, text_length: int, target: Target = "cuda"):
-        self.architecture, self.suite, self.text_length, self.target = architecture, suite, text_length, target
-        with torch.device("meta"):
-            backbone = architecture.build(suite.model.attn_implementation)
-        self.model = prepare(backbone, suite, data_free(variant))
-        self.params = parameter_counts(self.model)
-        self.fake_mode = FakeTensorMode()
-        with self.fake_mode:
-            _materialize(self.model)
-            self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], suite, variant.config.lr)
-        self.model.train()
-        self._warm = False
-
-    def _step(self, batch_size: int) -> None:
-        train_step(self.model, random_batch(self.architecture, batch_size, self.text_length), self.opt, self.suite.train.precision)
-
-    def peak(self, batch_size: int) -> PhasePeak:
-        """The peak of a steady-state step at ``batch_size`` (the first call runs the
-        warm-up step first), broken down like the CPU accounting, plus ``workspace``."""
-        cuda = self.target == "cuda"
-        with self.fake_mode, _CpuNormStatistics(), _FusedAttentionDropout() if cuda else contextlib.nullcontext():
-            if not self._warm:
-                self._step(batch_size)
-                self._warm = True
-            # AdamW keeps its step counters on the host unless fused (`_init_group` in
-            # torch/optim/adamw.py): on CUDA they are not device memory.
-            host_steps = cuda and self.suite.train.optimizer_impl != "fused"
-            state = [(key, t) for s in self.opt.state.values() for key, t in s.items() if torch.is_tensor(t)]
-            on_host = [t for key, t in state if host_steps and key == "step"]
-            on_device = [t for key, t in state if not (host_steps and key == "step")]
-            weights = [*self.model.parameters(), *self.model.buffers()]
-            meter = CpuAccountingMeter(granularity=CUDA_GRANULARITY if cuda else 1)
-            with meter.phase({"parameters": weights, "optimizer_state": on_device}, ignore=on_host) as peak:
-                self._step(batch_size)
-        if cuda:
-            peak.breakdown["workspace"] = CUDA_WORKSPACE_BYTES
-            peak.peak_bytes += CUDA_WORKSPACE_BYTES
-        peak.source = "estimate"
-        return peak
 
 
 def largest_batch(peak: Callable[[int], int], budget: int, probe: int = 16, limit: int = 2**16) -> int:

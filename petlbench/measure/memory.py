@@ -1,4 +1,5 @@
-"""Peak memory of a measured phase, measured identically for every method.
+"""Peak memory of a measured phase, measured identically for every method (the phase
+itself: `petlbench.measure.phase`).
 
 Two meters share one protocol (measurement.md): `gc.collect()` before the phase, the
 garbage collector off during it, peaks taken over the phase only.
@@ -108,14 +109,22 @@ class _LiveStorages(TorchDispatchMode):
         return out
 
 
-def training_state(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> dict[str, list[torch.Tensor]]:
-    """What is alive between two training steps, by category: parameters and buffers,
-    gradients still held (none after `zero_grad(set_to_none=True)`), optimizer state."""
+def training_state(
+    model: torch.nn.Module, opt: torch.optim.Optimizer | None = None, steps_on_host: bool = False
+) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
+    """What is alive between two training steps, by category — parameters and buffers,
+    gradients still held (none after `zero_grad(set_to_none=True)`), optimizer state — and
+    what must not count: with ``steps_on_host``, AdamW's step counters, which it keeps on
+    the host unless fused (`_init_group` in torch/optim/adamw.py), so on CUDA they are no
+    device memory."""
     params = list(model.parameters())
     state = {"parameters": [*params, *model.buffers()], "gradients": [p.grad for p in params if p.grad is not None]}
+    host: list[torch.Tensor] = []
     if opt is not None:
-        state["optimizer_state"] = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-    return state
+        tensors = [(key, t) for s in opt.state.values() for key, t in s.items() if torch.is_tensor(t)]
+        state["optimizer_state"] = [t for key, t in tensors if not (steps_on_host and key == "step")]
+        host = [t for key, t in tensors if steps_on_host and key == "step"]
+    return state, host
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor], granularity: int = 1) -> int:

@@ -8,7 +8,7 @@ from typing import Literal
 from torch import nn
 
 from petlbench.config import ConfigError, MethodConfig, rule
-from petlbench.registry import register
+from petlbench.registry import EVERY_BLOCK, register
 
 # The block sub-layers whose output each placement adapts (before the residual add).
 SITES = {"houlsby": ("self_attn", "mlp"), "pfeiffer": ("mlp",)}
@@ -50,8 +50,11 @@ class Bottleneck(nn.Module):
         return self(output)
 
 
-@register("adapter", AdapterConfig)
-def apply(backbone, cfg: AdapterConfig):
+ADAPTER = register("adapter", AdapterConfig, lr_grid=(1e-3, 3e-3, 1e-2))
+
+
+@ADAPTER.builder("clip", keeps=EVERY_BLOCK)
+def build(backbone, cfg: AdapterConfig):
     backbone.requires_grad_(False)
     for blocks in backbone.blocks().values():
         for block in blocks:

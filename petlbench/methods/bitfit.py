@@ -5,7 +5,7 @@ backbone."""
 from dataclasses import dataclass
 
 from petlbench.config import MethodConfig
-from petlbench.registry import register
+from petlbench.registry import EVERY_BLOCK, register
 
 
 @dataclass
@@ -13,8 +13,11 @@ class BitFitConfig(MethodConfig):
     pass
 
 
-@register("bitfit", BitFitConfig)
-def apply(backbone, cfg: BitFitConfig):
+BITFIT = register("bitfit", BitFitConfig, lr_grid=(3e-3, 1e-2, 3e-2))
+
+
+@BITFIT.builder("clip", keeps=EVERY_BLOCK)
+def build(backbone, cfg: BitFitConfig):
     for name, param in backbone.named_parameters():
         param.requires_grad_(name.rsplit(".", 1)[-1] == "bias")
     return backbone

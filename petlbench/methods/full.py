@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from petlbench.config import MethodConfig
-from petlbench.registry import register
+from petlbench.registry import EVERY_BLOCK, register
 
 
 @dataclass
@@ -11,7 +11,11 @@ class FullConfig(MethodConfig):
     pass
 
 
-@register("full", FullConfig, defines_head=True, backbones=("clip", "vse"))
-def apply(backbone, cfg: FullConfig):
+FULL = register("full", FullConfig, defines_head=True, lr_grid=(1e-4, 3e-4, 1e-3))
+
+
+@FULL.builder("clip", keeps=EVERY_BLOCK)
+@FULL.builder("vse", keeps=EVERY_BLOCK)
+def build(backbone, cfg: FullConfig):
     backbone.requires_grad_(True)
     return backbone

@@ -4,7 +4,7 @@ the backbone."""
 from dataclasses import dataclass
 
 from petlbench.config import MethodConfig
-from petlbench.registry import register
+from petlbench.registry import NOTHING, register
 
 
 @dataclass
@@ -12,8 +12,12 @@ class LinearConfig(MethodConfig):
     pass
 
 
-@register("linear", LinearConfig, defines_head=True, backbones=("clip", "vse"))
-def apply(backbone, cfg: LinearConfig):
+LINEAR = register("linear", LinearConfig, defines_head=True, lr_grid=(1e-2, 3e-2, 1e-1))
+
+
+@LINEAR.builder("clip", keeps=NOTHING)
+@LINEAR.builder("vse", keeps=NOTHING)
+def build(backbone, cfg: LinearConfig):
     backbone.requires_grad_(False)
     for projection in backbone.projections():
         projection.requires_grad_(True)

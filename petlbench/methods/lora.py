@@ -9,7 +9,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from petlbench.config import ConfigError, MethodConfig, rule, short
-from petlbench.registry import backbone_kind, register
+from petlbench.registry import EVERY_BLOCK, register
 
 
 @dataclass
@@ -39,22 +39,12 @@ def _block_linears(backbone) -> set[str]:
 BERT_NAMES = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 
 
-def _targets_and_root(backbone, targets: list[str]) -> tuple[list[str], nn.Module]:
-    """The target names as the backbone's own modules spell them, and the module PEFT
-    injects into. On the VSE family only BERT's layers are blocks (the CNN has none), so
-    the CLIP names `q_proj`/`k_proj`/`v_proj` map to BERT's `query`/`key`/`value`."""
-    if backbone_kind(backbone) == "vse":
-        return [BERT_NAMES.get(name, name) for name in targets], backbone.bert
-    return list(targets), backbone.clip
-
-
-@register("lora", LoraConfig, backbones=("clip", "vse"))
-def apply(backbone, cfg: LoraConfig):
-    # Only block layers may be targeted: PEFT would otherwise wrap a projection too, and the
-    # loop's head rule (requires_grad on the projection module) would then switch LoRA
-    # parameters on or off with it.
+def inject(backbone, root: nn.Module, targets: list[str], cfg: LoraConfig):
+    """PEFT's LoRA layers on the ``targets`` (as ``root``'s modules name them) of the
+    backbone's blocks; everything else frozen. Only block layers may be targeted: PEFT would
+    otherwise wrap a projection too, and the loop's head rule (requires_grad on the
+    projection module) would then switch LoRA parameters on or off with it."""
     allowed = _block_linears(backbone)
-    targets, root = _targets_and_root(backbone, cfg.targets)
     if not set(targets) <= allowed:
         raise ConfigError(f"lora: targets {short(cfg.targets)} must be a non-empty list of {', '.join(sorted(allowed))}")
     peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
@@ -66,3 +56,18 @@ def apply(backbone, cfg: LoraConfig):
             module.lora_A.requires_grad_(True)
             module.lora_B.requires_grad_(True)
     return backbone
+
+
+LORA = register("lora", LoraConfig, lr_grid=(1e-3, 3e-3, 1e-2))
+
+
+@LORA.builder("clip", keeps=EVERY_BLOCK)
+def build_clip(backbone, cfg: LoraConfig):
+    return inject(backbone, backbone.clip, list(cfg.targets), cfg)
+
+
+@LORA.builder("vse", keeps=EVERY_BLOCK)
+def build_vse(backbone, cfg: LoraConfig):
+    """BERT's layers are the VSE family's only blocks (the CNN has none): the CLIP names
+    `q_proj`/`k_proj`/`v_proj` map to BERT's `query`/`key`/`value`."""
+    return inject(backbone, backbone.bert, [BERT_NAMES.get(name, name) for name in cfg.targets], cfg)

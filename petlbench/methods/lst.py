@@ -6,6 +6,13 @@ per-layer hidden states through gated ladder connections, and its output goes th
 backbone's frozen final norm, pooling and projection *with autograd on*, so the gradient
 reaches the side network but never the backbone body.
 
+On the VSE family the side network runs beside the BERT text tower (BERT layers, every
+width divided by `r`), ending in the frozen text head (per-token projection, masked mean).
+The CNN image tower has no side network (LST is defined on transformer blocks): its body
+runs under ``no_grad`` and only its head follows the suite's `train.head` rule. The frozen
+VSE backbone runs in eval mode (BatchNorm statistics and BERT's dropout of a frozen feature
+extractor).
+
 Side blocks are initialised by pruning the backbone's blocks to `1/r` of their rows,
 ranked by Fisher importance (the authors' default), weight magnitude, or not at all
 (random). Deviation from the authors, who accumulate squared gradients at batch 1: a
@@ -16,6 +23,7 @@ contrastive loss over one pair is constant, so importance is accumulated over ba
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,12 +32,15 @@ from typing import Literal
 
 import torch
 from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
 
 from petlbench.config import ConfigError, MethodConfig, rule
+from petlbench.models.backbone import DualEncoder
 from petlbench.models.clip import TOWERS, ClipDualEncoder
+from petlbench.models.vse import VseDualEncoder
 from petlbench.models.wrapper import BackboneWrapper
 from petlbench.objective import contrastive_loss
-from petlbench.registry import backbone_kind, register
+from petlbench.registry import NOTHING, register
 
 
 @dataclass
@@ -46,7 +57,7 @@ class LSTConfig(MethodConfig):
         metadata={"help": "side-block initialisation: pruned backbone rows ranked by Fisher importance or weight magnitude, or random"},
     )
     fisher_samples: int = field(
-        default=1000, metadata=rule("training samples whose squared gradients rank the rows (init=fisher)", ge=1, le=10**8)
+        default=512, metadata=rule("training samples whose squared gradients rank the rows (init=fisher)", ge=1, le=10**8)
     )
     fisher_batch_size: int = field(
         default=32,
@@ -97,7 +108,7 @@ def _causal_padding_mask(token_mask: torch.Tensor) -> torch.Tensor:
 
 
 class LadderSideTuned(BackboneWrapper):
-    """The backbone (frozen, no graph) plus one side network per tower."""
+    """The CLIP backbone (frozen, no graph) plus one side network per tower."""
 
     def __init__(self, backbone: ClipDualEncoder, cfg: LSTConfig):
         super().__init__(backbone)
@@ -115,11 +126,10 @@ class LadderSideTuned(BackboneWrapper):
         )
 
     def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            states = self.backbone.tower_states(tower, **inputs)
+        states = self.backbone.frozen_states(tower, **inputs)
         mask = _causal_padding_mask(states.token_mask) if tower == "text" else None
         tokens = self.side[tower](states.hidden_states, mask)
-        return self.backbone.tower_head(tower, tokens, states.pool_index)
+        return self.backbone.tower_head(tower, tokens, pool_index=states.pool_index)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self._encode("vision", pixel_values=pixel_values)
@@ -132,7 +142,7 @@ class LadderSideTuned(BackboneWrapper):
 
 
 def fisher_importance(
-    backbone: ClipDualEncoder, batches: Iterator[dict[str, torch.Tensor]], n_batches: int
+    backbone: DualEncoder, batches: Iterator[dict[str, torch.Tensor]], n_batches: int
 ) -> dict[nn.Parameter, torch.Tensor]:
     """Sum of squared gradients of the contrastive loss per backbone weight."""
     params = [p for blocks in backbone.blocks().values() for p in blocks.parameters()]
@@ -233,15 +243,58 @@ def row_importance(
     return torch.abs if cfg.init == "magnitude" else None
 
 
-@register("lst", LSTConfig, needs_data=True, backbones=("clip", "vse"))
-def apply(backbone: ClipDualEncoder, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]) -> nn.Module:
-    """``data(batch_size)`` yields training batches for the Fisher ranking (setup: it runs
-    before the measured steps, so it is outside the training memory figure). On the VSE
-    family: the text tower only (`lst_vse`)."""
-    if backbone_kind(backbone) == "vse":
-        from petlbench.methods.lst_vse import build  # it imports this module's blocks
+class LadderSideTunedVse(BackboneWrapper):
+    """The frozen VSE backbone plus a ladder side network on its text tower."""
 
-        return build(backbone, cfg, data)
+    frozen_eval = True
+
+    def __init__(self, backbone: VseDualEncoder, cfg: LSTConfig):
+        super().__init__(backbone)
+        layers = backbone.bert.encoder.layer
+        if any(not 0 <= i < len(layers) for i in cfg.drop_layers):
+            raise ConfigError(f"lst: drop_layers={cfg.drop_layers} must index the text tower's layers (0..{len(layers) - 1})")
+        keep = [i for i in range(len(layers)) if i not in cfg.drop_layers]
+        self.side = nn.ModuleDict({"text": LadderSide(layers, keep, cfg.r, cfg.gate_temperature, backbone.device, backbone.bert.config)})
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        c5 = self.backbone.frozen_states("vision", pixel_values=pixel_values).hidden_states[-1]
+        return self.backbone.tower_head("vision", c5.flatten(2).transpose(1, 2))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.backbone.frozen_states("text", input_ids=input_ids, attention_mask=attention_mask)
+        side = self.side["text"]
+        # the mask in the form the side layers' attention implementation expects
+        mask = create_bidirectional_mask(
+            config=side.blocks[0].attention.self.config, inputs_embeds=states.hidden_states[0], attention_mask=attention_mask
+        )
+        tokens = side(states.hidden_states, mask)
+        return self.backbone.tower_head("text", tokens, token_mask=states.token_mask)
+
+
+BERT_LAYER = BlockLayout(
+    ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+    ("attention.output.LayerNorm", "output.LayerNorm"),
+)
+
+SetupData = Callable[[int], Iterator[dict[str, torch.Tensor]]]
+
+LST = register(
+    "lst",
+    LSTConfig,
+    needs_data=True,
+    # the ranking only picks the side network's initial values; a random init builds the same shapes
+    without_data=lambda cfg: dataclasses.replace(cfg, init="random"),
+    lr_grid=(1e-3, 3e-3, 1e-2),
+)
+
+
+@LST.builder("clip", keeps=NOTHING)
+def build_clip(backbone: ClipDualEncoder, cfg: LSTConfig, data: SetupData) -> LadderSideTuned:
+    """``data(batch_size)`` yields training batches for the Fisher ranking (setup: it runs
+    before the measured steps, so it is outside the training memory figure)."""
     backbone.requires_grad_(False)
     model = LadderSideTuned(backbone, cfg)
     importance = row_importance(backbone, cfg, data)
@@ -252,3 +305,16 @@ def apply(backbone: ClipDualEncoder, cfg: LSTConfig, data: Callable[[int], Itera
                 block = backbone.blocks()[tower][layer]
                 prune_block_into(side.blocks[j], block, importance, block.self_attn.num_heads)
     return model
+
+
+@LST.builder("vse", keeps=NOTHING)
+def build_vse(backbone: VseDualEncoder, cfg: LSTConfig, data: SetupData) -> LadderSideTunedVse:
+    """The text tower only (see the module doc)."""
+    backbone.requires_grad_(False)
+    model = LadderSideTunedVse(backbone, cfg)
+    importance = row_importance(backbone, cfg, data)
+    if importance is not None:
+        side, layers = model.side["text"], backbone.bert.encoder.layer
+        for j, layer in enumerate(side.keep):
+            prune_block_into(side.blocks[j], layers[layer], importance, backbone.bert.config.num_attention_heads, BERT_LAYER)
+    return model.train(backbone.training)

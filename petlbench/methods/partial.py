@@ -4,7 +4,7 @@ projections train; the gradient travels back through those blocks only."""
 from dataclasses import dataclass, field
 
 from petlbench.config import ConfigError, MethodConfig, rule
-from petlbench.registry import register
+from petlbench.registry import last_blocks, register
 
 
 @dataclass
@@ -12,8 +12,11 @@ class PartialConfig(MethodConfig):
     k: int = field(default=1, metadata=rule("trainable blocks at the top of each tower (at most the tower depth)", ge=1, le=10_000))
 
 
-@register("partial", PartialConfig, defines_head=True)
-def apply(backbone, cfg: PartialConfig):
+PARTIAL = register("partial", PartialConfig, defines_head=True, lr_grid=(3e-4, 1e-3, 3e-3))
+
+
+@PARTIAL.builder("clip", keeps=last_blocks("k"))
+def build(backbone, cfg: PartialConfig):
     towers = backbone.blocks()
     depth = min(len(blocks) for blocks in towers.values())
     if not 1 <= cfg.k <= depth:

@@ -21,7 +21,7 @@ from transformers.masking_utils import create_causal_mask
 from petlbench.config import MethodConfig, rule
 from petlbench.models.clip import TOWERS, ClipDualEncoder, eot_positions
 from petlbench.models.wrapper import BackboneWrapper
-from petlbench.registry import register
+from petlbench.registry import EVERY_BLOCK, register
 
 # Prompts go right after the first token: CLS stays at position 0 (what the vision tower
 # pools); after BOS, every caption token, EOT included, sees them under the causal mask.
@@ -115,14 +115,18 @@ class PromptedClip(BackboneWrapper):
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = self.image_tokens(pixel_values)
-        return self.backbone.tower_head("vision", tokens, torch.zeros(len(tokens), dtype=torch.long, device=tokens.device))
+        return self.backbone.tower_head("vision", tokens, pool_index=torch.zeros(len(tokens), dtype=torch.long, device=tokens.device))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tokens = self.text_tokens(input_ids, attention_mask)
-        return self.backbone.tower_head("text", tokens, eot_positions(input_ids, self.backbone.clip.config.text_config.eos_token_id))
+        eot = eot_positions(input_ids, self.backbone.clip.config.text_config.eos_token_id)
+        return self.backbone.tower_head("text", tokens, pool_index=eot)
 
 
-@register("prompt", PromptConfig)
-def apply(backbone: ClipDualEncoder, cfg: PromptConfig) -> PromptedClip:
+PROMPT = register("prompt", PromptConfig, lr_grid=(3e-3, 1e-2, 3e-2))
+
+
+@PROMPT.builder("clip", keeps=EVERY_BLOCK)
+def build(backbone: ClipDualEncoder, cfg: PromptConfig) -> PromptedClip:
     backbone.requires_grad_(False)
     return PromptedClip(backbone, cfg.prompts, cfg.depth)

@@ -1,10 +1,20 @@
-"""UniPT (Diao et al., CVPR 2024), dual-encoder variant: a small network reads every
-hidden state of a tower whose body ran under ``no_grad`` and adds a residual to the
-tower's frozen embedding, so backward never enters the backbone.
+"""UniPT (Diao et al., CVPR 2024): a small network reads every hidden state of a tower
+whose body ran under ``no_grad``, so backward never enters the backbone.
 
-The building blocks shared by the paper's variants (truncated attention, masked mean,
-confidence over layers) are functions and modules of their own; `UniPTTower` assembles
-them the way the authors' CLIP4Clip code does.
+- CLIP: the dual-encoder variant, a residual added to each tower's frozen embedding
+  (`UniPTTower`, assembled the way the authors' CLIP4Clip code does).
+- VSE (ResNet + BERT): the token-level variant on the BERT text tower and the CNN variant
+  on the ResNet image tower, as methods.md describes them. Both bodies run under an explicit
+  ``no_grad`` and in eval mode (the CNN's BatchNorm statistics and BERT's dropout are those
+  of a frozen feature extractor). Each variant ends in ReLU and a Linear to the joint width
+  per token, then the pooling head: masked mean over text tokens, mean over C5's positions
+  for the image (methods.md gives that output stage for the token-level variant; the CNN
+  variant uses the same, since the image head pools C5 by its average). The backbone's own
+  projections are not on this path: under a suite's `train.head: trainable` they would
+  train without a gradient.
+
+The building blocks shared by the variants (truncated attention, masked mean, confidence
+over layers) are functions and modules of their own.
 """
 
 from __future__ import annotations
@@ -12,13 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from petlbench.config import ConfigError, MethodConfig, rule
-from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
+from petlbench.models.backbone import DualEncoder, TowerStates
+from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.pooling import masked_mean
+from petlbench.models.vse import VseDualEncoder
 from petlbench.models.wrapper import BackboneWrapper
-from petlbench.registry import backbone_kind, register
+from petlbench.registry import NOTHING, register
 
 # The authors clamp the L1 norm here: a query whose scores are all truncated attends to
 # nothing (zero weights) instead of dividing by zero.
@@ -98,18 +111,11 @@ class UniPT(BackboneWrapper):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self._encode("text", input_ids=input_ids, attention_mask=attention_mask)
 
-    def frozen_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
-        """The backbone body under an explicit ``no_grad``: ``requires_grad=False`` alone
-        lets any trainable module before the body (a prompt, a trainable embedding)
-        silently rebuild the body's whole graph."""
-        with torch.no_grad():
-            return self.backbone.tower_states(tower, **inputs)
-
     def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
-        states = self.frozen_states(tower, **inputs)
+        states = self.backbone.frozen_states(tower, **inputs)
         # The head runs under the caller's grad mode: it builds no graph while frozen (the
         # default), and the projections still learn if the suite's `train.head` says so.
-        embedding = self.backbone.tower_head(tower, states.hidden_states[-1], states.pool_index)
+        embedding = self.backbone.tower_head(tower, states.hidden_states[-1], pool_index=states.pool_index)
         return self.towers[tower](states, embedding)
 
 
@@ -123,25 +129,166 @@ class UniPTConfig(MethodConfig):
     )
 
 
-@register("unipt", UniPTConfig, backbones=("clip", "vse"))
-def apply(backbone: ClipDualEncoder, cfg: UniPTConfig):
-    """The dual-encoder variant on CLIP; on the VSE family the CNN variant (image) and the
-    token-level variant (text), from `unipt_vse`."""
-    vse = backbone_kind(backbone) == "vse"
-    # the CLIP sub-configs' own projection_dim is not the model's
-    embed = backbone.embed_dim if vse else backbone.clip.config.projection_dim
-    if cfg.downsample < 1 or embed % cfg.downsample:
-        raise ConfigError(f"unipt: downsample={cfg.downsample} must be a positive divisor of the embedding width {embed}")
-    if vse:
-        from petlbench.methods.unipt_vse import build  # it imports this module's blocks
+def _project(width: int) -> nn.Sequential:
+    """``Proj`` of both variants: Linear, then LayerNorm."""
+    return nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width))
 
-        return build(backbone, embed // cfg.downsample)
+
+def _output(width: int, embed: int) -> nn.Sequential:
+    """ReLU, then a Linear to the joint width (per token)."""
+    return nn.Sequential(nn.ReLU(), nn.Linear(width, embed))
+
+
+def _conv_bn(channels: int, width: int) -> nn.Sequential:
+    """1x1 conv to ``width`` then BatchNorm (the conv has no bias: BatchNorm's shift is one)."""
+    return nn.Sequential(nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width))
+
+
+def _tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    return feature_map.flatten(2).transpose(1, 2)
+
+
+class TokenUniPT(nn.Module):
+    """Token-level variant: per layer ``t_i = LayerNorm(Linear_i(h_i))``; the anchor is the
+    last layer's reduced tokens ``A``; each other layer gives ``m_i = attn(A, t_i) + t_i``
+    (token-to-token truncated attention plus identity); confidence on
+    ``mean(A) ⊙ mean(t_i)``, softmax over the L other layers; ``A + Proj(M)``."""
+
+    def __init__(self, n_states: int, hidden: int, width: int, embed: int):
+        super().__init__()
+        self.reduce = nn.ModuleList(nn.Sequential(nn.Linear(hidden, width), nn.LayerNorm(width)) for _ in range(n_states))
+        self.confidence = LayerConfidence(width)
+        self.project = _project(width)
+        self.output = _output(width, embed)
+
+    def forward(self, states: TowerStates) -> torch.Tensor:
+        """Tokens (B, N, embed), before the pooling head."""
+        mask = states.token_mask
+        reduced = [reduce(hidden) for reduce, hidden in zip(self.reduce, states.hidden_states, strict=True)]
+        anchor = reduced[-1]
+        merged = [truncated_attention(anchor, tokens, mask) + tokens for tokens in reduced[:-1]]
+        summaries = [masked_mean(tokens, mask) for tokens in reduced[:-1]]
+        mixed = self.confidence(masked_mean(anchor, mask), summaries, merged)
+        return self.output(anchor + self.project(mixed))
+
+
+def window_size(stage: torch.Tensor, c5: torch.Tensor, input_size: tuple[int, int]) -> tuple[int, int]:
+    """``k`` per axis: the stage's spatial size over C5's, read from the actual maps.
+    Raises `ConfigError` when it is not an integer."""
+    (h, w), (h5, w5) = stage.shape[-2:], c5.shape[-2:]
+    if h % h5 or w % w5:
+        raise ConfigError(
+            f"unipt (CNN variant): a {input_size[0]}x{input_size[1]} input gives a {h}x{w} stage map that is not a whole "
+            f"multiple of C5's {h5}x{w5}, so the window size k = stage size / C5 size is not an integer; "
+            "use input sizes that are multiples of 32"
+        )
+    return h // h5, w // w5
+
+
+class StageInteraction(nn.Module):
+    """Pre-interaction of one earlier stage with C5: C5 mapped to the stage's channels
+    (1x1 conv + ReLU), upsampled (nearest), multiplied with the stage map and summed over
+    channels into a saliency map; per ``k x k`` window ReLU, L1 norm, ``+ 1/k²``; the
+    weighted stage map sum-pooled to C5's size; 1x1 conv to ``m`` + BatchNorm."""
+
+    def __init__(self, c5_channels: int, channels: int, width: int):
+        super().__init__()
+        self.guide = nn.Sequential(nn.Conv2d(c5_channels, channels, 1), nn.ReLU())
+        self.reduce = _conv_bn(channels, width)
+
+    def forward(self, stage: torch.Tensor, c5: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:
+        """(B, H5*W5, m) tokens of the stage."""
+        b, c, h, w = stage.shape
+        (kh, kw), (h5, w5) = k, c5.shape[-2:]
+        guide = F.interpolate(self.guide(c5), size=(h, w), mode="nearest")
+        saliency = (guide * stage).sum(dim=1).relu().reshape(b, h5, kh, w5, kw)
+        weights = saliency / saliency.sum(dim=(2, 4), keepdim=True).clamp(min=L1_EPS) + 1.0 / (kh * kw)
+        weighted = stage * weights.reshape(b, 1, h, w)
+        pooled = weighted.reshape(b, c, h5, kh, w5, kw).sum(dim=(3, 5))
+        return _tokens(self.reduce(pooled))
+
+
+class CnnUniPT(nn.Module):
+    """CNN variant over stages C2..C5: anchor = C5 by 1x1 conv + BatchNorm to ``m`` as
+    tokens; each earlier stage through `StageInteraction`, then truncated attention from
+    the anchor tokens plus identity; confidence over the stages; ``anchor + Proj(M)``."""
+
+    def __init__(self, channels: list[int], width: int, embed: int):
+        super().__init__()
+        *earlier, c5 = channels
+        self.anchor = _conv_bn(c5, width)
+        self.stages = nn.ModuleList(StageInteraction(c5, c, width) for c in earlier)
+        self.confidence = LayerConfidence(width)
+        self.project = _project(width)
+        self.output = _output(width, embed)
+
+    def forward(self, maps: tuple[torch.Tensor, ...], input_size: tuple[int, int]) -> torch.Tensor:
+        """Tokens (B, H5*W5, embed) from the stage maps C2..C5, before the pooling head."""
+        *earlier, c5 = maps
+        sizes = [window_size(stage, c5, input_size) for stage in earlier]  # all checked before any work
+        anchor = _tokens(self.anchor(c5))
+        merged, summaries = [], []
+        everywhere = torch.ones(anchor.shape[:2], dtype=torch.bool, device=anchor.device)
+        for interact, stage, k in zip(self.stages, earlier, sizes, strict=True):
+            tokens = interact(stage, c5, k)
+            merged.append(truncated_attention(anchor, tokens, everywhere) + tokens)
+            summaries.append(tokens.mean(dim=1))
+        mixed = self.confidence(anchor.mean(dim=1), summaries, merged)
+        return self.output(anchor + self.project(mixed))
+
+
+class UniPTVse(BackboneWrapper):
+    """The frozen VSE dual encoder with UniPT's CNN variant on the image tower and its
+    token-level variant on the text tower; exposes the backbone's interface."""
+
+    frozen_eval = True
+
+    def __init__(self, backbone: VseDualEncoder, image: CnnUniPT, text: TokenUniPT):
+        super().__init__(backbone)
+        self.image = image
+        self.text = text
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        maps = self.backbone.frozen_states("vision", pixel_values=pixel_values).hidden_states
+        return self.image(maps, tuple(pixel_values.shape[-2:])).mean(dim=1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.backbone.frozen_states("text", input_ids=input_ids, attention_mask=attention_mask)
+        return masked_mean(self.text(states), states.token_mask)
+
+
+def _width(backbone: DualEncoder, cfg: UniPTConfig) -> int:
+    """m = the joint embedding width / r_d."""
+    if backbone.embed_dim % cfg.downsample:
+        raise ConfigError(f"unipt: downsample={cfg.downsample} must be a positive divisor of the embedding width {backbone.embed_dim}")
+    return backbone.embed_dim // cfg.downsample
+
+
+UNIPT = register("unipt", UniPTConfig, lr_grid=(3e-3, 1e-2, 3e-2))
+
+
+@UNIPT.builder("clip", keeps=NOTHING)
+def build_clip(backbone: ClipDualEncoder, cfg: UniPTConfig) -> UniPT:
+    """The dual-encoder variant."""
+    width = _width(backbone, cfg)
     config = backbone.clip.config
     backbone.requires_grad_(False)
     towers = {}
     with torch.device(backbone.device):
         for tower in TOWERS:
             tower_config = config.vision_config if tower == "vision" else config.text_config
-            n_states = tower_config.num_hidden_layers + 1
-            towers[tower] = UniPTTower(n_states, tower_config.hidden_size, embed, embed // cfg.downsample)
+            towers[tower] = UniPTTower(tower_config.num_hidden_layers + 1, tower_config.hidden_size, backbone.embed_dim, width)
     return UniPT(backbone, towers)
+
+
+@UNIPT.builder("vse", keeps=NOTHING)
+def build_vse(backbone: VseDualEncoder, cfg: UniPTConfig) -> UniPTVse:
+    """The CNN variant on the image tower and the token-level variant on the text tower."""
+    width = _width(backbone, cfg)
+    backbone.requires_grad_(False)
+    embed, text_config = backbone.embed_dim, backbone.bert.config
+    with torch.device(backbone.device):
+        image = CnnUniPT(list(backbone.resnet.config.hidden_sizes), width, embed)
+        text = TokenUniPT(text_config.num_hidden_layers + 1, text_config.hidden_size, width, embed)
+    return UniPTVse(backbone, image, text).train(backbone.training)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import CLIPModel
+
+from petlbench.models.backbone import DualEncoder, TowerStates
 
 TOWERS = ("vision", "text")
 
@@ -20,18 +20,11 @@ def eot_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return (input_ids == eos_token_id).to(torch.int).argmax(dim=-1)
 
 
-@dataclass
-class TowerStates:
-    """What side networks read from a frozen tower."""
-
-    hidden_states: tuple[torch.Tensor, ...]  # L+1 tensors (B, N, d): embedding output, then each block's output
-    token_mask: torch.Tensor  # (B, N) bool, False on padding
-    pool_index: torch.Tensor  # (B,) the position the tower pools (CLS for vision, EOT for text)
-
-
-class ClipDualEncoder(nn.Module):
+class ClipDualEncoder(DualEncoder):
     """Wraps a transformers `CLIPModel`; exposes what methods need by role, not by the
     library's attribute names (which change between major versions)."""
+
+    family = "clip"
 
     def __init__(self, clip: CLIPModel):
         super().__init__()
@@ -50,9 +43,8 @@ class ClipDualEncoder(nn.Module):
         return self.clip.logit_scale
 
     @property
-    def device(self) -> torch.device:
-        """Where the backbone lives: methods create their tensors here (`train.prepare` checks)."""
-        return self.clip.logit_scale.device
+    def embed_dim(self) -> int:
+        return self.clip.config.projection_dim  # the towers' own sub-configs carry another projection_dim
 
     def projections(self) -> list[nn.Module]:
         """The towers' final projection layers (the "head" of methods.md)."""
@@ -80,10 +72,12 @@ class ClipDualEncoder(nn.Module):
         out = self.clip.text_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         return TowerStates(out.hidden_states, mask.bool(), eot_positions(ids, self.clip.config.text_config.eos_token_id))
 
-    def tower_head(self, tower: str, tokens: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
-        """The tower's frozen final norm, pooling and projection applied to (B, N, d) tokens
-        (LayerNorm is per token, so norm-then-pool equals CLIP's own order for both towers).
-        Runs under the caller's grad mode: side methods need the gradient through it."""
+    def tower_head(
+        self, tower: str, tokens: torch.Tensor, *, token_mask: torch.Tensor | None = None, pool_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The tower's final norm, pooling at ``pool_index`` (CLIP pools one token; the mask
+        is not needed) and projection applied to (B, N, d) tokens (LayerNorm is per token,
+        so norm-then-pool equals CLIP's own order for both towers)."""
         norm, projection = (
             (self.clip.vision_model.post_layernorm, self.clip.visual_projection)
             if tower == "vision"

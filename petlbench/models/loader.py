@@ -63,7 +63,7 @@ class LoadedModel(NamedTuple):
 class Architecture:
     """What estimates and checks need of a model, from its configs alone (no weights)."""
 
-    family: str  # "clip" or "vse": the backbone kind methods declare (`MethodSpec.backbones`)
+    family: str  # "clip" or "vse": the family methods register builders for (`MethodSpec.builder`)
     max_text_positions: int
     image_size: int  # the side of the square images the model is fed
     num_channels: int

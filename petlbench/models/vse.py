@@ -14,9 +14,9 @@ Interface, by role, as `ClipDualEncoder` where it makes sense:
   transformer blocks, so methods that walk blocks (adapters, prompts, partial, LoRA's
   targets) see BERT's layers and nothing of the CNN.
 - `final_norms()` is empty (neither tower ends in a norm before its head).
-- `tower_states('text', ...)`: BERT's L+1 hidden states; `stage_maps(pixel_values)`: the
+- `tower_states('text', ...)`: BERT's L+1 hidden states; `tower_states('vision', ...)`: the
   ResNet stage feature maps C2..C5 (B, C, H, W), what UniPT's CNN variant reads;
-  `tower_head(tower, tokens, token_mask)`: a head on tokens (side networks end in it).
+  `tower_head(tower, tokens, token_mask=...)`: a head on tokens (side networks end in it).
 - A frozen image tower (no parameter training) always runs in eval mode, so its
   BatchNorm running statistics stay bit-identical; when it trains (`full`), its
   BatchNorms follow the module's train/eval mode as usual.
@@ -30,15 +30,15 @@ import torch
 from torch import nn
 from transformers import AutoModel, BertConfig, BertModel, ResNetConfig, ResNetModel
 
-from petlbench.models.clip import TowerStates
+from petlbench.models.backbone import DualEncoder, TowerStates
 from petlbench.models.pooling import masked_mean
 
 # CLIP's initial temperature (1/0.07), for a comparable contrastive loss.
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 
 
-class VseDualEncoder(nn.Module):
-    kind = "vse"
+class VseDualEncoder(DualEncoder):
+    family = "vse"
 
     def __init__(self, resnet: ResNetModel, bert: BertModel, embed_dim: int):
         super().__init__()
@@ -57,26 +57,23 @@ class VseDualEncoder(nn.Module):
         trains = any(p.requires_grad for p in self.resnet.parameters())
         self.resnet.train(self.training and trains)
 
-    def stage_maps(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The ResNet stage outputs C2..C5, each (B, C_i, H_i, W_i). Runs under the
-        caller's grad mode."""
-        self._image_tower_mode()
-        out = self.resnet(pixel_values=pixel_values, output_hidden_states=True)
-        return tuple(out.hidden_states[1:])  # hidden_states[0] is the stem's output
-
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, embed_dim): global average pool of C5, then the image projection."""
         self._image_tower_mode()
         c5 = self.resnet(pixel_values=pixel_values).last_hidden_state
         return self.image_projection(c5.mean(dim=(2, 3)))
 
-    # -- text tower --------------------------------------------------------------------
     def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
-        """BERT's L+1 hidden states (embedding output, then each layer's output). The
-        text head pools by masked mean, so ``pool_index`` is the CLS position only for
-        the record; nothing here pools at it. The image tower has stage maps instead."""
-        if tower != "text":
-            raise ValueError("VseDualEncoder: the image tower is a CNN; read its stage maps with stage_maps()")
+        """'vision': the ResNet stage outputs C2..C5, each (B, C_i, H_i, W_i), with every
+        position of C5 a token; 'text': BERT's L+1 hidden states (embedding output, then
+        each layer's output). Both heads pool by a mean, so ``pool_index`` (zeros) is only
+        there to fill the interface."""
+        if tower == "vision":
+            self._image_tower_mode()
+            maps = tuple(self.resnet(pixel_values=inputs["pixel_values"], output_hidden_states=True).hidden_states[1:])  # [0]: the stem
+            b, _, h, w = maps[-1].shape
+            every = torch.ones(b, h * w, dtype=torch.bool, device=maps[-1].device)
+            return TowerStates(maps, every, torch.zeros(b, dtype=torch.long, device=maps[-1].device))
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         out = self.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         zeros = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
@@ -87,21 +84,17 @@ class VseDualEncoder(nn.Module):
         tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return masked_mean(self.text_projection(tokens), attention_mask.bool())
 
-    def tower_head(self, tower: str, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def tower_head(
+        self, tower: str, tokens: torch.Tensor, *, token_mask: torch.Tensor | None = None, pool_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The tower's head on (B, N, width) tokens: for 'vision' C5's positions as tokens
         (their mean, then the projection), for 'text' BERT-width tokens (the projection per
-        token, then the masked mean). Runs under the caller's grad mode: side methods need
-        the gradient through it."""
+        token, then the mean over ``token_mask``)."""
         if tower == "vision":
             return self.image_projection(tokens.mean(dim=1))
         return masked_mean(self.text_projection(tokens), token_mask)
 
     # -- roles -------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        """Where the backbone lives: methods create their tensors here (`train.prepare` checks)."""
-        return self.logit_scale.device
-
     def projections(self) -> list[nn.Module]:
         return [self.image_projection, self.text_projection]
 

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from petlbench.schema import METRICS, STATUSES
+
 GIB, MIB = 2**30, 2**20
 
-STATUS_LABELS = {"ok": "ok", "oom": "OOM", "diverged": "diverged", "unsupported": "unsupported", "error": "error"}
+STATUS_LABELS = {**{status: status for status in STATUSES}, "oom": "OOM"}
 SOURCE_LABELS = {"cuda": "CUDA", "cpu-accounting": "CPU accounting", "estimate": "estimate"}
-RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
 # How each named figure is read from a record, in base units (bytes, parameters, seconds,
 # percent). A figure a record lacks (a failed run, an estimate without metrics) is None.
@@ -33,7 +34,7 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     "step_time_s": lambda r: r["cost"]["step_time_s_median"],
     "data_wait_s": lambda r: r["cost"]["data_wait_s_median"],
     "eval_s": lambda r: r["cost"]["eval_s"],
-    **{name: (lambda r, name=name: r["metrics"][name]) for name in (*RECALLS, "rsum")},
+    **{name: (lambda r, name=name: r["metrics"][name]) for name in METRICS},
     "rsum_folds": lambda r: r["metrics"]["folds"]["rsum"],
 }
 

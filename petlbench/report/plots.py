@@ -49,7 +49,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def method_styles(methods: Sequence[str]) -> dict[str, tuple[tuple[float, float, float], str]]:
     """(colour, marker) per method, fixed by its position among the registered methods
     (unregistered names, from older records, follow in name order)."""
-    from petlbench.registry import registered
+    from petlbench.methods import registered
 
     order = sorted(registered())
     order += sorted(set(methods) - set(order))

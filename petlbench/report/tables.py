@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from petlbench.report import Group, by_suite, group, memory_unit, source_label, sources, split_note, status_label, suite_title, value
+from petlbench.schema import RECALLS
 
 BY = {"variant": ("variant",), "variant,seed": ("variant", "seed")}
 FORMATS = ("md", "latex", "csv")
@@ -35,7 +36,7 @@ COLUMNS = (
     Column("train_peak_bytes", "train peak ({unit}{source})", 2, True, scale=None),
     Column("step_time_s", "step time (ms)", 1, True, scale=1e-3),
     Column("data_wait_s", "data wait (ms)", 1, True, scale=1e-3),
-    *(Column(f"{d}_r{k}", f"{d} R@{k}", 1, False) for d in ("i2t", "t2i") for k in (1, 5, 10)),
+    *(Column(name, name.replace("_r", " R@"), 1, False) for name in RECALLS),
     Column("rsum", "rSum", 1, False),
     Column("rsum_folds", "rSum (fold mean)", 1, False),
     Column("eval_peak_bytes", "eval peak ({unit})", 2, True, scale=None),

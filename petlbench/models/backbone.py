@@ -1,0 +1,77 @@
+"""The interface every backbone family implements (CLIP; a ResNet with BERT): what methods
+and the training loop use of a dual encoder, by role rather than by the library's attribute
+names. A method reads only this; it registers one builder per family it supports
+(`petlbench.registry`) and never asks which family it got."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TowerStates:
+    """What side networks read from a frozen tower."""
+
+    # Transformer towers: L+1 tensors (B, N, d), the embedding output and each block's output;
+    # a CNN tower: its stage feature maps (B, C_i, H_i, W_i), first to last.
+    hidden_states: tuple[torch.Tensor, ...]
+    token_mask: torch.Tensor  # (B, N) bool, False on padding (a CNN: every position of its last map)
+    pool_index: torch.Tensor  # (B,) the position the tower pools (CLS for vision, EOT for CLIP text)
+
+
+class DualEncoder(nn.Module, ABC):
+    """An image tower and a text tower mapping into one embedding space."""
+
+    family: ClassVar[str]  # the name methods register their builders under ("clip", "vse")
+    logit_scale: nn.Parameter  # the contrastive loss's log temperature (an attribute or a property)
+    embed_dim: int  # the width of the joint embedding space
+
+    @abstractmethod
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) image embeddings, (B, embed)."""
+
+    @abstractmethod
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) text embeddings, (B, embed)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone lives: methods create their tensors here (`train.prepare` checks)."""
+        return self.logit_scale.device
+
+    @abstractmethod
+    def projections(self) -> list[nn.Module]:
+        """The towers' final projection layers (the "head" of methods.md)."""
+
+    @abstractmethod
+    def blocks(self) -> dict[str, nn.ModuleList]:
+        """Each transformer tower's blocks, first to last (a CNN tower has none)."""
+
+    @abstractmethod
+    def final_norms(self) -> list[nn.Module]:
+        """The norms applied after each tower's last block (none where a tower has none)."""
+
+    @abstractmethod
+    def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
+        """Per-layer states of ``tower`` ('vision': pixel_values; 'text': input_ids,
+        attention_mask), under the caller's grad mode."""
+
+    def frozen_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
+        """`tower_states` of the body under an explicit ``no_grad``, for methods whose backward
+        must not enter the backbone: ``requires_grad=False`` alone lets any trainable module
+        before the body (a prompt, a trainable embedding) rebuild the body's whole graph."""
+        with torch.no_grad():
+            return self.tower_states(tower, **inputs)
+
+    @abstractmethod
+    def tower_head(
+        self, tower: str, tokens: torch.Tensor, *, token_mask: torch.Tensor | None = None, pool_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The tower's frozen head (its final norm, pooling and projection) applied to (B, N,
+        width) tokens, under the caller's grad mode: side methods need the gradient through
+        it. A family pools either at ``pool_index`` (CLIP) or over ``token_mask`` (VSE)."""

@@ -1,0 +1,235 @@
+"""The result record, field by field (``schema: 2``): one definition that the writer builds
+and the reader checks every record against (`petlbench.records`), and that the README's
+record table lists. Records are stored as JSON objects with exactly these keys.
+
+Schema 1 (the first landed form) is read too: it is schema 2 without the fields added
+since, which take their defaults. Optional sections added later keep schema 2; only a
+change in the meaning of a field bumps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+SCHEMA = 2
+READABLE = (1, 2)
+STATUSES = ("ok", "oom", "diverged", "unsupported", "error")
+RECALL_KS = (1, 5, 10)
+DIRECTIONS = ("i2t", "t2i")  # image to text, text to image
+# The metric names, defined once: recalls at each k both ways (`metrics.retrieval_recalls`), then rSum.
+RECALLS = tuple(f"{d}_r{k}" for d in DIRECTIONS for k in RECALL_KS)
+METRICS = (*RECALLS, "rsum")
+
+
+@dataclass
+class Run:
+    """What ran, and how it ended."""
+
+    suite: str  # the suite's name
+    suite_version: int  # the suite file's version
+    suite_hash: str  # the resolved suite less what cannot change a result: records share a table only when it is equal
+    run_hash: str  # suite, method configuration and seed: the resume key
+    method: str  # the registered method
+    variant: str  # the method YAML's name (the file name)
+    seed: int  # the run's seed
+    overrides: list[str]  # the `--set` overrides, as given
+    status: str  # one of STATUSES
+    error: str | None  # why, where the status is not ok
+    finished: str  # when the record was written (UTC, ISO 8601)
+    memory_limit_bytes: int | None = None  # `--memory-limit`: the cap on each run's CUDA caching allocator
+
+
+@dataclass
+class Memory:
+    """Peak memory, in bytes (measurement.md says what each figure includes)."""
+
+    source: str  # how it was measured: cuda, cpu-accounting or estimate
+    train_peak_bytes: int  # the training window's peak (headline)
+    eval_peak_bytes: int | None  # the evaluation phase's peak (none for estimates)
+    train_reserved_peak_bytes: int | None  # CUDA: the caching allocator's reserved peak in the training window
+    eval_reserved_peak_bytes: int | None  # CUDA: the same in evaluation
+    train_breakdown: dict[str, int]  # the training peak by category (resident parameters, optimizer state, transient peak, ...)
+    measured_steps: list[int]  # first and last step of the measured window
+    nvml_train_peak_bytes: int | None = None  # CUDA: the process's used GPU memory as nvidia-smi shows it, sampled
+    nvml_approximate: bool | None = None  # CUDA: the NVML figure is device-level, less the reading before the window
+    nvml_unavailable: str | None = None  # CUDA: why there is no NVML figure
+    target: str | None = None  # estimates: what the figure models (cuda, cpu)
+    allocation_granularity_bytes: int | None = None  # estimates: the allocation rounding modelled
+    budget_bytes: int | None = None  # estimates: the memory budget searched within
+    validated: bool | None = None  # estimates: whether the figure's model has been checked on a GPU
+    unvalidated: list[str] | None = None  # estimates: what is not yet checked
+
+
+@dataclass
+class Cost:
+    """What the run cost: parameters, memory, time."""
+
+    params_trainable: int  # trainable parameters (a shared tensor counted once)
+    params_total: int  # all parameters
+    trainable_state_bytes: int  # bytes of the trainable state a user stores per task
+    memory: Memory
+    attention_kernels: list[str] | None = None  # the attention operators the warm-up step dispatched to ("math": unfused)
+    step_time_s_median: float | None = None  # median time of a timed step (copy to the device and the step)
+    data_wait_s_median: float | None = None  # median time a timed step waited for its batch
+    data_workers: int | None = None  # DataLoader worker processes
+    timed_steps: list[int] = field(default_factory=list)  # first and last timed step
+    train_samples_per_s: float | None = None  # training throughput, batch waits included
+    eval_samples_per_s: float | None = None  # evaluation throughput (images and captions)
+    train_s: float | None = None  # training wall time
+    eval_s: float | None = None  # evaluation wall time
+    wall_s: float | None = None  # the whole run's wall time
+
+
+@dataclass
+class Folds:
+    """The mean over equal folds of the evaluated split (COCO's 1K test)."""
+
+    count: int  # folds
+    images: int  # images per fold
+    i2t_r1: float | None
+    i2t_r5: float | None
+    i2t_r10: float | None
+    t2i_r1: float | None
+    t2i_r5: float | None
+    t2i_r10: float | None
+    rsum: float | None
+
+
+@dataclass
+class Metrics:
+    """Retrieval recalls in percent (measurement.md: the Flickr30K / COCO protocol); null only
+    in a run that did not end ok (a non-finite value, `records.write_record`)."""
+
+    i2t_r1: float | None  # image to text, recall at 1
+    i2t_r5: float | None
+    i2t_r10: float | None
+    t2i_r1: float | None  # text to image, recall at 1
+    t2i_r5: float | None
+    t2i_r10: float | None
+    rsum: float | None  # the sum of the six recalls (out of 600)
+    images: int  # images evaluated
+    captions: int  # captions evaluated
+    folds: Folds | None = None  # with eval.folds > 1
+
+
+@dataclass
+class Record:
+    """One (variant, seed) of a sweep, or one estimate."""
+
+    schema: int  # SCHEMA when written
+    run: Run
+    config: dict[str, Any]  # the fully resolved suite ("suite") and method configuration ("method")
+    trainable_rule: dict[str, str] | None  # whether the projections (head) and the logit scale (temperature) trained
+    metrics: Metrics | None  # none for estimates and runs that did not finish
+    cost: Cost | None  # none for runs that did not finish
+    env: dict[str, Any]  # provenance: git commit, package versions, device, threads, CUDA settings
+
+
+SECTIONS = {"run": Run, "cost": Cost, "memory": Memory, "metrics": Metrics, "folds": Folds}
+
+
+class OffSchema(ValueError):
+    """A record that is not what `Record` says, with where."""
+
+
+def _check(value: Any, tp: Any, where: str) -> None:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return
+    if origin in (Union, types.UnionType):
+        if value is None:
+            if type(None) not in args:
+                raise OffSchema(f"{where} is null")
+            return
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _check(value, option, where)
+            except OffSchema as exc:
+                errors.append(exc)
+        raise errors[0]
+    if tp is type(None):
+        if value is not None:
+            raise OffSchema(f"{where} is {type(value).__name__}, not null")
+        return
+    if dataclasses.is_dataclass(tp):
+        _check_fields(value, tp, where)
+        return
+    if origin is list:
+        if not isinstance(value, list):
+            raise OffSchema(f"{where} is {type(value).__name__}, not a list")
+        for i, item in enumerate(value):
+            _check(item, args[0], f"{where}[{i}]")
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise OffSchema(f"{where} is {type(value).__name__}, not an object")
+        for key, item in value.items():
+            _check(item, args[1], f"{where}.{key}")
+        return
+    ok = {
+        int: type(value) is int,
+        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+    }[tp]
+    if not ok:
+        raise OffSchema(f"{where} is {type(value).__name__}, not {tp.__name__}")
+
+
+def _check_fields(data: Any, cls: type, where: str) -> None:
+    if not isinstance(data, dict):
+        raise OffSchema(f"{where or 'the record'} is {type(data).__name__}, not an object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(data) - set(fields)):
+        raise OffSchema(f"{where + '.' if where else ''}{unknown[0]} is not a field of {cls.__name__}")
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise OffSchema(f"{path} is missing")
+            continue
+        _check(data[name], hints[name], path)
+
+
+def check(data: Any) -> dict[str, Any]:
+    """``data`` as a schema-2 record (a schema-1 one takes the defaults of the fields added
+    since); raises `OffSchema` naming the first field at fault. The rules across fields: a
+    record's status is one of STATUSES, and an ok run has its cost and, unless it is an
+    estimate, its metrics."""
+    if not isinstance(data, dict):
+        raise OffSchema(f"a JSON {type(data).__name__}, not a record object")
+    if data.get("schema") not in READABLE:
+        raise OffSchema(f"schema {data.get('schema')!r}, not one of {', '.join(map(str, READABLE))}")
+    _check_fields(data, Record, "")
+    run = data["run"]
+    if run["status"] not in STATUSES:
+        raise OffSchema(f"run.status {run['status']!r} is not one of {', '.join(STATUSES)}")
+    if run["status"] == "ok":
+        if data["cost"] is None:
+            raise OffSchema("an ok run without cost")
+        metrics = data["metrics"]
+        if metrics is None and data["cost"]["memory"]["source"] != "estimate":
+            raise OffSchema("an ok run without metrics")
+        if metrics is not None and (missing := [m for m in METRICS if metrics[m] is None]):
+            raise OffSchema(f"an ok run with metrics.{missing[0]} null")
+    if data["cost"] is not None and data["cost"]["params_total"] < 1:
+        raise OffSchema("cost.params_total is below 1")
+    return {**data, "schema": SCHEMA}
+
+
+def build(**sections: Any) -> dict[str, Any]:
+    """A schema-2 record from its sections (plain data), checked before it is written, so
+    that the writer cannot drift from the schema."""
+    return check({"schema": SCHEMA, **sections})
+
+
+def fields_of(cls: type) -> list[str]:
+    """The field names of a section, in order: what the README's record table lists."""
+    return [f.name for f in dataclasses.fields(cls)]
