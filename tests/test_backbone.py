@@ -16,9 +16,12 @@ def test_tower_states_and_head_reproduce_the_model_embeddings():
         vision = model.tower_states("vision", pixel_values=pixels)
         text = model.tower_states("text", input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         assert len(vision.hidden_states) == len(text.hidden_states) == 4 + 1
-        torch.testing.assert_close(model.tower_head("vision", vision.hidden_states[-1], pool_index=vision.pool_index), model.encode_image(pixels))
         torch.testing.assert_close(
-            model.tower_head("text", text.hidden_states[-1], pool_index=text.pool_index), model.encode_text(enc["input_ids"], enc["attention_mask"])
+            model.tower_head("vision", vision.hidden_states[-1], pool_index=vision.pool_index), model.encode_image(pixels)
+        )
+        torch.testing.assert_close(
+            model.tower_head("text", text.hidden_states[-1], pool_index=text.pool_index),
+            model.encode_text(enc["input_ids"], enc["attention_mask"]),
         )
     # EOT = the last real token of each caption (the tokenizer appends <eos>)
     assert text.pool_index.tolist() == (enc["attention_mask"].sum(1) - 1).tolist()
