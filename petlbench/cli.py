@@ -122,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from petlbench.sweep import make_plan, resolve_device, run_plan
+    from petlbench.sweep import Interrupted, make_plan, resolve_device, run_plan
 
     device = resolve_device(args.device)
     if args.memory_limit is not None and device.type != "cuda":
@@ -142,7 +142,15 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(summary_table(results))
     if plan.shard is None:
-        _write_report(plan.output)
+        try:
+            _write_report(plan.output)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            raise Interrupted(
+                signum,
+                f"interrupted by {signal.Signals(signum).name} while writing the report: every run finished, records in "
+                f"{plan.output}; write it with `petlbench report {plan.output}` and `petlbench plot {plan.output}`",
+            ) from None
     else:  # the other shards may still be running: the report is made once they all are done
         print(
             f"shard {plan.shard} done, no report written; once all {plan.shard.count} shards are done, "
@@ -171,12 +179,12 @@ def _print_plan(plan, device) -> None:
 
 def _write_report(folder: Path) -> None:
     """A finished sweep's report (Markdown) and plots, next to its records."""
-    from petlbench.records import read_all
+    from petlbench.records import read_all, write_text_atomic
     from petlbench.report.plots import write_plots
     from petlbench.report.tables import report
 
     found = read_all(folder)
-    (folder / "report.md").write_text(report(found))
+    write_text_atomic(folder / "report.md", report(found))
     plots = write_plots(found, folder)
     print(f"report and plots in {folder}: " + ", ".join(["report.md", *(p.name for p in plots)]))
 

@@ -346,13 +346,13 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                if key in seen:
+                    raise _Refused(f"line {line}: duplicate key {short(key)} (first on line {seen[key]})")
             except TypeError:
-                raise _Refused(f"line {key_node.start_mark.line + 1}: a key must be a plain value, not {short(key)}") from None
-            if first != key_node.start_mark.line + 1:
-                raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {short(key)} (first on line {first})")
+                raise _Refused(f"line {line}: a key must be a plain value, not {short(key)}") from None
+            seen[key] = line
         return super().construct_mapping(node, deep)
 
 

@@ -14,6 +14,7 @@ import signal
 ENV = "PETLBENCH_FAULT"
 POINTS = (
     "run.warmup",  # a run's warm-up step is done (in the run's own process where runs are isolated)
+    "run.spawned",  # the sweep has started a run's own process (in the sweep's process)
     "record.write",  # a record's temporary file is written, not yet renamed into place
     "sweep.recorded",  # a run's record is in place
 )

@@ -63,7 +63,7 @@ def check_writable(folder: Path, create: bool) -> None:
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".petlbench-probe~{socket.gethostname()}~{os.getpid()}"
+        probe = folder / f".petlbench-probe~{socket.gethostname()}~{os.getpid()}~x.tmp"  # `clean_temporaries` knows this form
         probe.write_text("probe\n")
         probe.unlink()
     except OSError as exc:
@@ -72,10 +72,17 @@ def check_writable(folder: Path, create: bool) -> None:
 
 class Lock:
     """``folder/.NAME.lock`` held by this process: `acquire` returns None once held, else
-    the holder's ``host:pid``; `release` removes the file if this process still holds it."""
+    the holder's ``host:pid``; `release` removes the file if this process still holds it.
 
-    def __init__(self, folder: Path, name: str):
+    The lock file appears complete or not at all: the holder's name is written to a file of
+    its own, which is then hard-linked as the lock (a link fails where the lock exists, and
+    is atomic on NFS as well). A lock whose holder is gone is broken under a second lock
+    (``.NAME.lock.break``), after checking that the lock still names that holder, so that
+    two processes breaking one stale lock at once cannot remove a fresh one."""
+
+    def __init__(self, folder: Path, name: str, breakable: bool = True):
         self.path = Path(folder) / f".{name}.lock"
+        self.breakable = breakable
 
     def _holder(self) -> str:
         try:
@@ -83,24 +90,43 @@ class Lock:
         except FileNotFoundError:
             return ""
 
-    def acquire(self) -> str | None:
-        for _ in range(3):  # a stale lock taken over, then created again (another process may win that race)
+    def _create(self) -> bool:
+        mine = self.path.with_name(f"{self.path.name}~{socket.gethostname()}~{os.getpid()}~new.tmp")  # `clean_temporaries` knows this form
+        mine.write_text(owner() + "\n")
+        try:
+            os.link(mine, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive creation (the name follows at once)
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._holder()
-                if not holder or alive(holder) is not False:  # empty: its writer is between create and write
-                    return holder or "another process"
-                stale = self.path.with_name(f"{self.path.name}~stale~{os.getpid()}")
-                try:
-                    os.rename(self.path, stale)  # atomic: of two processes taking over, one renames
-                    stale.unlink()
-                except FileNotFoundError:
-                    pass
-                continue
+                return False
             with os.fdopen(fd, "w") as f:
                 f.write(owner() + "\n")
-            return None
+            return True
+        finally:
+            mine.unlink(missing_ok=True)
+
+    def acquire(self) -> str | None:
+        for _ in range(3):  # a stale lock broken, then created again (another process may win that race)
+            if self._create():
+                return None
+            holder = self._holder()
+            if not holder or alive(holder) is not False:  # empty: only where links are not available, for an instant
+                return holder or "another process"
+            if not self.breakable:  # the breaking lock itself: its stale holder died within two system calls
+                self.path.unlink(missing_ok=True)
+                continue
+            breaking = Lock(self.path.parent, f"{self.path.name[1:]}.break", breakable=False)
+            if breaking.acquire() is not None:
+                return holder  # another process is breaking it
+            try:
+                if self._holder() == holder:
+                    self.path.unlink(missing_ok=True)
+            finally:
+                breaking.release()
         return self._holder() or "another process"
 
     def release(self) -> None:
@@ -131,9 +157,11 @@ def _entries(suite: SuiteConfig, grid: list[tuple[Variant, int]]) -> dict[str, d
     }
 
 
-def _conflicts(folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entries: dict[str, dict[str, Any]]) -> list[str]:
+def _conflicts(folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entries: dict[str, dict[str, Any]], sharded: bool) -> list[str]:
     """Why the plan (``suite``, ``entries``) cannot share ``folder`` with what ``manifest``
-    pins: another suite configuration, or another configuration of a (variant, seed)."""
+    pins: another suite configuration, another configuration of a (variant, seed), or (for
+    a shard) another grid than the one its sibling shards split: shards of two grids
+    would each leave runs out."""
     if manifest["suite_hash"] != cfgmod.suite_hash(suite):
         why = suite_differences([manifest["suite_config"], cfgmod.to_dict(suite)])
         return [
@@ -148,6 +176,12 @@ def _conflicts(folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entri
             out.append(
                 f"{key} was planned with another method configuration ({changed or 'same values, another hash'}; folder vs this run)"
             )
+    grid = manifest.get("shard_grid")
+    if sharded and grid is not None and grid != list(entries):
+        out.append(
+            f"its shards split the grid {', '.join(grid[:4])}{' ...' if len(grid) > 4 else ''} ({len(grid)} runs), this shard's grid "
+            f"has {len(entries)}: every shard must be started with the same --methods and --seeds"
+        )
     return out
 
 
@@ -191,13 +225,13 @@ def _adopted(folder: Path, suite: SuiteConfig) -> dict[str, Any] | None:
     }
 
 
-def check_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]]) -> None:
+def check_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]], sharded: bool = False) -> None:
     """Raise `ConfigError` (exit 2) when the plan disagrees with what ``folder`` holds; reads only."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     manifest = _read_manifest(folder) or _adopted(folder, suite)
-    if manifest is not None and (conflicts := _conflicts(folder, manifest, suite, _entries(suite, grid))):
+    if manifest is not None and (conflicts := _conflicts(folder, manifest, suite, _entries(suite, grid), sharded)):
         raise ConfigError(
             f"--output {folder}: {conflicts[0]}"
             + (f" (and {len(conflicts) - 1} more runs)" if len(conflicts) > 1 else "")
@@ -205,9 +239,10 @@ def check_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, i
         )
 
 
-def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]]) -> None:
-    """Check the plan against ``folder``'s manifest and add its runs, under the manifest's
-    lock (so that two processes starting at once agree or one of them stops)."""
+def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]], sharded: bool = False) -> None:
+    """Check the plan against ``folder``'s manifest and add its runs (a shard: pin the grid
+    its siblings must split), under the manifest's lock, so that two processes starting at
+    once agree or one of them stops."""
     folder = Path(folder)
     lock = Lock(folder, records.MANIFEST)
     deadline = time.monotonic() + MANIFEST_WAIT_S
@@ -216,7 +251,7 @@ def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, 
             raise ConfigError(f"--output {folder}: its manifest is held by {holder} (remove {lock.path} if no such process runs)")
         time.sleep(0.05)
     try:
-        check_manifest(folder, suite, grid)
+        check_manifest(folder, suite, grid, sharded)
         manifest = (
             _read_manifest(folder)
             or _adopted(folder, suite)
@@ -228,7 +263,9 @@ def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, 
                 "runs": {},
             }
         )
-        manifest["runs"].update(_entries(suite, grid))
+        manifest["runs"].update(entries := _entries(suite, grid))
+        if sharded:
+            manifest.setdefault("shard_grid", list(entries))
         records.write_atomic(folder / records.MANIFEST, manifest)
     finally:
         lock.release()

@@ -56,24 +56,36 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, record: dict[str, Any]) -> None:
+def write_text_atomic(path: Path, text: str, variant: str | None = None) -> None:
     """Write to a temporary file in the same folder, then rename: a reader (or an
     interrupted sweep) sees the old file or the new one, never half of one. The file is
-    readable like any other the user writes (0644 under the usual umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
+    readable like any other the user writes (0644 under the usual umask). Raises
+    `OutputError` where it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        faults.inject("record.write", record.get("run", {}).get("variant") if isinstance(record.get("run"), dict) else None)
+        faults.inject("record.write", variant)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, record: dict[str, Any]) -> None:
+    """``record`` as JSON through `write_text_atomic` (no NaN: JSON has none)."""
+    text = json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_text_atomic(path, text, record.get("run", {}).get("variant") if isinstance(record.get("run"), dict) else None)
 
 
 def finite(value: Any, where: str = "") -> tuple[Any, list[str]]:
@@ -151,7 +163,7 @@ def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
             minimal = {"schema": SCHEMA, "run": run, "config": record["config"], "trainable_rule": None, "metrics": None, "cost": None}
             record = schema.check(json.loads(json.dumps({**minimal, "env": record["env"]}, default=str)))
         write_atomic(path, record)
-    except OSError as exc:
+    except OSError as exc:  # a check's own I/O
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return record
 

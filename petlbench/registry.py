@@ -53,6 +53,8 @@ class MethodSpec:
     # (for dry runs and estimates, which have no data).
     needs_data: bool = False
     without_data: Callable[[MethodConfig], MethodConfig] | None = None
+    # The batch size the set-up reads (None: it reads none), checked against the training split.
+    setup_batch: Callable[[MethodConfig], int | None] = lambda cfg: None
     # The learning rates the validation sweep starts from (scripts/lr_sweep.py).
     lr_grid: tuple[float, ...] = ()
     # Why the families without a builder are not supported (one line).

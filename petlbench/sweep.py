@@ -25,6 +25,7 @@ from petlbench import config as cfgmod
 from petlbench import faults, folder, records
 from petlbench.config import ConfigError, SuiteConfig
 from petlbench.data.files import validate as validate_data
+from petlbench.methods import get_method
 from petlbench.models.loader import Architecture, check_weights, load_architecture, load_preprocessors
 from petlbench.registry import UnsupportedError
 from petlbench.train import DivergedError, RunOutcome, prepare, run
@@ -91,7 +92,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _check_data(suite: SuiteConfig) -> None:
+def _check_data(suite: SuiteConfig) -> int:
     """Data read from files is checked whole (every image) before the first run, and so is
     the model's image processor that reads it; the evaluation folds must split the
     evaluated images equally, and a training batch must fit in the training split."""
@@ -112,6 +113,7 @@ def _check_data(suite: SuiteConfig) -> None:
         )
     if suite.train.batch_size > n_train:
         raise ConfigError(f"key 'train.batch_size': {suite.train.batch_size} exceeds the {n_train} images of the training split")
+    return n_train
 
 
 def _dry_prepare(architecture: Architecture, suite: SuiteConfig, variants: list[Variant]) -> dict[str, str]:
@@ -162,7 +164,7 @@ def make_plan(
             f"key 'data.text_length': {suite_cfg.data.text_length} exceeds the {architecture.max_text_positions} text positions of {suite_cfg.model.name}"
         )
     check_weights(suite_cfg.model.name, suite_cfg.model.allow_pickle)
-    _check_data(suite_cfg)
+    n_train = _check_data(suite_cfg)
     names = default_variants() if methods is None else methods
     if names == ["all"]:
         names = shipped()
@@ -172,10 +174,15 @@ def make_plan(
         seeds = suite_cfg.seeds
     _distinct(cfgmod.check_value(SuiteConfig, "seeds", seeds, "--seeds"), "--seeds")
     unsupported = _dry_prepare(architecture, suite_cfg, variants)
+    for variant in variants:
+        if (batch := get_method(variant.method).setup_batch(variant.config)) is not None and batch > n_train:
+            raise ConfigError(
+                f"{variant.source}: its set-up reads batches of {batch}, more than the {n_train} images of the training split"
+            )
     output = output or Path("results") / suite_cfg.name / datetime.now().strftime("%Y%m%d-%H%M%S")
     plan = Plan(suite_cfg, variants, list(seeds), list(overrides), output, shard, unsupported=unsupported)
     folder.check_writable(output, create=False)
-    folder.check_manifest(output, suite_cfg, plan.grid())
+    folder.check_manifest(output, suite_cfg, plan.grid(), sharded=shard is not None)
     return plan
 
 
@@ -191,7 +198,9 @@ class Attempt(NamedTuple):
 
 def limit_cuda_memory(device: torch.device, nbytes: int) -> None:
     """Cap this process's CUDA caching allocator at ``nbytes`` (as on a card that small): the
-    cap is per process, so each run's own process sets it."""
+    cap is per process, so each run's own process sets it. (torch wants an indexed device:
+    ``cuda`` alone is the current one.)"""
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
     total = torch.cuda.get_device_properties(device).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, nbytes / total), device)
 
@@ -225,15 +234,22 @@ def _attempt(plan: Plan, variant: Variant, seed: int, device: torch.device, on_s
 def _child(conn: Connection, plan: Plan, variant: Variant, seed: int, device: torch.device) -> None:
     """The body of a run's own process: each step's loss, then the `Attempt`, go to the parent.
     Ctrl-C reaches the whole process group: the parent decides, and stops this process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # already ignored from the start (`attempt_in_fresh_process`)
     conn.send(("result", attempt(plan, variant, seed, device, lambda loss: conn.send(("step", loss)))))
     conn.close()
+
+
+# How long a run's process may take to exit after its result (CUDA teardown included).
+CHILD_EXIT_S = 60
 
 
 def died(exitcode: int | None) -> str:
     """How a run's process ended without a result, from its exit code."""
     if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else "?"
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:  # a real-time signal has no name
+            name = signal.strsignal(-exitcode) or "no name"
         oom = " (the kernel's out-of-memory killer sends SIGKILL)" if -exitcode == signal.SIGKILL else ""
         return f"the run's process was killed by signal {-exitcode} ({name}){oom}"
     return f"the run's process exited with code {exitcode} before sending its result"
@@ -249,20 +265,28 @@ def attempt_in_fresh_process(
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(send, plan, variant, seed, device), name=f"petlbench-{variant.name}-seed{seed}")
-    process.start()
+    # The child starts with SIGINT ignored (an ignored signal stays ignored across exec):
+    # Ctrl-C reaches the whole process group, and the child's own import time is no place
+    # for a KeyboardInterrupt traceback. The parent decides, and stops the child.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     send.close()  # the child holds the only writer: its exit ends `recv` with EOFError
     result = None
     try:
+        faults.inject("run.spawned", variant.name)
         while result is None:
             try:
                 kind, payload = receive.recv()
-            except EOFError:
+            except (EOFError, OSError):  # the child is gone, possibly in the middle of a message
                 break
             if kind == "step" and on_step is not None:
                 on_step(payload)
             elif kind == "result":
                 result = payload
-        process.join()
+        process.join(CHILD_EXIT_S)  # a child that hangs in its teardown is stopped below
     finally:
         receive.close()
         if process.is_alive():
@@ -299,14 +323,17 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def existing_record(path: Path) -> dict[str, Any] | None:
-    """The record already at ``path`` for resume; an unreadable one is named and re-run."""
+def existing_record(path: Path, unreadable: list[Path] | None = None) -> dict[str, Any] | None:
+    """The record already at ``path`` for resume; an unreadable one is named (and added to
+    ``unreadable``) and run again."""
     if not path.exists():
         return None
     try:
         return records.read(path)
     except records.UnreadableRecord as exc:
         print(f"petlbench: {path}: {exc}; it is run again", file=sys.stderr)
+        if unreadable is not None:
+            unreadable.append(path)
         return None
 
 
@@ -320,11 +347,12 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
     raise `Interrupted` with how far the sweep got."""
     isolate = device.type == "cuda" if isolate is None else isolate
     folder.check_writable(plan.output, create=True)
-    folder.update_manifest(plan.output, plan.suite, plan.grid())
+    folder.update_manifest(plan.output, plan.suite, plan.grid(), sharded=plan.shard is not None)
     for path in folder.clean_temporaries(plan.output):
         print(f"removed {path.name}, left by a writer that is gone", file=sys.stderr)
     out: list[dict[str, Any]] = []
-    elsewhere: list[str] = []
+    elsewhere: list[tuple[str, str, Path]] = []
+    unreadable: list[Path] = []
     grid = plan.runs()
     current = ""
     try:
@@ -332,16 +360,16 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
             current = f"{variant.name} seed {seed}"
             path = records.record_path(plan.output, variant.name, seed)
             run_hash = cfgmod.run_hash(plan.suite, variant, seed)
-            if records.is_done(done := existing_record(path), run_hash, device):
+            if records.is_done(done := existing_record(path, unreadable), run_hash, device):
                 print(f"[{i}/{len(grid)}] {current}: already done, skipped ({path})")
                 out.append(done)
                 continue
             lock = folder.Lock(plan.output, path.stem)
-            if (holder := lock.acquire()) is not None:
-                print(f"[{i}/{len(grid)}] {current}: running in {holder}, left to it")
-                elsewhere.append(current)
-                continue
-            try:
+            try:  # release() removes the lock only if this process holds it
+                if (holder := lock.acquire()) is not None:
+                    print(f"[{i}/{len(grid)}] {current}: running in {holder}, left to it")
+                    elsewhere.append((current, holder, lock.path))
+                    continue
                 if records.is_done(done := existing_record(path), run_hash, device):  # finished by another process meanwhile
                     print(f"[{i}/{len(grid)}] {current}: done by another process, skipped ({path})")
                     out.append(done)
@@ -353,9 +381,13 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
         raise Interrupted(signal.SIGINT, _interrupted_message(signal.SIGINT, current, out, grid, plan)) from None
     except Interrupted as exc:
         raise Interrupted(exc.signum, _interrupted_message(exc.signum, current, out, grid, plan)) from None
+    if unreadable:
+        print(f"{len(unreadable)} unreadable records were run again (named above)", file=sys.stderr)
     if elsewhere:
+        held = "; ".join(f"{run} by {holder} ({lock})" for run, holder, lock in elsewhere)
         print(
-            f"{len(elsewhere)} runs were left to the processes running them ({', '.join(elsewhere)}): their records appear in {plan.output}"
+            f"{len(elsewhere)} runs were left to the processes holding them: {held}. Their records appear in {plan.output}; "
+            "where no such process runs any more (a node that crashed), remove its lock file and run again"
         )
     return out
 

@@ -68,7 +68,15 @@ def measure(model_name: str, suite_name: str, overrides: list[str], variant_name
         ).peak
     except torch.OutOfMemoryError:
         return {**row, "status": "oom"}
-    return {**row, "status": "ok", "peak_bytes": peak.peak_bytes, "reserved_peak_bytes": peak.reserved_peak_bytes}
+    target = "cuda" if device.type == "cuda" else "cpu"
+    estimate = FakeTraining(architecture, suite, load_variant(variant_name), text_length, target).peak(batch_size)
+    return {
+        **row,
+        "status": "ok",
+        "peak_bytes": peak.peak_bytes,
+        "reserved_peak_bytes": peak.reserved_peak_bytes,
+        "estimate_bytes": estimate.peak_bytes,
+    }
 
 
 def environment(device: torch.device) -> dict:
@@ -130,8 +138,7 @@ def main() -> None:
 
     variants = args.methods.split(",") if args.methods else [p.stem for p in available("methods")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    suite, architecture = load_suite(args.suite, args.set), load_architecture(args.model)
-    target = "cuda" if device.type == "cuda" else "cpu"
+    architecture = load_architecture(args.model)
     kept = json.loads(args.output.read_text())["measurements"] if args.append and args.output.is_file() else []
     kept = [m for m in kept if m.get("overrides", []) != args.set]
     fixture = {
@@ -145,23 +152,16 @@ def main() -> None:
     print(f"{'method':<18} {'batch':>5} {'estimate (MiB)':>15} {'measured (MiB)':>15} {'estimate / measured':>20}  {args.set or ''}")
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         pending = [pool.submit(_measure_in_child, _child_command(args, name, b)) for name, b in jobs]
-        for (name, batch_size), future in zip(jobs, pending, strict=True):  # estimates on this CPU while the children measure
-            estimate = FakeTraining(architecture, suite, load_variant(name), architecture.max_text_positions, target).peak(batch_size)
-            row = {
-                "method": name,
-                "batch_size": batch_size,
-                "overrides": args.set,
-                **future.result(),
-                "estimate_bytes": estimate.peak_bytes,
-            }
+        for (name, batch_size), future in zip(jobs, pending, strict=True):
+            row = {"method": name, "batch_size": batch_size, "overrides": args.set, **future.result()}
             fixture["measurements"].append(row)
             write_atomic(args.output, fixture)
-            measured = (
-                f"{row['peak_bytes'] / 2**20:15.1f} {estimate.peak_bytes / row['peak_bytes']:20.4f}"
-                if row["status"] == "ok"
-                else f"{row['status'].upper():>15}"
-            )
-            print(f"{name:<18} {batch_size:>5} {estimate.peak_bytes / 2**20:15.1f} {measured}", flush=True)
+            if row["status"] == "ok":
+                ratio = row["estimate_bytes"] / row["peak_bytes"]
+                measured = f"{row['estimate_bytes'] / 2**20:15.1f} {row['peak_bytes'] / 2**20:15.1f} {ratio:20.4f}"
+            else:
+                measured = f"{'-':>15} {row['status'].upper():>15}"
+            print(f"{name:<18} {batch_size:>5} {measured}", flush=True)
     print(f"measured figures in {args.output}")
 
 

@@ -90,6 +90,7 @@ MODEL_BOUNDS = [
     ("lst", "method.fisher_batch_size=1", "must be at least 2"),
     ("unipt", "method.downsample=3", "downsample=3 must be a positive divisor of the embedding width 64"),
     ("prompt", "method.prompts=0", "must be at least 1"),
+    ("lst", "method.fisher_batch_size=100", "its set-up reads batches of 100, more than the 48 images of the training split"),
 ]
 
 
@@ -136,6 +137,7 @@ BILLION_LAUGHS = (
 BAD_YAML = [
     ("bomb", BILLION_LAUGHS.encode(), "line 4: alias *a: aliases are not allowed"),
     ("duplicate", b"method: linear\nlr: 0.01\nlr: 0.1\n", "line 3: duplicate key 'lr' (first on line 2)"),
+    ("duplicate on one line", b"method: linear\nlr: 0.01\nx: {a: 1, a: 2}\n", "line 3: duplicate key 'a' (first on line 3)"),
     ("top-level list", b"- method: linear\n", "expected a mapping at the top level, got list"),
     ("top-level scalar", b"linear\n", "expected a mapping at the top level, got str"),
     ("empty", b"", "expected a mapping at the top level, got NoneType"),

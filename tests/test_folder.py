@@ -53,6 +53,22 @@ def test_a_live_holder_keeps_its_lock_and_a_dead_ones_is_taken_over(tmp_path, li
     assert lock.path.exists()
 
 
+def test_a_lock_is_complete_when_it_appears_and_leaves_no_file_behind(tmp_path):
+    lock = folder.Lock(tmp_path, "x")
+    assert lock.acquire() is None
+    assert [p.name for p in tmp_path.iterdir()] == [".x.lock"] and lock.path.read_text() == folder.owner() + "\n"
+
+
+def test_a_stale_lock_being_broken_by_a_live_process_is_left_to_it(tmp_path, live_pid, dead_pid):
+    lock = folder.Lock(tmp_path, "x")
+    lock.path.write_text(f"{HOST}:{dead_pid}\n")
+    (tmp_path / ".x.lock.break.lock").write_text(f"{HOST}:{live_pid}\n")  # another process is breaking it
+    assert lock.acquire() == f"{HOST}:{dead_pid}" and lock.path.read_text().strip() == f"{HOST}:{dead_pid}"
+    (tmp_path / ".x.lock.break.lock").write_text(f"{HOST}:{dead_pid}\n")  # ... and died doing so
+    assert lock.acquire() is None and lock.path.read_text().strip() == folder.owner()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.lock"]
+
+
 def test_a_lock_on_another_host_is_left_alone(tmp_path):
     lock = folder.Lock(tmp_path, "x")
     lock.path.write_text("some-other-host.example:1\n")
@@ -158,6 +174,44 @@ def test_another_suite_or_method_configuration_in_a_used_folder_is_refused(cli, 
         "run", "--suite", "vl-retrieval", "--output", str(out), "--methods", "linear", "--dry-run", *tiny_args("method.lr=1")
     )
     assert code == 2 and "linear--seed0 was planned with another method configuration" in err
+
+
+def test_shards_must_split_the_same_grid(cli, tmp_path):
+    out = tmp_path / "out"
+    grid = ["--suite", "vl-retrieval", "--output", str(out), "--seeds", "0", *tiny_args()]
+    assert cli("run", *grid, "--methods", "linear,bitfit", "--shard", "0/2")[0] == 0
+    code, _, err = cli("run", *grid, "--methods", "linear", "--shard", "1/2", "--dry-run")
+    assert code == 2 and "every shard must be started with the same --methods and --seeds" in err
+    assert cli("run", *grid, "--methods", "linear,bitfit", "--shard", "1/2")[0] == 0
+    _complete(out, ["linear", "bitfit"])
+
+
+def test_two_processes_with_different_suites_cannot_share_a_folder(tmp_path):
+    out = tmp_path / "out"
+    argv = [
+        sys.executable,
+        "-m",
+        "petlbench.cli",
+        "run",
+        "--suite",
+        "vl-retrieval",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+        "--methods",
+        "linear",
+    ]
+    procs = [
+        subprocess.Popen([*argv, *tiny_args(f"train.steps={steps}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for steps in (4, 5)
+    ]
+    errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    assert sorted(proc.returncode for proc in procs) == [0, 2], errors
+    loser = errors[[proc.returncode for proc in procs].index(2)]
+    assert "differing in train.steps" in loser and "use another --output" in loser
+    (record,) = records.load(out).records
+    assert record["config"]["suite"]["train"]["steps"] == json.loads((out / records.MANIFEST).read_text())["suite_config"]["train"]["steps"]
 
 
 def test_a_folder_of_records_from_before_manifests_is_adopted(cli, tmp_path):

@@ -3,8 +3,14 @@ child that dies becomes an `error` record naming its signal or exit code while t
 goes on."""
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 import types
 
+import psutil
 import torch
 
 from petlbench import faults, records, sweep
@@ -33,7 +39,51 @@ def test_a_child_that_dies_is_an_error_record_and_the_sweep_goes_on(tmp_path, mo
 
 def test_exit_codes_are_named():
     assert died(-15) == "the run's process was killed by signal 15 (SIGTERM)"
+    assert died(-9).startswith("the run's process was killed by signal 9 (SIGKILL) (the kernel's out-of-memory killer")
+    assert died(-(signal.SIGRTMIN + 6)).startswith(f"the run's process was killed by signal {signal.SIGRTMIN + 6} (")  # no name
     assert died(3) == "the run's process exited with code 3 before sending its result"
+
+
+# The sweep with isolated runs (the CUDA path) in a process of its own, stopped by SIGTERM
+# once it has started a run's process: the run's process must go with it.
+SIGTERMED_SWEEP = """
+import sys, torch
+from petlbench.sweep import Interrupted, interruptible, make_plan, run_plan
+plan = make_plan("vl-retrieval", ["linear"], [0], sys.argv[1], sys.argv[2:])
+with interruptible():
+    try:
+        run_plan(plan, torch.device("cpu"), isolate=True)
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(128 + exc.signum)
+"""
+
+
+def _spawned_children(since: float) -> list:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if p.info["create_time"] >= since
+        and any("multiprocessing.spawn" in part or "spawn_main" in part for part in p.info["cmdline"] or [])
+    ]
+
+
+def test_a_sweep_stopped_while_a_run_process_works_stops_it_and_leaves_nothing(tmp_path):
+    since = time.time() - 1
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERMED_SWEEP, str(tmp_path / "out"), *TINY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, faults.ENV: "run.spawned:SIGTERM:linear"},
+    )
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr and "interrupted by SIGTERM during linear seed 0: 0 of 1 runs finished" in done.stderr
+    deadline = time.time() + 15
+    while _spawned_children(since) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _spawned_children(since), "the run's process outlived the sweep"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [records.MANIFEST]  # no lock, no record, no temporary file
 
 
 def test_an_out_of_memory_run_is_recorded_oom_with_the_cap(monkeypatch):
@@ -55,13 +105,20 @@ def test_an_out_of_memory_run_is_recorded_oom_with_the_cap(monkeypatch):
     assert error == f"CUDA out of memory. Tried to allocate 2.00 MiB (batch size 8, allocator capped at {160 * 2**20} bytes)"
 
 
-def test_the_cap_is_a_fraction_of_the_device(monkeypatch):
+def test_the_cap_is_a_fraction_of_an_indexed_device(monkeypatch):
     set_to = []
+
+    def set_fraction(fraction, device):
+        if device.index is None:  # what torch does with a bare "cuda"
+            raise ValueError("Expected a torch.device with a specified index or an integer, but got:cuda")
+        set_to.append((fraction, device.index))
+
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=4 * 2**30))
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, device: set_to.append(fraction))
-    sweep.limit_cuda_memory(torch.device("cuda", 0), 2**30)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    sweep.limit_cuda_memory(torch.device("cuda"), 2**30)  # what `--device cuda` resolves to
     sweep.limit_cuda_memory(torch.device("cuda", 0), 8 * 2**30)  # more than the card: the whole card
-    assert set_to == [0.25, 1.0]
+    assert set_to == [(0.25, 1), (1.0, 0)]
 
 
 def test_a_memory_limit_needs_cuda(cli):

@@ -78,7 +78,8 @@ def _bare(uuid):
 
 
 def test_torch_device_is_matched_by_uuid_not_by_index(torch_uuids):
-    # CUDA_VISIBLE_DEVICES=2,0: torch's cuda:0 is NVML's GPU 2, its cuda:1 is GPU 0
+    # as under CUDA_VISIBLE_DEVICES=2,0 (torch reports the UUIDs of the GPUs it sees, in its
+    # order): torch's cuda:0 is NVML's GPU 2, its cuda:1 is GPU 0
     torch_uuids(_bare(GPUS[2]), _bare(GPUS[0]))
     fake = _fake_pynvml()
     assert [nvml.nvml_handle(fake, i) for i in (0, 1)] == [GPUS[2], GPUS[0]]

@@ -11,6 +11,7 @@ import math
 import typing
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from petlbench import config, records
 from petlbench.config import INT64, ConfigError, DataConfig, EvalConfig, ModelConfig, SuiteConfig, TrainConfig
 from petlbench.methods import registered
+from petlbench.report.compare import compare
 from petlbench.report.tables import report
 from tests.test_report import make_record
 
@@ -71,15 +73,22 @@ def test_every_number_list_and_string_field_declares_its_bounds():
     assert not missing, missing
 
 
+SECTIONS = (TrainConfig, DataConfig, EvalConfig, ModelConfig)
+
+
 @SETTINGS
-@given(data=st.dictionaries(st.text(max_size=8), values, max_size=6))
-def test_build_of_any_mapping_is_a_config_or_a_config_error(data):
-    for cls in (TrainConfig, DataConfig, EvalConfig):
-        try:
-            built = config.build(cls, data, "prop")
-        except ConfigError:
-            continue
-        assert isinstance(built, cls)
+@given(cls=st.sampled_from(SECTIONS), data=st.data())
+def test_build_of_any_mapping_is_a_config_or_a_config_error(cls, data):
+    """Mappings over the section's own keys (and now and then another), so that coercion,
+    bounds and the checks across fields are reached, not just the unknown-key check."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    mapping = data.draw(st.dictionaries(st.sampled_from(names) | st.text(max_size=4), values | st.integers(-5, 100), max_size=len(names)))
+    try:
+        built = config.build(cls, mapping, "prop")
+    except ConfigError as exc:
+        assert len(str(exc)) < 400
+        return
+    assert isinstance(built, cls)
 
 
 class _NoAliases(yaml.SafeDumper):
@@ -104,18 +113,27 @@ def test_what_yaml_writes_reads_back_equal(data):
     assert config.load_yaml(yaml.dump(data, Dumper=_NoAliases)) == data
 
 
+SUITE_KEYS = [
+    f"{section}.{f.name}"
+    for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig))
+    for f in dataclasses.fields(cls)
+] + ["name", "version", "seeds", "description"]
+
+
 @SETTINGS
-@given(text=st.text(max_size=60))
+@given(text=st.text(max_size=60) | st.builds("{}={}".format, st.sampled_from(SUITE_KEYS), st.text(max_size=20) | st.integers().map(str)))
 def test_any_override_parses_or_is_a_config_error(text):
+    """Free text, and `KEY=value` over the suite's own keys, so that real fields are reached."""
     try:
         keys, _ = config.parse_override(text)
     except ConfigError:
         return
     assert keys and all(k.strip() for k in keys)
     try:
-        config.load_suite("vl-retrieval", [text])
+        suite = config.load_suite("vl-retrieval", [text])
     except ConfigError:
-        pass
+        return
+    assert isinstance(suite, SuiteConfig)
 
 
 @SETTINGS
@@ -159,3 +177,5 @@ def test_a_damaged_record_is_skipped_or_reported_never_a_crash(tmp_path_factory,
         return
     for fmt in ("md", "latex", "csv"):
         report([record], fmt)
+    compare([record], [record])
+    records.is_done(record, record["run"]["run_hash"], torch.device("cpu"))

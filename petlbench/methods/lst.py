@@ -287,6 +287,7 @@ LST = register(
     needs_data=True,
     # the ranking only picks the side network's initial values; a random init builds the same shapes
     without_data=lambda cfg: dataclasses.replace(cfg, init="random"),
+    setup_batch=lambda cfg: cfg.fisher_batch_size if cfg.init == "fisher" else None,
     lr_grid=(1e-3, 3e-3, 1e-2),
 )
 
