@@ -17,22 +17,15 @@ import math
 import sys
 from pathlib import Path
 
+from petlbench.methods import get_method
 from petlbench.sweep import make_plan, resolve_device, run_plan
+from petlbench.variants import default_variants, load_variant
 
-# Three points per method around the usual range (frozen-backbone methods want 10-100x the
-# full fine-tuning rate). Variants of one method (adapter-pfeiffer, prompt-shallow) take
-# their method's rate.
-GRIDS = {
-    "full": [1e-4, 3e-4, 1e-3],
-    "partial": [3e-4, 1e-3, 3e-3],
-    "linear": [1e-2, 3e-2, 1e-1],
-    "bitfit": [3e-3, 1e-2, 3e-2],
-    "adapter": [1e-3, 3e-3, 1e-2],
-    "lora": [1e-3, 3e-3, 1e-2],
-    "prompt": [3e-3, 1e-2, 3e-2],
-    "lst": [1e-3, 3e-3, 1e-2],
-    "unipt": [3e-3, 1e-2, 3e-2],
-}
+
+def grid(variant: str) -> list[float]:
+    """The starting grid the variant's method declares (`MethodSpec.lr_grid`: three points
+    around the usual range; frozen-backbone methods want 10-100x full fine-tuning's rate)."""
+    return list(get_method(load_variant(variant).method).lr_grid)
 
 
 def _step(lr: float, up: bool) -> float:
@@ -54,7 +47,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", default="vl-retrieval")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default=",".join(GRIDS))
+    p.add_argument("--variants", default=",".join(default_variants()), help="comma-separated variants (any shipped one sweeps)")
     p.add_argument("--output", type=Path, default=Path("results/lr-sweep"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a suite override, as for petlbench run (repeatable)")
@@ -64,7 +57,7 @@ def main() -> None:
 
     rows = []
     for variant in args.variants.split(","):
-        scores = {lr: val_rsum(args, variant, lr) for lr in GRIDS[variant]}
+        scores = {lr: val_rsum(args, variant, lr) for lr in grid(variant)}
         for _ in range(args.max_extend):
             best = max(scores, key=scores.__getitem__)
             if min(scores) < best < max(scores):

@@ -9,6 +9,13 @@
 # the figures moved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# rSum depends on the thread count (the reduction order): the baseline and every check run on
+# two, whatever the machine has (compare refuses a metric comparison across thread counts).
+export OMP_NUM_THREADS=2
+# rSum on this configuration was identical with 1 and 2 threads and with ATEN_CPU_CAPABILITY
+# default and avx2; the tolerance lets one retrieval rank flip for the lowest-scoring variant
+# (one image-to-text hit of 32 test images is 3.125 points, 3.0% of bitfit's 103.75).
+METRIC_TOLERANCE=0.035
 BASELINE=results/baselines/vl-retrieval-ci
 if [ "${1:-}" = "--refresh" ]; then out=$BASELINE; else out=${1:?usage: memory_check.sh OUTPUT_DIR | --refresh}; fi
 
@@ -17,5 +24,5 @@ petlbench run --suite vl-retrieval --methods all --device cpu --output "$out" \
   --set train.batch_size=16 --set train.steps=4 --set train.warmup_steps=1 --set train.measure_steps=2
 
 if [ "$out" != "$BASELINE" ]; then
-  petlbench compare "$BASELINE" "$out" --tolerance 0
+  petlbench compare "$BASELINE" "$out" --tolerance 0 --metric-tolerance "$METRIC_TOLERANCE"
 fi

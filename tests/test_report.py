@@ -372,3 +372,12 @@ def test_run_writes_the_report_and_plots_into_its_folder(cli, tmp_path):
     (table,) = markdown_tables((tmp_path / "report.md").read_text())
     assert [(r["variant"], r["runs"]) for r in table] == [("linear", "1 ok")]
     assert all((tmp_path / f"{stem}.{ext}").stat().st_size > 0 for stem in ("memory_vs_rsum", "memory_breakdown") for ext in ("png", "pdf"))
+
+
+def test_compare_refuses_a_metric_comparison_across_thread_counts(cli, tmp_path):
+    baseline, current = make_record("full"), make_record("full")
+    baseline["env"]["threads"], current["env"]["threads"] = 2, 1
+    b, c = write(tmp_path / "b", [baseline]), write(tmp_path / "c", [current])
+    assert cli("compare", str(b), str(c))[0] == 0  # memory figures do not depend on it
+    code, _, err = cli("compare", str(b), str(c), "--metric-tolerance", "0.01")
+    assert code == 2 and "different thread counts (2 vs 1)" in err

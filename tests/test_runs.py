@@ -1,6 +1,7 @@
 """Short end-to-end runs of every method variant, result records, resume and failures."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -84,6 +85,7 @@ def test_resume_skips_finished_runs_and_refuses_another_config_in_the_folder(cli
     path.write_text('{"not": "a record"}')  # a foreign JSON file is named and run over, not a crash
     code, _, err = _run(cli, tmp_path, "--methods", "linear", *tiny_args())
     assert code == 0 and f"{path}: off-schema: schema None, not one of 1, 2; it is run again" in err
+    assert "1 unreadable records were run again (named above)" in err
 
 
 def test_atomic_write_keeps_the_old_record_on_failure(tmp_path):
@@ -162,3 +164,18 @@ def test_a_run_in_a_fresh_process_gives_the_same_record(tmp_path):
         assert fresh[0][key] == here[0][key]
     assert fresh[0]["cost"]["memory"]["train_peak_bytes"] == here[0]["cost"]["memory"]["train_peak_bytes"]
     assert fresh[0]["cost"]["params_trainable"] == here[0]["cost"]["params_trainable"]
+
+
+def test_training_brings_the_contrastive_loss_below_chance():
+    """The learning test: a batch of 64 pairs at chance has InfoNCE loss log 64 = 4.16; the
+    shipped model starts above it on the target scenes (5.0 zero-shot), and ten steps of full
+    fine-tuning must bring it well below. A method that silently stops learning fails here,
+    where the tiny CI sweep's few steps cannot tell."""
+    suite = config.load_suite(
+        "vl-retrieval", ["data.train_images=1024", "data.val_images=8", "data.test_images=8", "train.steps=10", "train.warmup_steps=2"]
+    )
+    losses = []
+    train.run(suite, load_variant("full"), 0, torch.device("cpu"), losses.append)
+    chance = math.log(suite.train.batch_size)
+    assert len(losses) == 10 and losses[0] > chance
+    assert max(losses[-3:]) < chance - 0.5, [round(loss, 2) for loss in losses]

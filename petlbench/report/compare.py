@@ -82,6 +82,15 @@ def compare(baseline: list[dict], current: list[dict], tolerance: float = 0.02, 
         )
     now = {_key(r): r for r in current}
     pairs = [(b, now[_key(b)]) for b in baseline if _key(b) in now]
+    threads = sorted(
+        {(b["env"].get("threads"), c["env"].get("threads")) for b, c in pairs if b["env"].get("threads") != c["env"].get("threads")},
+        key=str,
+    )
+    if metric_tolerance is not None and threads:
+        raise ConfigError(
+            f"baseline and current ran on different thread counts ({', '.join(f'{b} vs {c}' for b, c in threads)}): accuracy "
+            "depends on the reduction order, so metrics compare only at equal thread counts (pin them with OMP_NUM_THREADS)"
+        )
     if reasons := _incomparable(pairs):
         raise ConfigError("baseline and current are not comparable: " + "; ".join(reasons))
 
