@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from petlbench import config
-from petlbench.variants import load_variant
+from petlbench.methods import registered
+from petlbench.variants import load_variant, shipped
 
 SUITE = config.PROJECT_ROOT / "suites" / "vl-retrieval.yaml"
 
@@ -92,7 +93,7 @@ def test_method_file_errors(cli, tmp_path):
         ["run", "--suite", "vl-retrieval", "--methods", str(unknown)],
         str(unknown),
         "unknown method 'dora'",
-        "registered: adapter, bitfit, full, linear",
+        "registered: " + ", ".join(sorted(registered())),
     )
     _expect_error(
         cli, ["run", "--suite", "vl-retrieval", "--methods", "full", "--set", "method.k=2"], "--set method.k=2", "unknown key 'k'"
@@ -105,7 +106,7 @@ def test_unknown_names(cli):
         cli,
         ["run", "--suite", "vl-retrieval", "--methods", "nope"],
         "unknown method 'nope'",
-        "known: adapter, adapter-pfeiffer, bitfit, full",
+        "known: " + ", ".join(sorted(shipped())),
     )
     _expect_error(cli, ["run", "--suite", "vl-retrieval", "--set", "model.name=/no/such/model"], "'/no/such/model'", "embedded-clip")
 

@@ -11,6 +11,7 @@ from petlbench.methods import lst
 from petlbench.models.loader import load_backbone
 from petlbench.variants import load_variant
 from tests.conftest import tiny_args
+from tests.saved import saved_bytes
 from tests.test_methods import _block_params
 
 
@@ -94,22 +95,6 @@ def test_fisher_importance_is_the_sum_of_squared_gradients_per_batch():
     assert expected.abs().sum() > 0
 
 
-def _saved_bytes(fn, model) -> int:
-    """Bytes of the distinct activation storages autograd saves for backward while ``fn``
-    runs (weights that autograd keeps a reference to are not activations: skipped)."""
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights:
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
-
-
 def test_saved_for_backward_stays_within_the_ladder_bound():
     backbone, tok = _backbone()
     model = lst.LST.apply(backbone, _config(), None)
@@ -125,10 +110,10 @@ def test_saved_for_backward_stays_within_the_ladder_bound():
         ladder_bound = n_states * b * n * d * 4  # (L+1)·B·N·d fp32 elements: what the downs read
         side_mask = lst._causal_padding_mask(states.token_mask) if tower == "text" else None
         detached = tuple(torch.randn_like(h) for h in states.hidden_states)
-        own = _saved_bytes(lambda side=model.side[tower]: side(detached, side_mask), model)  # noqa: B023
+        own = saved_bytes(lambda side=model.side[tower]: side(detached, side_mask), model)  # noqa: B023
         own -= n_states * b * n * d * 4  # the random stand-ins for the states, counted above
         head = 2 * b * d * 4  # the frozen final norm's and projection's inputs: B pooled vectors each
-        saved = _saved_bytes(run, model)
+        saved = saved_bytes(run, model)
         assert saved <= ladder_bound + own + head, (tower, saved, ladder_bound, own)
 
         # the same check fails when the backbone body builds a graph: a trainable embedding
@@ -136,7 +121,7 @@ def test_saved_for_backward_stays_within_the_ladder_bound():
         embeddings = backbone.clip.vision_model.embeddings if tower == "vision" else backbone.clip.text_model.embeddings
         embeddings.requires_grad_(True)
         try:
-            leaky = _saved_bytes(lambda tower=tower: _head(model, tower, *_body_with_grad(model, tower, pixels, ids, mask)), model)
+            leaky = saved_bytes(lambda tower=tower: _head(model, tower, *_body_with_grad(model, tower, pixels, ids, mask)), model)
         finally:
             embeddings.requires_grad_(False)
         assert leaky > ladder_bound + own + head

@@ -19,6 +19,7 @@ from petlbench.models.pooling import masked_mean
 from petlbench.objective import contrastive_loss
 from petlbench.variants import load_variant
 from tests.conftest import tiny_args
+from tests.saved import saved_bytes
 
 F32 = 4
 
@@ -160,20 +161,7 @@ def test_projections_learn_when_the_suite_trains_the_head(backbone, batch):
 
 
 def _saved_bytes(model, tower, inputs) -> int:
-    """Bytes autograd keeps for backward during one forward of ``tower``: each saved
-    tensor's storage counted once, parameters (resident anyway) left out."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _encode(model, tower, inputs)
-    return sum(saved.values())
+    return saved_bytes(lambda: _encode(model, tower, inputs), model)
 
 
 def _budget_bytes(b: int, n: int, layers: int, d: int, d_out: int, m: int) -> tuple[int, int]:

@@ -16,10 +16,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_causal_mask
 
 from petlbench.config import MethodConfig, rule
-from petlbench.models.clip import TOWERS, ClipDualEncoder, eot_positions
+from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.wrapper import BackboneWrapper
 from petlbench.registry import EVERY_BLOCK, register
 
@@ -48,13 +47,8 @@ def _splice(x: torch.Tensor, remove: int, insert: torch.Tensor | None = None) ->
 
 
 class PromptedClip(BackboneWrapper):
-    """A CLIP dual encoder whose towers walk their blocks themselves to splice prompts in.
-
-    Written against the transformers 5.x CLIP layout (pyproject pins >=5,<6):
-    `vision_model.embeddings` then `vision_model.pre_layrnorm`, `text_model.embeddings`,
-    `CLIPEncoderLayer(hidden_states, attention_mask, **kwargs) -> hidden_states`, and the
-    text tower's mask from `masking_utils.create_causal_mask` with `is_causal=True` passed
-    to each layer. Everything else goes through `ClipDualEncoder`."""
+    """A CLIP dual encoder whose towers walk their blocks themselves (`ClipDualEncoder`'s
+    `block_input` / `block_arguments`) to splice prompts in."""
 
     def __init__(self, backbone: ClipDualEncoder, prompts: int, depth: Literal["deep", "shallow"]):
         super().__init__(backbone)
@@ -78,49 +72,34 @@ class PromptedClip(BackboneWrapper):
             bound = math.sqrt(6.0 / (fan_in[tower] + width))
             nn.init.uniform_(self.prompts[tower], -bound, bound)  # the global torch seed
 
-    def _walk(self, tower: str, x: torch.Tensor, mask: torch.Tensor | None, **block_kwargs) -> torch.Tensor:
-        """Run ``tower``'s blocks on ``x`` (which holds the first prompt set), replacing the
-        prompt outputs by the next set before each block that has one; the prompt positions
-        are dropped from the result."""
+    def tokens(self, tower: str, padding: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+        """``tower``'s last-block output (B, N, d), prompt positions dropped.
+
+        VPT inserts prompts into the first block's input: in CLIP's vision tower that is
+        after `pre_layrnorm`, so prompts live where the blocks read and the pre-norm sees
+        only the image tokens it was trained on. Text positions are those of the caption;
+        the (B, N) ``padding`` mask is extended by `p` valid positions after BOS, and the
+        causal mask is built over the longer sequence. Before each block that has a set of
+        its own, the previous block's prompt outputs are replaced by it."""
         prompts = self.prompts[tower]
+        x = self.backbone.block_input(tower, **inputs)
+        x = _splice(x, 0, prompts[0].expand(len(x), -1, -1))
+        if padding is not None:
+            padding = _splice(padding, 0, padding.new_ones(len(x), self.n_prompts))
+        args, kwargs = self.backbone.block_arguments(tower, x, padding)
         for i, block in enumerate(self.backbone.blocks()[tower]):
             if 0 < i < len(prompts):
                 x = _splice(x, self.n_prompts, prompts[i].expand(len(x), -1, -1))
-            x = block(x, mask, **block_kwargs)
+            x = block(x, *args, **kwargs)
         return _splice(x, self.n_prompts)
 
-    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The vision tower's last-block output (B, N, d), prompt positions dropped.
-
-        VPT inserts prompts into the first block's input; in CLIP that is after
-        `pre_layrnorm`, so prompts (first set and deep sets alike) live where the blocks
-        read, and the pre-norm sees only the image tokens it was trained on."""
-        vision = self.backbone.clip.vision_model
-        x = vision.pre_layrnorm(vision.embeddings(pixel_values))
-        x = _splice(x, 0, self.prompts["vision"][0].expand(len(x), -1, -1))
-        return self._walk("vision", x, None)
-
-    def text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The text tower's last-block output (B, N, d), prompt positions dropped; the
-        positions are those of ``input_ids``. The padding mask is extended by `p` valid
-        positions after BOS, and the library builds the causal mask over the longer sequence."""
-        text = self.backbone.clip.text_model
-        x = text.embeddings(input_ids=input_ids)  # position embeddings of the caption's own positions
-        x = _splice(x, 0, self.prompts["text"][0].expand(len(x), -1, -1))
-        padding = _splice(attention_mask, 0, attention_mask.new_ones(len(x), self.n_prompts))
-        # Positional: the fourth argument (no KV cache) is `past_key_values` in transformers
-        # <= 5.17 and `cache` later.
-        mask = create_causal_mask(text.config, x, padding, None)
-        return self._walk("text", x, mask, is_causal=True)
-
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.image_tokens(pixel_values)
-        return self.backbone.tower_head("vision", tokens, pool_index=torch.zeros(len(tokens), dtype=torch.long, device=tokens.device))
+        tokens = self.tokens("vision", pixel_values=pixel_values)
+        return self.backbone.tower_head("vision", tokens, pool_index=self.backbone.pool_index("vision", pixel_values=pixel_values))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tokens = self.text_tokens(input_ids, attention_mask)
-        eot = eot_positions(input_ids, self.backbone.clip.config.text_config.eos_token_id)
-        return self.backbone.tower_head("text", tokens, pool_index=eot)
+        tokens = self.tokens("text", attention_mask, input_ids=input_ids)
+        return self.backbone.tower_head("text", tokens, pool_index=self.backbone.pool_index("text", input_ids=input_ids))
 
 
 PROMPT = register("prompt", PromptConfig, lr_grid=(3e-3, 1e-2, 3e-2))

@@ -65,7 +65,7 @@ class LayerConfidence(nn.Module):
         return torch.einsum("bl,bl...->b...", weights, torch.stack(merged, dim=1))
 
 
-def _relu_linear(width_in: int, width_out: int) -> nn.Sequential:
+def relu_linear(width_in: int, width_out: int) -> nn.Sequential:
     """The authors' projection everywhere in this variant: ReLU, then Linear."""
     return nn.Sequential(nn.ReLU(), nn.Linear(width_in, width_out))
 
@@ -77,10 +77,10 @@ class UniPTTower(nn.Module):
 
     def __init__(self, n_states: int, hidden: int, embed: int, width: int):
         super().__init__()
-        self.reduce = nn.ModuleList(_relu_linear(hidden, width) for _ in range(n_states))
-        self.anchor = _relu_linear(embed, width)
+        self.reduce = nn.ModuleList(relu_linear(hidden, width) for _ in range(n_states))
+        self.anchor = relu_linear(embed, width)
         self.confidence = LayerConfidence(width)
-        self.up = _relu_linear(width, embed)
+        self.up = relu_linear(width, embed)
 
     def forward(self, states: TowerStates, embedding: torch.Tensor) -> torch.Tensor:
         """``embedding`` (B, embed) plus the residual built from ``states``: per layer, the
@@ -144,7 +144,7 @@ def _conv_bn(channels: int, width: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width))
 
 
-def _tokens(feature_map: torch.Tensor) -> torch.Tensor:
+def feature_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C)."""
     return feature_map.flatten(2).transpose(1, 2)
 
@@ -173,14 +173,16 @@ class TokenUniPT(nn.Module):
         return self.output(anchor + self.project(mixed))
 
 
-def window_size(stage: torch.Tensor, c5: torch.Tensor, input_size: tuple[int, int]) -> tuple[int, int]:
-    """``k`` per axis: the stage's spatial size over C5's, read from the actual maps.
-    Raises `ConfigError` when it is not an integer."""
-    (h, w), (h5, w5) = stage.shape[-2:], c5.shape[-2:]
+def window_size(
+    stage: torch.Tensor, target: torch.Tensor, input_size: tuple[int, int], who: str = "unipt (CNN variant)", target_name: str = "C5"
+) -> tuple[int, int]:
+    """``k`` per axis: the stage's spatial size over the target map's (C5 for UniPT), read
+    from the actual maps. Raises `ConfigError` when it is not an integer."""
+    (h, w), (h5, w5) = stage.shape[-2:], target.shape[-2:]
     if h % h5 or w % w5:
         raise ConfigError(
-            f"unipt (CNN variant): a {input_size[0]}x{input_size[1]} input gives a {h}x{w} stage map that is not a whole "
-            f"multiple of C5's {h5}x{w5}, so the window size k = stage size / C5 size is not an integer; "
+            f"{who}: a {input_size[0]}x{input_size[1]} input gives a {h}x{w} stage map that is not a whole "
+            f"multiple of {target_name}'s {h5}x{w5}, so the window size k = stage size / {target_name} size is not an integer; "
             "use input sizes that are multiples of 32"
         )
     return h // h5, w // w5
@@ -206,7 +208,7 @@ class StageInteraction(nn.Module):
         weights = saliency / saliency.sum(dim=(2, 4), keepdim=True).clamp(min=L1_EPS) + 1.0 / (kh * kw)
         weighted = stage * weights.reshape(b, 1, h, w)
         pooled = weighted.reshape(b, c, h5, kh, w5, kw).sum(dim=(3, 5))
-        return _tokens(self.reduce(pooled))
+        return feature_tokens(self.reduce(pooled))
 
 
 class CnnUniPT(nn.Module):
@@ -227,7 +229,7 @@ class CnnUniPT(nn.Module):
         """Tokens (B, H5*W5, embed) from the stage maps C2..C5, before the pooling head."""
         *earlier, c5 = maps
         sizes = [window_size(stage, c5, input_size) for stage in earlier]  # all checked before any work
-        anchor = _tokens(self.anchor(c5))
+        anchor = feature_tokens(self.anchor(c5))
         merged, summaries = [], []
         everywhere = torch.ones(anchor.shape[:2], dtype=torch.bool, device=anchor.device)
         for interact, stage, k in zip(self.stages, earlier, sizes, strict=True):

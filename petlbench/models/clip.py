@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import CLIPModel
+from transformers.masking_utils import create_causal_mask
 
 from petlbench.models.backbone import DualEncoder, TowerStates
 
@@ -71,6 +72,35 @@ class ClipDualEncoder(DualEncoder):
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         out = self.clip.text_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         return TowerStates(out.hidden_states, mask.bool(), eot_positions(ids, self.clip.config.text_config.eos_token_id))
+
+    # -- walking a tower's blocks (methods that change what flows between them) --------------
+    # Written against the transformers 5.x CLIP layout (pyproject pins >=5,<6): the vision
+    # blocks read `pre_layrnorm(embeddings(pixels))`, the text blocks `embeddings(ids)`;
+    # `CLIPEncoderLayer(hidden_states, attention_mask, **kwargs) -> hidden_states`; the text
+    # tower's mask comes from `masking_utils.create_causal_mask` with `is_causal=True`.
+
+    def block_input(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        """The tokens ``tower``'s first block reads, (B, N, d)."""
+        if tower == "vision":
+            vision = self.clip.vision_model
+            return vision.pre_layrnorm(vision.embeddings(inputs["pixel_values"]))
+        return self.clip.text_model.embeddings(input_ids=inputs["input_ids"])
+
+    def block_arguments(self, tower: str, tokens: torch.Tensor, padding: torch.Tensor | None = None) -> tuple[tuple, dict]:
+        """What every block of ``tower`` takes besides ``tokens``: (positional, keyword)
+        arguments. The text tower's causal mask is built over ``tokens``' length from the
+        (B, N) ``padding`` mask. Positional: the fourth argument of `create_causal_mask` (no
+        KV cache) is `past_key_values` in transformers <= 5.17 and `cache` later."""
+        if tower == "vision":
+            return (None,), {}
+        return (create_causal_mask(self.clip.text_model.config, tokens, padding, None),), {"is_causal": True}
+
+    def pool_index(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        """(B,) the position ``tower`` pools: CLS (0) for vision, EOT for text."""
+        if tower == "vision":
+            pixels = inputs["pixel_values"]
+            return torch.zeros(len(pixels), dtype=torch.long, device=pixels.device)
+        return eot_positions(inputs["input_ids"], self.clip.config.text_config.eos_token_id)
 
     def tower_head(
         self, tower: str, tokens: torch.Tensor, *, token_mask: torch.Tensor | None = None, pool_index: torch.Tensor | None = None

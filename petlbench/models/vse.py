@@ -116,8 +116,9 @@ def vse_from_configs(
 
 def tiny_vse(embed_dim: int = 32, text_layers: int = 2, vocab_size: int = 100, max_text: int = 40) -> VseDualEncoder:
     """A few-thousand-parameter VSE model for tests: a 4-stage basic-block ResNet (one
-    unit per stage) and a 2-layer BERT."""
-    resnet = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic")
+    unit per stage, two in the last: SHERL's CNN form taps all but the last) and a 2-layer
+    BERT."""
+    resnet = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 2], layer_type="basic")
     bert = BertConfig(
         vocab_size=vocab_size,
         hidden_size=16,

@@ -1,0 +1,163 @@
+"""DTL, Disentangled Transfer Learning (Fu et al., AAAI 2024), on both towers of CLIP.
+
+A compact side path reads every block's input: ``u_j = B_j A_j x_j`` (rank ``r``, no bias,
+no activation; ``A`` Kaiming-uniform, ``B`` zero). Its running sum ``R_j = sum_{k<=j} u_k``
+is never reset; after each of the late blocks the stream becomes ``x + swish(R_j)`` with
+``swish(R) = R * sigmoid(beta * R)``. With ``B = 0`` the model starts exactly at the
+backbone.
+
+Memory: the blocks up to (and including) the first injection run under ``no_grad`` (their
+``u_j`` is computed with grad on the detached inputs), so the gradient crosses only the
+blocks after the first injection. Each tower keeps its own final norm, pooling and
+projection (frozen, autograd on).
+
+DTL+ (the method `dtl-plus`, named apart as in the paper): on the vision tower, one depthwise
+``k x k`` convolution (groups = width, no bias, 'same' padding) shared by every injection
+filters ``swish(R)`` over the patch grid; the CLS position passes through unfiltered. The
+grid is the input's size over the model's patch size, never a constant. The text tower
+has no grid and stays plain DTL.
+
+Decided where the reading leaves it open: the late blocks' ``u_j`` reads the stream with
+its gradient (the stream after an injection is no longer a backbone feature, and methods.md
+counts their inputs among what is saved); the convolution keeps PyTorch's default init
+(it filters a zero signal at step 0, so the start is exact either way).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from petlbench.config import ConfigError, MethodConfig, rule
+from petlbench.models.clip import ClipDualEncoder
+from petlbench.models.wrapper import BackboneWrapper
+from petlbench.registry import Keeps, register
+
+
+@dataclass
+class DTLConfig(MethodConfig):
+    r: int = field(default=2, metadata=rule("rank of each block's side map B_j A_j (the authors' default: 2)", ge=1, le=65536))
+    late: float = field(
+        default=0.5,
+        metadata=rule(
+            "fraction of each tower's blocks, from the top, after which the side path is added back "
+            "(0.5: the last half, blocks 6..11 of ViT-B's 12)",
+            gt=0,
+            le=1,
+        ),
+    )
+    beta: float = field(default=100.0, metadata=rule("swish sharpness: swish(R) = R * sigmoid(beta * R)", gt=0, le=1e6))
+
+
+@dataclass
+class DTLPlusConfig(DTLConfig):
+    conv_kernel: int = field(
+        default=3, metadata=rule("side of the shared depthwise conv on the vision patch grid (odd; the authors: 3)", ge=1, le=99)
+    )
+
+
+def first_injection(cfg: DTLConfig, depth: int) -> int:
+    """The index of the first block after which the side path is added back."""
+    return depth - max(1, round(cfg.late * depth))
+
+
+class LowRankPath(nn.Module):
+    """``u_j = B_j A_j x_j`` for every block ``j`` of one tower, and the injection rule."""
+
+    def __init__(self, depth: int, width: int, r: int):
+        super().__init__()
+        self.down = nn.ModuleList(nn.Linear(width, r, bias=False) for _ in range(depth))
+        self.up = nn.ModuleList(nn.Linear(r, width, bias=False) for _ in range(depth))
+        for down, up in zip(self.down, self.up, strict=True):
+            nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+            nn.init.zeros_(up.weight)
+
+    def forward(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        return self.up[j](self.down[j](x))
+
+
+class PatchGridConv(nn.Module):
+    """DTL+'s depthwise conv over the patch grid of (B, 1 + H*W, d) tokens; CLS passes."""
+
+    def __init__(self, width: int, kernel: int, patch_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, kernel, padding="same", groups=width, bias=False)
+        self.patch_size = patch_size
+
+    def forward(self, tokens: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        h, w = (side // self.patch_size for side in image_size)
+        cls, patches = tokens[:, :1], tokens[:, 1:]
+        if patches.shape[1] != h * w:
+            raise ConfigError(f"dtl-plus: {patches.shape[1]} patch tokens do not form the {h}x{w} grid of a {image_size} input")
+        grid = patches.transpose(1, 2).reshape(len(tokens), -1, h, w)
+        return torch.cat([cls, self.conv(grid).flatten(2).transpose(1, 2)], dim=1)
+
+
+class DisentangledClip(BackboneWrapper):
+    """The frozen CLIP whose towers walk their blocks with the DTL side path beside them."""
+
+    def __init__(self, backbone: ClipDualEncoder, cfg: DTLConfig, conv_kernel: int | None = None):
+        super().__init__(backbone)
+        config = backbone.clip.config
+        self.beta = cfg.beta
+        self.paths = nn.ModuleDict()
+        self.first = {}
+        for tower, blocks in backbone.blocks().items():
+            self.paths[tower] = LowRankPath(len(blocks), getattr(config, f"{tower}_config").hidden_size, cfg.r)
+            self.first[tower] = first_injection(cfg, len(blocks))
+        vision = config.vision_config
+        self.grid = PatchGridConv(vision.hidden_size, conv_kernel, vision.patch_size) if conv_kernel else None
+
+    def _swish(self, running: torch.Tensor) -> torch.Tensor:
+        return running * torch.sigmoid(self.beta * running)
+
+    def tokens(self, tower: str, padding: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+        """``tower``'s last-block output (B, N, d) with the side path injected."""
+        path, first = self.paths[tower], self.first[tower]
+        with torch.no_grad():
+            x = self.backbone.block_input(tower, **inputs)
+        args, kwargs = self.backbone.block_arguments(tower, x, padding)
+        running = None
+        for j, block in enumerate(self.backbone.blocks()[tower]):
+            u = path(j, x)
+            running = u if running is None else running + u
+            with torch.set_grad_enabled(torch.is_grad_enabled() and j > first):
+                x = block(x, *args, **kwargs)
+            if j >= first:
+                side = self._swish(running)
+                if self.grid is not None and tower == "vision":
+                    side = self.grid(side, tuple(inputs["pixel_values"].shape[-2:]))
+                x = x + side
+        return x
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens("vision", pixel_values=pixel_values)
+        return self.backbone.tower_head("vision", tokens, pool_index=self.backbone.pool_index("vision", pixel_values=pixel_values))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens("text", attention_mask, input_ids=input_ids)
+        return self.backbone.tower_head("text", tokens, pool_index=self.backbone.pool_index("text", input_ids=input_ids))
+
+
+DTL = register("dtl", DTLConfig, lr_grid=(3e-3, 1e-2, 3e-2))
+DTL_PLUS = register("dtl-plus", DTLPlusConfig, lr_grid=(3e-3, 1e-2, 3e-2))
+LATE_BLOCKS = Keeps(lambda cfg, depth: range(first_injection(cfg, depth) + 1, depth), "the blocks after the first injection")
+
+
+@DTL.builder("clip", keeps=LATE_BLOCKS)
+def build(backbone: ClipDualEncoder, cfg: DTLConfig) -> DisentangledClip:
+    backbone.requires_grad_(False)
+    with torch.device(backbone.device):
+        return DisentangledClip(backbone, cfg)
+
+
+@DTL_PLUS.builder("clip", keeps=LATE_BLOCKS)
+def build_plus(backbone: ClipDualEncoder, cfg: DTLPlusConfig) -> DisentangledClip:
+    if cfg.conv_kernel % 2 == 0:
+        raise ConfigError(f"dtl-plus: conv_kernel={cfg.conv_kernel} must be odd ('same' padding centres the kernel on each patch)")
+    backbone.requires_grad_(False)
+    with torch.device(backbone.device):
+        return DisentangledClip(backbone, cfg, cfg.conv_kernel)

@@ -1,0 +1,37 @@
+"""LoRA-FA (Zhang et al., 2023): LoRA with ``A`` frozen at its random init and only the
+zero-initialised ``B`` trained, through the same PEFT injection, targets and rank as
+`lora`, and the suite's optimizer (not PEFT's `create_lorafa_optimizer`, whose projected
+gradient and own AdamW would break the suite's one-optimizer rule).
+
+The memory argument needs no custom code: a linear layer saves its input for backward only
+when its weight needs a gradient, so with ``A`` frozen an adapted layer no longer keeps its
+input ``x`` (B·N·d) for A's gradient; it keeps ``A x`` (B·N·r) for B's, as `lora` does. The
+gradient still crosses every block, so the backbone's own activations remain."""
+
+from peft.tuners.lora import LoraLayer
+
+from petlbench.methods import lora
+from petlbench.methods.lora import LoraConfig
+from petlbench.registry import EVERY_BLOCK, register
+
+
+def freeze_a(model):
+    """``model`` with every LoRA ``A`` frozen (``B`` keeps training)."""
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.lora_A.requires_grad_(False)
+    return model
+
+
+LORA_FA = register("lora-fa", LoraConfig, lr_grid=(3e-3, 1e-2, 3e-2))
+
+
+@LORA_FA.builder("clip", keeps=EVERY_BLOCK)
+def build_clip(backbone, cfg: LoraConfig):
+    return freeze_a(lora.build_clip(backbone, cfg))
+
+
+@LORA_FA.builder("vse", keeps=EVERY_BLOCK)
+def build_vse(backbone, cfg: LoraConfig):
+    """BERT's layers, under the names `lora` maps them to."""
+    return freeze_a(lora.build_vse(backbone, cfg))

@@ -1,0 +1,256 @@
+"""SHERL (Diao et al., ECCV 2024), UniPT's successor by the same authors: a parallel
+network on frozen hidden states whose layer weights penalise redundant layers.
+
+- CLIP: the dual-encoder variant of the authors' CLIP4Clip code (`SherlTower`). The whole
+  tower runs under ``no_grad``; per tap ``t_i = Linear_i(ReLU(h_i))`` (d -> m) over all
+  L+1 hidden states; a guide ``g = Linear(ReLU(e))`` from the frozen pooled projected
+  embedding; per-tap token pooling guided by ``g``; anti-redundancy aggregation; output
+  ``e + Linear(ReLU(a))``. Nothing of the backbone is kept for backward.
+- VSE (the authors' VSE-infinity code): the side output goes *through the backbone's last
+  frozen unit with autograd on*, so exactly one frozen block keeps activations. BERT: taps
+  are the embedding output and blocks 1..L-1 (`SherlText`), aggregated token by token
+  against the deepest tap, then block L and the text head. ResNet: taps C2, C3, C4 and
+  ``h4``, the output of every layer4 unit but the last (`SherlImage`), aggregated position
+  by position against ``h4``'s tap, then layer4's last unit and the image head. A layer4
+  of depth 1 leaves nothing to tap: unsupported. The backbone stays in eval mode; the side
+  BatchNorms train.
+
+Width ``m = p / downsample`` with ``p`` the joint width (`projection_dim` on CLIP); on VSE
+``m = p / (2 * downsample)``, the authors' VSE setting halving the joint width.
+
+Decided where the reading leaves it open (methods.md):
+- the anti-redundancy weights divide by ``rho_i + 1e-6`` and L1-normalise over layers as
+  ``w / (sum w + 1e-6)`` (the same epsilon as the token pooling's L1 norm; ``rho_i >= 1``
+  unless ``f_i = 0``, and a sample whose scores are all truncated gets zero weights, so
+  ``a = g``);
+- the ResNet form's guide is ``h4``'s own tap (the deepest, as the BERT form's), and its
+  1x1 convolutions have no bias: each is followed by a BatchNorm, whose shift is one
+  (3,023,362 trainable at the authors' ResNeXt widths with m = 512; 4,096 more with biases);
+- ``h4`` is one tap (the output after layer4's units but the last), as the authors'
+  parameter count implies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from petlbench.config import ConfigError, MethodConfig, rule
+from petlbench.methods.unipt import feature_tokens, relu_linear, window_size
+from petlbench.models.backbone import TowerStates
+from petlbench.models.clip import ClipDualEncoder
+from petlbench.models.vse import VseDualEncoder
+from petlbench.models.wrapper import BackboneWrapper
+from petlbench.registry import NOTHING, Keeps, UnsupportedError, register
+
+EPS = 1e-6  # the authors' L1 and cosine epsilon (added, not a clamp); also the guards of the layer weights
+GATE_TEMPERATURE = 0.1  # sigmoid(gamma / 0.1) on the pooled token, tanh(kappa / 0.1) on the VSE skip
+
+
+@dataclass
+class SherlConfig(MethodConfig):
+    downsample: int = field(
+        default=1,
+        metadata=rule("m = joint width / downsample (CLIP; VSE halves it again, as the authors' VSE code)", ge=1, le=65536),
+    )
+    pool_gate: bool = field(
+        default=False, metadata={"help": "scale each tap's pooled token by sigmoid(gamma_i / 0.1), gamma_i = 1 (the MSR-VTT script)"}
+    )
+
+
+def l1_normalise(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x / (x.abs().sum(dim=dim, keepdim=True) + EPS)
+
+
+class AntiRedundancy(nn.Module):
+    """``a = sum_i w_i f_i + g`` over the K vectors ``f`` (..., K, m) and the guide ``g``
+    (..., m): ``rho_i = sum_j ReLU(cos(f_i, f_j))`` (not detached), one Linear(m -> 1)
+    shared by every layer scores ``f_i * g``, and ``w = L1(ReLU(score) / rho)`` over the
+    layers, no softmax."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.score = nn.Linear(width, 1)
+
+    def forward(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        unit = f / (f.norm(dim=-1, keepdim=True) + EPS)
+        rho = (unit @ unit.transpose(-1, -2)).relu().sum(dim=-1)
+        weights = l1_normalise(self.score(f * g.unsqueeze(-2)).squeeze(-1).relu() / (rho + EPS), dim=-1)
+        return (weights.unsqueeze(-1) * f).sum(dim=-2) + g
+
+
+class SherlTower(nn.Module):
+    """SHERL for one CLIP tower: ``n_taps`` hidden states of width ``hidden``, the frozen
+    embedding ``e`` of width ``embed``, working width ``width`` (m)."""
+
+    def __init__(self, n_taps: int, hidden: int, embed: int, width: int, pool_gate: bool):
+        super().__init__()
+        self.reduce = nn.ModuleList(relu_linear(hidden, width) for _ in range(n_taps))
+        self.guide = relu_linear(embed, width)
+        self.token_scores = nn.ModuleList(nn.Linear(width, 1) for _ in range(n_taps))
+        self.pool_gates = nn.Parameter(torch.ones(n_taps)) if pool_gate else None
+        self.aggregate = AntiRedundancy(width)
+        self.up = relu_linear(width, embed)
+
+    def forward(self, states: TowerStates, embedding: torch.Tensor) -> torch.Tensor:
+        """``embedding`` (B, embed) plus the side output built from ``states``."""
+        guide = self.guide(embedding)
+        rows = torch.arange(len(embedding), device=embedding.device)
+        mask = states.token_mask.to(embedding.dtype)
+        pooled = []
+        for i, (reduce, score, hidden) in enumerate(zip(self.reduce, self.token_scores, states.hidden_states, strict=True)):
+            tokens = reduce(hidden)
+            weights = l1_normalise((score(guide.unsqueeze(1) * tokens).squeeze(-1) * mask).relu(), dim=-1)
+            own = tokens[rows, states.pool_index]
+            if self.pool_gates is not None:
+                own = own * torch.sigmoid(self.pool_gates[i] / GATE_TEMPERATURE)
+            pooled.append((weights.unsqueeze(1) @ tokens).squeeze(1) + own)
+        return embedding + self.up(self.aggregate(torch.stack(pooled, dim=1), guide))
+
+
+class SherlClip(BackboneWrapper):
+    """The frozen CLIP with one `SherlTower` per tower."""
+
+    def __init__(self, backbone: ClipDualEncoder, towers: dict[str, SherlTower]):
+        super().__init__(backbone)
+        self.towers = nn.ModuleDict(towers)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._encode("vision", pixel_values=pixel_values)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._encode("text", input_ids=input_ids, attention_mask=attention_mask)
+
+    def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        states = self.backbone.frozen_states(tower, **inputs)
+        embedding = self.backbone.tower_head(tower, states.hidden_states[-1], pool_index=states.pool_index)
+        return self.towers[tower](states, embedding)
+
+
+class SherlText(nn.Module):
+    """The BERT form: taps ``h_0..h_{L-1}`` to ``t_i = LayerNorm(Linear_i(h_i))``; per
+    token the shallow taps aggregated against the deepest; ``z = Dropout(LayerNorm(
+    Linear(ReLU(a)))) + tanh(kappa / 0.1) * h_{L-1}`` (kappa = 0: block L sees only the
+    side output at init), the input of the frozen block L."""
+
+    def __init__(self, n_taps: int, hidden: int, width: int):
+        super().__init__()
+        self.reduce = nn.ModuleList(nn.Sequential(nn.Linear(hidden, width), nn.LayerNorm(width)) for _ in range(n_taps))
+        self.aggregate = AntiRedundancy(width)
+        self.up = nn.Sequential(nn.ReLU(), nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.Dropout(0.1))
+        self.kappa = nn.Parameter(torch.zeros(()))
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        *shallow, deepest = [reduce(tap) for reduce, tap in zip(self.reduce, taps, strict=True)]
+        side = self.up(self.aggregate(torch.stack(shallow, dim=-2), deepest))
+        return side + torch.tanh(self.kappa / GATE_TEMPERATURE) * taps[-1]
+
+
+class SherlImage(nn.Module):
+    """The ResNet form: taps C2, C3, C4 and ``h4`` each ``BN(Conv1x1(MaxPool_k(x) +
+    AvgPool_k(x)))`` to m at ``h4``'s size; per position the shallow taps aggregated
+    against ``h4``'s; ``ReLU(BN(Conv1x1(a))) + tanh(kappa / 0.1) * h4``, the input of
+    layer4's last unit."""
+
+    def __init__(self, channels: list[int], width: int):
+        super().__init__()
+        self.reduce = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width)) for c in channels)
+        self.aggregate = AntiRedundancy(width)
+        self.up = nn.Sequential(nn.Conv2d(width, channels[-1], 1, bias=False), nn.BatchNorm2d(channels[-1]), nn.ReLU())
+        self.kappa = nn.Parameter(torch.zeros(()))
+
+    def forward(self, taps: list[torch.Tensor], input_size: tuple[int, int]) -> torch.Tensor:
+        h4 = taps[-1]
+        sizes = [window_size(tap, h4, input_size, "sherl (CNN form)", "h4") for tap in taps]  # all checked before any work
+        reduced = [
+            feature_tokens(reduce(F.max_pool2d(tap, k) + F.avg_pool2d(tap, k)))
+            for reduce, tap, k in zip(self.reduce, taps, sizes, strict=True)
+        ]
+        *shallow, deepest = reduced
+        mixed = self.aggregate(torch.stack(shallow, dim=-2), deepest)  # (B, h*w, m)
+        grid = mixed.transpose(1, 2).reshape(len(h4), -1, *h4.shape[-2:])
+        return self.up(grid) + torch.tanh(self.kappa / GATE_TEMPERATURE) * h4
+
+
+class SherlVse(BackboneWrapper):
+    """The frozen VSE dual encoder with SHERL's ResNet form on the image tower and its BERT
+    form on the text tower; each ends in its tower's last frozen unit and head."""
+
+    frozen_eval = True
+
+    def __init__(self, backbone: VseDualEncoder, image: SherlImage, text: SherlText):
+        super().__init__(backbone)
+        self.image = image
+        self.text = text
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        resnet = self.backbone.resnet
+        *stages, layer4 = resnet.encoder.stages
+        with torch.no_grad():
+            x = resnet.embedder(pixel_values)
+            taps = []
+            for stage in stages:
+                x = stage(x)
+                taps.append(x)
+            for unit in layer4.layers[:-1]:
+                x = unit(x)
+            taps.append(x)
+        c5 = layer4.layers[-1](self.image(taps, tuple(pixel_values.shape[-2:])))
+        return self.backbone.tower_head("vision", feature_tokens(c5))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        bert = self.backbone.bert
+        *layers, last = bert.encoder.layer
+        with torch.no_grad():
+            x = bert.embeddings(input_ids=input_ids)
+            mask = create_bidirectional_mask(config=bert.config, inputs_embeds=x, attention_mask=attention_mask)
+            taps = [x]
+            for layer in layers:
+                x = layer(x, mask)
+                taps.append(x)
+        tokens = last(self.text(taps), mask)
+        return self.backbone.tower_head("text", tokens, token_mask=attention_mask.bool())
+
+
+def _width(embed: int, divisor: int) -> int:
+    if embed % divisor:
+        raise ConfigError(f"sherl: the joint width {embed} is not divisible by {divisor} (downsample, twice on VSE)")
+    return embed // divisor
+
+
+SHERL = register("sherl", SherlConfig, lr_grid=(3e-3, 1e-2, 3e-2))
+
+
+@SHERL.builder("clip", keeps=NOTHING)
+def build_clip(backbone: ClipDualEncoder, cfg: SherlConfig) -> SherlClip:
+    width = _width(backbone.embed_dim, cfg.downsample)
+    config = backbone.clip.config
+    backbone.requires_grad_(False)
+    with torch.device(backbone.device):
+        towers = {
+            tower: SherlTower(len(blocks) + 1, getattr(config, f"{tower}_config").hidden_size, backbone.embed_dim, width, cfg.pool_gate)
+            for tower, blocks in backbone.blocks().items()
+        }
+    return SherlClip(backbone, towers)
+
+
+@SHERL.builder("vse", keeps=Keeps(lambda cfg, depth: range(depth - 1, depth), "the last block of each tower"))
+def build_vse(backbone: VseDualEncoder, cfg: SherlConfig) -> SherlVse:
+    width = _width(backbone.embed_dim, 2 * cfg.downsample)
+    units = len(backbone.resnet.encoder.stages[-1].layers)
+    if units < 2:
+        raise UnsupportedError(
+            "method 'sherl' does not apply to this ResNet: its CNN form taps every layer4 unit but the last and feeds the last, "
+            f"and this layer4 has {units} unit (depths {list(backbone.resnet.config.depths)})"
+        )
+    channels = list(backbone.resnet.config.hidden_sizes)  # C2, C3, C4, and h4 at C5's width
+    text = backbone.bert.config
+    backbone.requires_grad_(False)
+    with torch.device(backbone.device):
+        image = SherlImage(channels, width)
+        side = SherlText(text.num_hidden_layers, text.hidden_size, width)
+    return SherlVse(backbone, image, side).train(backbone.training)

@@ -1,0 +1,115 @@
+"""DTL and DTL+: sizes in closed form, an exact start at the backbone, and the injection
+rule checked against the library's own hidden states."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from petlbench.config import ConfigError
+from petlbench.measure.params import parameter_counts
+from petlbench.methods import get_method
+from petlbench.methods.dtl import first_injection
+from petlbench.models.loader import load_architecture, load_backbone
+from petlbench.variants import load_variant
+
+
+def _apply(variant: str, backbone, *overrides: str):
+    v = load_variant(variant, list(overrides))
+    return get_method(v.method).apply(backbone, v.config)
+
+
+def _batch(loaded, n: int = 3):
+    enc = loaded.tokenizer(["a big red circle", "a small blue square at the top left", "we see"][:n],
+                           padding="max_length", max_length=40, return_tensors="pt")  # fmt: skip
+    pixels = torch.randn(n, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    return pixels, enc["input_ids"], enc["attention_mask"]
+
+
+def test_first_injection_is_the_start_of_the_last_half():
+    cfg = load_variant("dtl").config
+    assert first_injection(cfg, 12) == 6  # blocks 6..11 of ViT-B's 12 (methods.md)
+    assert first_injection(cfg, 4) == 2
+    assert first_injection(load_variant("dtl", ["method.late=1.0"]).config, 12) == 0
+
+
+@pytest.mark.parametrize("variant, conv", [("dtl", 0), ("dtl-plus", 3 * 3 * 768)])
+def test_trainable_count_at_clip_vit_b32_size(variant, conv):
+    """methods.md, r = 2: 61,440 (vision 36,864 = 12·2·2·768, text 24,576); DTL+'s shared
+    depthwise 3x3 conv adds 6,912 at d = 768."""
+    with torch.device("meta"):
+        model = _apply(variant, load_architecture("clip-vit-base-patch32").build("sdpa"))
+    counts = {tower: sum(p.numel() for p in path.parameters()) for tower, path in model.paths.items()}
+    assert counts == {"vision": 12 * 2 * 2 * 768, "text": 12 * 2 * 2 * 512} == {"vision": 36_864, "text": 24_576}
+    assert parameter_counts(model)["params_trainable"] == 61_440 + conv
+    assert conv == 0 or conv == 6_912
+
+
+@pytest.mark.parametrize("variant", ["dtl", "dtl-plus"])
+def test_starts_exactly_at_the_backbone(variant):
+    loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    reference = copy.deepcopy(loaded.backbone).eval()
+    model = _apply(variant, loaded.backbone).eval()
+    pixels, ids, mask = _batch(loaded)
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(pixels), reference.encode_image(pixels))
+        assert torch.equal(model.encode_text(ids, mask), reference.encode_text(ids, mask))
+
+
+def _randomise_b(model):
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for path in model.paths.values():
+            for up in path.up:
+                up.weight.copy_(0.05 * torch.randn(up.weight.shape, generator=generator))
+
+
+@pytest.mark.parametrize("variant", ["dtl", "dtl-plus"])
+def test_injection_after_the_last_block_by_hand(variant):
+    """With the side path added back after the last block only, every block reads the
+    backbone's own stream: the tower's output is the library's last hidden state plus
+    swish(sum_j B_j A_j h_j), CLS unfiltered and the patches through the depthwise conv
+    (DTL+), which this test applies with F.conv2d itself."""
+    loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    backbone = loaded.backbone
+    depth = len(backbone.blocks()["vision"])
+    model = _apply(variant, backbone, f"method.late={1 / depth}").eval()
+    _randomise_b(model)
+    pixels, ids, mask = _batch(loaded)
+    beta = load_variant(variant).config.beta
+    with torch.no_grad():
+        for tower, inputs, padding in (("vision", {"pixel_values": pixels}, None), ("text", {"input_ids": ids}, mask)):
+            states = backbone.tower_states(tower, **inputs, **({"attention_mask": mask} if tower == "text" else {}))
+            path = model.paths[tower]
+            running = sum(path.up[j].weight @ path.down[j].weight @ h.unsqueeze(-1) for j, h in enumerate(states.hidden_states[:-1]))
+            side = running.squeeze(-1) * torch.sigmoid(beta * running.squeeze(-1))
+            if variant == "dtl-plus" and tower == "vision":
+                grid = int((side.shape[1] - 1) ** 0.5)
+                patches = side[:, 1:].transpose(1, 2).reshape(len(side), -1, grid, grid)
+                conv = model.grid.conv
+                filtered = F.conv2d(patches, conv.weight, padding=conv.kernel_size[0] // 2, groups=conv.groups)
+                side = torch.cat([side[:, :1], filtered.flatten(2).transpose(1, 2)], dim=1)
+            expected = states.hidden_states[-1] + side
+            torch.testing.assert_close(model.tokens(tower, padding, **inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dtl_plus_derives_its_grid_from_the_input():
+    loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    model = _apply("dtl-plus", loaded.backbone)
+    assert model.grid.patch_size == loaded.backbone.clip.config.vision_config.patch_size
+    with pytest.raises(ConfigError, match="dtl-plus: conv_kernel=4 must be odd"):
+        _apply("dtl-plus", load_backbone("embedded-clip", "sdpa", torch.device("cpu")).backbone, "method.conv_kernel=4")
+
+
+def test_gradient_reaches_a_once_b_is_nonzero():
+    """At init B = 0, so A's gradient is exactly zero; after B moves, both learn."""
+    loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    model = _apply("dtl", loaded.backbone)
+    _randomise_b(model)
+    pixels, ids, mask = _batch(loaded)
+    (model.encode_image(pixels).sum() + model.encode_text(ids, mask).sum()).backward()
+    for path in model.paths.values():
+        assert all(down.weight.grad.abs().sum() > 0 for down in path.down)
+        assert all(up.weight.grad.abs().sum() > 0 for up in path.up)
+    assert all(p.grad is None for p in loaded.backbone.parameters() if not p.requires_grad)
