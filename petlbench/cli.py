@@ -224,10 +224,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
         suite = cfgmod.load_suite(str(path))
         print(f"  {path.stem:<24} v{suite.version}  {suite.description}")
     print("method variants:")
-    for path in cfgmod.available("methods"):
-        variant = load_variant(str(path))
+    variants = [load_variant(str(path)) for path in cfgmod.available("methods")]
+    width = max(len(v.method) for v in variants)
+    for variant in variants:
         options = ", ".join(f"{k}={v}" for k, v in cfgmod.to_dict(variant.config).items())
-        print(f"  {variant.name:<24} {variant.method:<10} {options}")
+        print(f"  {variant.name:<24} {variant.method:<{width}}  {options}")
     print("registered methods: " + ", ".join(sorted(registered())))
     return 0
 

@@ -68,7 +68,7 @@ def _splits(suite: SuiteConfig, tokenizer, image_processor, device: torch.device
     return _SPLITS_CACHE[key]
 
 
-def _setup_batches(split: RetrievalSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+def setup_batches(split: RetrievalSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches for a method's set-up, from a sampler of their own, so that the
     training batches stay identical for every method."""
     for batch in split.training_batches(batch_size, torch.Generator().manual_seed(seed + 7919)):
@@ -190,7 +190,7 @@ def run(
     splits = _splits(suite, tokenizer, image_processor, device)
     train_split, eval_split = splits["train"], splits[suite.eval.split]
 
-    model = prepare(backbone, suite, variant, data=lambda batch_size: _setup_batches(train_split, batch_size, seed, device))
+    model = prepare(backbone, suite, variant, data=lambda batch_size: setup_batches(train_split, batch_size, seed, device))
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     steps, bs = suite.train.steps, suite.train.batch_size
