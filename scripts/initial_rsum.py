@@ -33,12 +33,14 @@ def main() -> None:
     device = torch.device("cpu")
     names = args.variants.split(",") if args.variants else default_variants()
     print(f"| variant | rSum at step 0 ({suite.eval.split} split, seed {args.seed}) |\n|---|---:|")
+    splits = None
     for name in names:
         variant = load_variant(name, args.set)
         torch.manual_seed(args.seed)
         loaded = load_backbone(suite.model.name, suite.model.attn_implementation, device, suite.model.allow_pickle)
-        splits = suite_splits(suite.data, loaded.tokenizer, loaded.image_processor)
-        model = prepare(loaded.backbone, suite, variant, data=lambda size: setup_batches(splits["train"], size, args.seed, device))
+        splits = splits or suite_splits(suite.data, loaded.tokenizer, loaded.image_processor)
+        train = splits["train"]
+        model = prepare(loaded.backbone, suite, variant, data=lambda size, train=train: setup_batches(train, size, args.seed, device))
         metrics = evaluate(model, splits[suite.eval.split], suite.eval.batch_size, device, suite.eval.folds, suite.train.precision)
         print(f"| {name} | {metrics['rsum']:.1f} |", flush=True)
 
