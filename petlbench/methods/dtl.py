@@ -33,7 +33,7 @@ from torch import nn
 
 from petlbench.config import ConfigError, MethodConfig, rule
 from petlbench.models.clip import ClipDualEncoder
-from petlbench.models.wrapper import BackboneWrapper
+from petlbench.models.wrapper import TokenWalker
 from petlbench.registry import Keeps, register
 
 
@@ -96,7 +96,7 @@ class PatchGridConv(nn.Module):
         return torch.cat([cls, self.conv(grid).flatten(2).transpose(1, 2)], dim=1)
 
 
-class DisentangledClip(BackboneWrapper):
+class DisentangledClip(TokenWalker):
     """The frozen CLIP whose towers walk their blocks with the DTL side path beside them."""
 
     def __init__(self, backbone: ClipDualEncoder, cfg: DTLConfig, conv_kernel: int | None = None):
@@ -132,14 +132,6 @@ class DisentangledClip(BackboneWrapper):
                     side = self.grid(side, tuple(inputs["pixel_values"].shape[-2:]))
                 x = x + side
         return x
-
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens("vision", pixel_values=pixel_values)
-        return self.backbone.tower_head("vision", tokens, pool_index=self.backbone.pool_index("vision", pixel_values=pixel_values))
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens("text", attention_mask, input_ids=input_ids)
-        return self.backbone.tower_head("text", tokens, pool_index=self.backbone.pool_index("text", input_ids=input_ids))
 
 
 DTL = register("dtl", DTLConfig, lr_grid=(3e-3, 1e-2, 3e-2))

@@ -19,7 +19,7 @@ from torch import nn
 
 from petlbench.config import MethodConfig, rule
 from petlbench.models.clip import TOWERS, ClipDualEncoder
-from petlbench.models.wrapper import BackboneWrapper
+from petlbench.models.wrapper import TokenWalker
 from petlbench.registry import EVERY_BLOCK, register
 
 # Prompts go right after the first token: CLS stays at position 0 (what the vision tower
@@ -46,7 +46,7 @@ def _splice(x: torch.Tensor, remove: int, insert: torch.Tensor | None = None) ->
     return torch.cat(parts, dim=1)
 
 
-class PromptedClip(BackboneWrapper):
+class PromptedClip(TokenWalker):
     """A CLIP dual encoder whose towers walk their blocks themselves (`ClipDualEncoder`'s
     `block_input` / `block_arguments`) to splice prompts in."""
 
@@ -92,14 +92,6 @@ class PromptedClip(BackboneWrapper):
                 x = _splice(x, self.n_prompts, prompts[i].expand(len(x), -1, -1))
             x = block(x, *args, **kwargs)
         return _splice(x, self.n_prompts)
-
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens("vision", pixel_values=pixel_values)
-        return self.backbone.tower_head("vision", tokens, pool_index=self.backbone.pool_index("vision", pixel_values=pixel_values))
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens("text", attention_mask, input_ids=input_ids)
-        return self.backbone.tower_head("text", tokens, pool_index=self.backbone.pool_index("text", input_ids=input_ids))
 
 
 PROMPT = register("prompt", PromptConfig, lr_grid=(3e-3, 1e-2, 3e-2))

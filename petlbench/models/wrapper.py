@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -26,3 +27,21 @@ class BackboneWrapper(nn.Module):
         if self.frozen_eval:
             self.backbone.eval()
         return self
+
+
+class TokenWalker(BackboneWrapper):
+    """A wrapper whose towers compute their last-block tokens themselves (`tokens`, e.g. by
+    walking the blocks with something spliced or added in); the backbone's frozen head then
+    pools them at the tower's own position, with autograd on."""
+
+    def tokens(self, tower: str, padding: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+        """``tower``'s last-block output (B, N, d); ``padding``: the text tower's (B, N) mask."""
+        raise NotImplementedError
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens("vision", pixel_values=pixel_values)
+        return self.backbone.tower_head("vision", tokens, pool_index=self.backbone.pool_index("vision", pixel_values=pixel_values))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens("text", attention_mask, input_ids=input_ids)
+        return self.backbone.tower_head("text", tokens, pool_index=self.backbone.pool_index("text", input_ids=input_ids))
