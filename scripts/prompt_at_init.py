@@ -34,7 +34,8 @@ def main() -> None:
     def prompted(variant: str = "prompt", scale: float = 1.0, tower: str | None = None):
         torch.manual_seed(0)
         loaded = load_backbone(suite.model.name, suite.model.attn_implementation, device)
-        splits.setdefault("data", suite_splits(suite.data, loaded.tokenizer, loaded.image_processor))
+        if "data" not in splits:
+            splits["data"] = suite_splits(suite.data, loaded.tokenizer, loaded.image_processor)
         model = prepare(loaded.backbone, suite, load_variant(variant))
         with torch.no_grad():
             for prompts in model.prompts.values():

@@ -13,18 +13,12 @@ from petlbench.methods import get_method
 from petlbench.methods.dtl import first_injection
 from petlbench.models.loader import load_architecture, load_backbone
 from petlbench.variants import load_variant
+from tests.inputs import shipped_batch
 
 
 def _apply(variant: str, backbone, *overrides: str):
     v = load_variant(variant, list(overrides))
     return get_method(v.method).apply(backbone, v.config)
-
-
-def _batch(loaded, n: int = 3):
-    enc = loaded.tokenizer(["a big red circle", "a small blue square at the top left", "we see"][:n],
-                           padding="max_length", max_length=40, return_tensors="pt")  # fmt: skip
-    pixels = torch.randn(n, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    return pixels, enc["input_ids"], enc["attention_mask"]
 
 
 def test_first_injection_is_the_start_of_the_last_half():
@@ -51,7 +45,7 @@ def test_starts_exactly_at_the_backbone(variant):
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     reference = copy.deepcopy(loaded.backbone).eval()
     model = _apply(variant, loaded.backbone).eval()
-    pixels, ids, mask = _batch(loaded)
+    pixels, ids, mask = shipped_batch(loaded)
     with torch.no_grad():
         assert torch.equal(model.encode_image(pixels), reference.encode_image(pixels))
         assert torch.equal(model.encode_text(ids, mask), reference.encode_text(ids, mask))
@@ -76,11 +70,11 @@ def test_injection_after_the_last_block_by_hand(variant):
     depth = len(backbone.blocks()["vision"])
     model = _apply(variant, backbone, f"method.late={1 / depth}").eval()
     _randomise_b(model)
-    pixels, ids, mask = _batch(loaded)
+    pixels, ids, mask = shipped_batch(loaded)
     beta = load_variant(variant).config.beta
     with torch.no_grad():
-        for tower, inputs, padding in (("vision", {"pixel_values": pixels}, None), ("text", {"input_ids": ids}, mask)):
-            states = backbone.tower_states(tower, **inputs, **({"attention_mask": mask} if tower == "text" else {}))
+        for tower, inputs in (("vision", {"pixel_values": pixels}), ("text", {"input_ids": ids, "attention_mask": mask})):
+            states = backbone.tower_states(tower, **inputs)
             path = model.paths[tower]
             running = sum(path.up[j].weight @ path.down[j].weight @ h.unsqueeze(-1) for j, h in enumerate(states.hidden_states[:-1]))
             side = running.squeeze(-1) * torch.sigmoid(beta * running.squeeze(-1))
@@ -91,7 +85,7 @@ def test_injection_after_the_last_block_by_hand(variant):
                 filtered = F.conv2d(patches, conv.weight, padding=conv.kernel_size[0] // 2, groups=conv.groups)
                 side = torch.cat([side[:, :1], filtered.flatten(2).transpose(1, 2)], dim=1)
             expected = states.hidden_states[-1] + side
-            torch.testing.assert_close(model.tokens(tower, padding, **inputs), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model.tokens(tower, **inputs), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_dtl_plus_derives_its_grid_from_the_input():
@@ -107,7 +101,7 @@ def test_gradient_reaches_a_once_b_is_nonzero():
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     model = _apply("dtl", loaded.backbone)
     _randomise_b(model)
-    pixels, ids, mask = _batch(loaded)
+    pixels, ids, mask = shipped_batch(loaded)
     (model.encode_image(pixels).sum() + model.encode_text(ids, mask).sum()).backward()
     for path in model.paths.values():
         assert all(down.weight.grad.abs().sum() > 0 for down in path.down)

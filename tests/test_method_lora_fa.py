@@ -12,6 +12,7 @@ from petlbench.methods import get_method
 from petlbench.models.loader import load_architecture, load_backbone
 from petlbench.models.vse import tiny_vse
 from petlbench.variants import load_variant
+from tests.inputs import shipped_batch
 from tests.saved import saved_bytes
 
 F32 = 4
@@ -23,13 +24,6 @@ def _apply(method: str, backbone):
 
 def _shipped():
     return load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
-
-
-def _batch(loaded, n: int = 3):
-    enc = loaded.tokenizer(["a big red circle", "a small blue square at the top left", "we see"][:n],
-                           padding="max_length", max_length=40, return_tensors="pt")  # fmt: skip
-    pixels = torch.randn(n, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    return pixels, enc["input_ids"], enc["attention_mask"]
 
 
 def test_trainable_count_at_clip_vit_b32_size():
@@ -65,7 +59,7 @@ def test_starts_exactly_at_the_backbone():
     loaded = _shipped()
     reference = copy.deepcopy(loaded.backbone).eval()
     model = _apply("lora-fa", loaded.backbone).eval()
-    pixels, ids, mask = _batch(loaded)
+    pixels, ids, mask = shipped_batch(loaded)
     with torch.no_grad():
         assert torch.equal(model.encode_image(pixels), reference.encode_image(pixels))
         assert torch.equal(model.encode_text(ids, mask), reference.encode_text(ids, mask))
@@ -76,7 +70,7 @@ def test_saves_lora_s_bytes_minus_one_block_input_per_adapted_block():
     at all; everything else saved (A x for B's gradient, the backbone's own activations)
     is the same. The difference is exactly one B·N·d per block per tower."""
     loaded = _shipped()
-    pixels, ids, mask = _batch(loaded)
+    pixels, ids, mask = shipped_batch(loaded)
     saved = {}
     for method in ("lora", "lora-fa"):
         torch.manual_seed(0)

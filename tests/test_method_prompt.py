@@ -146,7 +146,7 @@ def test_without_prompts_the_walk_is_the_model_itself(attn, lengths):
         torch.testing.assert_close(model.encode_text(ids, mask), backbone.encode_text(ids, mask))
         # every position, padding included: the padding mask is applied where the model applies it
         own = backbone.clip.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        torch.testing.assert_close(backbone.clip.text_model.final_layer_norm(model.tokens("text", mask, input_ids=ids)), own)
+        torch.testing.assert_close(backbone.clip.text_model.final_layer_norm(model.tokens("text", input_ids=ids, attention_mask=mask)), own)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -162,7 +162,7 @@ def test_prompted_towers_match_the_library_encoder_with_spliced_prompts(attn, de
         torch.testing.assert_close(model.tokens("vision", pixel_values=_pixels()), tokens)
         torch.testing.assert_close(model.encode_image(_pixels()), embedding)
         tokens, embedding = _reference(backbone, model.prompts["text"], "text", input_ids=ids, attention_mask=mask)
-        torch.testing.assert_close(model.tokens("text", mask, input_ids=ids), tokens)
+        torch.testing.assert_close(model.tokens("text", input_ids=ids, attention_mask=mask), tokens)
         torch.testing.assert_close(model.encode_text(ids, mask), embedding)
 
 
@@ -171,10 +171,10 @@ def test_text_prompts_reach_every_token_after_bos_but_not_bos(depth):
     model = _prompted(_backbone(), depth=depth)
     ids, mask = _captions([6, 12, 40])
     with torch.no_grad():
-        before = model.tokens("text", mask, input_ids=ids)
+        before = model.tokens("text", input_ids=ids, attention_mask=mask)
         # random, not a constant shift: LayerNorm would erase that before anyone reads the prompts
         model.prompts["text"].add_(0.1 * torch.randn(model.prompts["text"].shape, generator=torch.Generator().manual_seed(2)))
-        after = model.tokens("text", mask, input_ids=ids)
+        after = model.tokens("text", input_ids=ids, attention_mask=mask)
     torch.testing.assert_close(after[:, 0], before[:, 0])  # BOS precedes the prompts
     changed = (after - before).abs().amax(-1) > 1e-4
     assert changed[:, 1:].all()  # every later token, EOT and padding included, sees them

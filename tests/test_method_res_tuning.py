@@ -10,6 +10,7 @@ from petlbench.methods.res_tuning import Bypass
 from petlbench.models.clip import TOWERS
 from petlbench.models.loader import load_architecture, load_backbone
 from petlbench.variants import load_variant
+from tests.inputs import tower_inputs
 from tests.saved import modules_that_save, saved_bytes
 
 F32, I64 = 4, 8
@@ -83,13 +84,11 @@ def test_no_backbone_body_module_saves_and_saved_bytes_follow_the_formula(tower)
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     backbone = loaded.backbone
     model = _apply(backbone).train()
-    enc = loaded.tokenizer(["a big red circle", "a small blue square"], padding="max_length", max_length=40, return_tensors="pt")
-    inputs = (
-        {"pixel_values": torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))}
-        if tower == "vision"
-        else {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    )
-    encode = (lambda: model.encode_image(**inputs)) if tower == "vision" else (lambda: model.encode_text(**inputs))
+    inputs = tower_inputs(loaded, tower)
+
+    def encode():
+        return model.encode(tower, **inputs)
+
     tower_model = backbone.clip.vision_model if tower == "vision" else backbone.clip.text_model
     body = [
         (f"{tower}.{name}", module) for name, module in tower_model.named_modules() if "layernorm" not in name and "layer_norm" not in name

@@ -16,6 +16,7 @@ from petlbench.models.loader import load_architecture, load_backbone
 from petlbench.models.vse import tiny_vse, vse_from_configs
 from petlbench.registry import UnsupportedError
 from petlbench.variants import load_variant
+from tests.inputs import tower_inputs
 from tests.saved import modules_that_save, saved_bytes
 
 F32 = 4
@@ -143,13 +144,11 @@ def test_clip_body_saves_nothing_and_the_side_saves_about_the_formula(tower):
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     backbone = loaded.backbone
     model = _apply(backbone).train()
-    enc = loaded.tokenizer(["a big red circle", "a small blue square"], padding="max_length", max_length=40, return_tensors="pt")
-    inputs = (
-        {"pixel_values": torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))}
-        if tower == "vision"
-        else {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    )
-    encode = (lambda: model.encode_image(**inputs)) if tower == "vision" else (lambda: model.encode_text(**inputs))
+    inputs = tower_inputs(loaded, tower)
+
+    def encode():
+        return model.encode(tower, **inputs)
+
     tower_model = backbone.clip.vision_model if tower == "vision" else backbone.clip.text_model
     assert modules_that_save(encode, list(tower_model.named_modules())) == set()
     states = backbone.tower_states(tower, **inputs)

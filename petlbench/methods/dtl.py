@@ -114,12 +114,12 @@ class DisentangledClip(TokenWalker):
     def _swish(self, running: torch.Tensor) -> torch.Tensor:
         return running * torch.sigmoid(self.beta * running)
 
-    def tokens(self, tower: str, padding: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+    def tokens(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
         """``tower``'s last-block output (B, N, d) with the side path injected."""
         path, first = self.paths[tower], self.first[tower]
         with torch.no_grad():
             x = self.backbone.block_input(tower, **inputs)
-        args, kwargs = self.backbone.block_arguments(tower, x, padding)
+        args, kwargs = self.backbone.block_arguments(tower, x, inputs.get("attention_mask"))
         running = None
         for j, block in enumerate(self.backbone.blocks()[tower]):
             u = path(j, x)

@@ -38,7 +38,7 @@ from petlbench.config import ConfigError, MethodConfig, rule
 from petlbench.models.backbone import DualEncoder
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.vse import VseDualEncoder
-from petlbench.models.wrapper import BackboneWrapper
+from petlbench.models.wrapper import BackboneWrapper, TowerWise
 from petlbench.objective import contrastive_loss
 from petlbench.registry import NOTHING, register
 
@@ -107,7 +107,7 @@ def _causal_padding_mask(token_mask: torch.Tensor) -> torch.Tensor:
     return (causal[None] & token_mask[:, None, :])[:, None]
 
 
-class LadderSideTuned(BackboneWrapper):
+class LadderSideTuned(TowerWise):
     """The CLIP backbone (frozen, no graph) plus one side network per tower."""
 
     def __init__(self, backbone: ClipDualEncoder, cfg: LSTConfig):
@@ -125,17 +125,11 @@ class LadderSideTuned(BackboneWrapper):
             }
         )
 
-    def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
         states = self.backbone.frozen_states(tower, **inputs)
         mask = _causal_padding_mask(states.token_mask) if tower == "text" else None
         tokens = self.side[tower](states.hidden_states, mask)
         return self.backbone.tower_head(tower, tokens, pool_index=states.pool_index)
-
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self._encode("vision", pixel_values=pixel_values)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._encode("text", input_ids=input_ids, attention_mask=attention_mask)
 
 
 # --------------------------------------------------------------------------- pruned init

@@ -72,16 +72,16 @@ class PromptedClip(TokenWalker):
             bound = math.sqrt(6.0 / (fan_in[tower] + width))
             nn.init.uniform_(self.prompts[tower], -bound, bound)  # the global torch seed
 
-    def tokens(self, tower: str, padding: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+    def tokens(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
         """``tower``'s last-block output (B, N, d), prompt positions dropped.
 
         VPT inserts prompts into the first block's input: in CLIP's vision tower that is
         after `pre_layrnorm`, so prompts live where the blocks read and the pre-norm sees
         only the image tokens it was trained on. Text positions are those of the caption;
-        the (B, N) ``padding`` mask is extended by `p` valid positions after BOS, and the
+        its (B, N) padding mask is extended by `p` valid positions after BOS, and the
         causal mask is built over the longer sequence. Before each block that has a set of
         its own, the previous block's prompt outputs are replaced by it."""
-        prompts = self.prompts[tower]
+        prompts, padding = self.prompts[tower], inputs.get("attention_mask")
         x = self.backbone.block_input(tower, **inputs)
         x = _splice(x, 0, prompts[0].expand(len(x), -1, -1))
         if padding is not None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from petlbench.config import MethodConfig, rule
 from petlbench.models.clip import ClipDualEncoder
-from petlbench.models.wrapper import BackboneWrapper
+from petlbench.models.wrapper import TowerWise
 from petlbench.registry import NOTHING, register
 
 BIAS_STD = 1e-6
@@ -69,20 +69,14 @@ class Bypass(nn.Module):
         return bypass
 
 
-class ResTuningBypass(BackboneWrapper):
+class ResTuningBypass(TowerWise):
     """The frozen CLIP with one `Bypass` per tower replacing its encoder output."""
 
     def __init__(self, backbone: ClipDualEncoder, bypasses: dict[str, Bypass]):
         super().__init__(backbone)
         self.bypasses = nn.ModuleDict(bypasses)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self._encode("vision", pixel_values=pixel_values)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._encode("text", input_ids=input_ids, attention_mask=attention_mask)
-
-    def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
         states = self.backbone.frozen_states(tower, **inputs)
         tokens = self.bypasses[tower](states.hidden_states)
         return self.backbone.tower_head(tower, tokens, pool_index=states.pool_index)

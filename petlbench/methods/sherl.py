@@ -44,7 +44,7 @@ from petlbench.methods.unipt import feature_tokens, relu_linear, window_size
 from petlbench.models.backbone import TowerStates
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.vse import VseDualEncoder
-from petlbench.models.wrapper import BackboneWrapper
+from petlbench.models.wrapper import BackboneWrapper, TowerWise
 from petlbench.registry import NOTHING, Keeps, UnsupportedError, register
 
 EPS = 1e-6  # the authors' L1 and cosine epsilon (added, not a clamp); also the guards of the layer weights
@@ -112,20 +112,14 @@ class SherlTower(nn.Module):
         return embedding + self.up(self.aggregate(torch.stack(pooled, dim=1), guide))
 
 
-class SherlClip(BackboneWrapper):
+class SherlClip(TowerWise):
     """The frozen CLIP with one `SherlTower` per tower."""
 
     def __init__(self, backbone: ClipDualEncoder, towers: dict[str, SherlTower]):
         super().__init__(backbone)
         self.towers = nn.ModuleDict(towers)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self._encode("vision", pixel_values=pixel_values)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._encode("text", input_ids=input_ids, attention_mask=attention_mask)
-
-    def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
         states = self.backbone.frozen_states(tower, **inputs)
         embedding = self.backbone.tower_head(tower, states.hidden_states[-1], pool_index=states.pool_index)
         return self.towers[tower](states, embedding)

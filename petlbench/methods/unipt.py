@@ -30,7 +30,7 @@ from petlbench.models.backbone import DualEncoder, TowerStates
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.pooling import masked_mean
 from petlbench.models.vse import VseDualEncoder
-from petlbench.models.wrapper import BackboneWrapper
+from petlbench.models.wrapper import BackboneWrapper, TowerWise
 from petlbench.registry import NOTHING, register
 
 # The authors clamp the L1 norm here: a query whose scores are all truncated attends to
@@ -97,7 +97,7 @@ class UniPTTower(nn.Module):
         return embedding + self.up(self.confidence(anchor, summaries, merged))
 
 
-class UniPT(BackboneWrapper):
+class UniPT(TowerWise):
     """The frozen dual encoder with one `UniPTTower` per tower; exposes the backbone's
     interface (`encode_image`, `encode_text`, `logit_scale`)."""
 
@@ -105,13 +105,7 @@ class UniPT(BackboneWrapper):
         super().__init__(backbone)
         self.towers = nn.ModuleDict(towers)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self._encode("vision", pixel_values=pixel_values)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._encode("text", input_ids=input_ids, attention_mask=attention_mask)
-
-    def _encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
         states = self.backbone.frozen_states(tower, **inputs)
         # The head runs under the caller's grad mode: it builds no graph while frozen (the
         # default), and the projections still learn if the suite's `train.head` says so.

@@ -29,19 +29,30 @@ class BackboneWrapper(nn.Module):
         return self
 
 
-class TokenWalker(BackboneWrapper):
+class TowerWise(BackboneWrapper):
+    """A wrapper that encodes both towers by one rule, ``encode(tower, **inputs)`` ('vision':
+    pixel_values; 'text': input_ids, attention_mask)."""
+
+    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) embeddings of ``tower``, (B, embed)."""
+        raise NotImplementedError
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encode("vision", pixel_values=pixel_values)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encode("text", input_ids=input_ids, attention_mask=attention_mask)
+
+
+class TokenWalker(TowerWise):
     """A wrapper whose towers compute their last-block tokens themselves (`tokens`, e.g. by
     walking the blocks with something spliced or added in); the backbone's frozen head then
     pools them at the tower's own position, with autograd on."""
 
-    def tokens(self, tower: str, padding: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
-        """``tower``'s last-block output (B, N, d); ``padding``: the text tower's (B, N) mask."""
+    def tokens(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        """``tower``'s last-block output (B, N, d)."""
         raise NotImplementedError
 
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens("vision", pixel_values=pixel_values)
-        return self.backbone.tower_head("vision", tokens, pool_index=self.backbone.pool_index("vision", pixel_values=pixel_values))
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens("text", attention_mask, input_ids=input_ids)
-        return self.backbone.tower_head("text", tokens, pool_index=self.backbone.pool_index("text", input_ids=input_ids))
+    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        pool_index = self.backbone.pool_index(tower, **inputs)
+        return self.backbone.tower_head(tower, self.tokens(tower, **inputs), pool_index=pool_index)
