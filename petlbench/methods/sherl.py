@@ -44,7 +44,7 @@ from petlbench.methods.unipt import feature_tokens, relu_linear, window_size
 from petlbench.models.backbone import TowerStates
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.vse import VseDualEncoder
-from petlbench.models.wrapper import BackboneWrapper, TowerWise
+from petlbench.models.wrapper import BackboneWrapper, EmbeddingSide
 from petlbench.registry import NOTHING, Keeps, UnsupportedError, register
 
 EPS = 1e-6  # the authors' L1 and cosine epsilon (added, not a clamp); also the guards of the layer weights
@@ -110,19 +110,6 @@ class SherlTower(nn.Module):
                 own = own * torch.sigmoid(self.pool_gates[i] / GATE_TEMPERATURE)
             pooled.append((weights.unsqueeze(1) @ tokens).squeeze(1) + own)
         return embedding + self.up(self.aggregate(torch.stack(pooled, dim=1), guide))
-
-
-class SherlClip(TowerWise):
-    """The frozen CLIP with one `SherlTower` per tower."""
-
-    def __init__(self, backbone: ClipDualEncoder, towers: dict[str, SherlTower]):
-        super().__init__(backbone)
-        self.towers = nn.ModuleDict(towers)
-
-    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
-        states = self.backbone.frozen_states(tower, **inputs)
-        embedding = self.backbone.tower_head(tower, states.hidden_states[-1], pool_index=states.pool_index)
-        return self.towers[tower](states, embedding)
 
 
 class SherlText(nn.Module):
@@ -220,7 +207,7 @@ SHERL = register("sherl", SherlConfig, lr_grid=(3e-3, 1e-2, 3e-2))
 
 
 @SHERL.builder("clip", keeps=NOTHING)
-def build_clip(backbone: ClipDualEncoder, cfg: SherlConfig) -> SherlClip:
+def build_clip(backbone: ClipDualEncoder, cfg: SherlConfig) -> EmbeddingSide:
     width = _width(backbone.embed_dim, cfg.downsample)
     config = backbone.clip.config
     backbone.requires_grad_(False)
@@ -229,7 +216,7 @@ def build_clip(backbone: ClipDualEncoder, cfg: SherlConfig) -> SherlClip:
             tower: SherlTower(len(blocks) + 1, getattr(config, f"{tower}_config").hidden_size, backbone.embed_dim, width, cfg.pool_gate)
             for tower, blocks in backbone.blocks().items()
         }
-    return SherlClip(backbone, towers)
+    return EmbeddingSide(backbone, towers)
 
 
 @SHERL.builder("vse", keeps=Keeps(lambda cfg, depth: range(depth - 1, depth), "the last block of each tower"))

@@ -30,7 +30,7 @@ from petlbench.models.backbone import DualEncoder, TowerStates
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.pooling import masked_mean
 from petlbench.models.vse import VseDualEncoder
-from petlbench.models.wrapper import BackboneWrapper, TowerWise
+from petlbench.models.wrapper import BackboneWrapper, EmbeddingSide
 from petlbench.registry import NOTHING, register
 
 # The authors clamp the L1 norm here: a query whose scores are all truncated attends to
@@ -95,22 +95,6 @@ class UniPTTower(nn.Module):
             merged.append(attended + tokens[rows, states.pool_index])
             summaries.append(masked_mean(tokens, states.token_mask))
         return embedding + self.up(self.confidence(anchor, summaries, merged))
-
-
-class UniPT(TowerWise):
-    """The frozen dual encoder with one `UniPTTower` per tower; exposes the backbone's
-    interface (`encode_image`, `encode_text`, `logit_scale`)."""
-
-    def __init__(self, backbone: ClipDualEncoder, towers: dict[str, UniPTTower]):
-        super().__init__(backbone)
-        self.towers = nn.ModuleDict(towers)
-
-    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
-        states = self.backbone.frozen_states(tower, **inputs)
-        # The head runs under the caller's grad mode: it builds no graph while frozen (the
-        # default), and the projections still learn if the suite's `train.head` says so.
-        embedding = self.backbone.tower_head(tower, states.hidden_states[-1], pool_index=states.pool_index)
-        return self.towers[tower](states, embedding)
 
 
 @dataclass
@@ -265,7 +249,7 @@ UNIPT = register("unipt", UniPTConfig, lr_grid=(3e-3, 1e-2, 3e-2))
 
 
 @UNIPT.builder("clip", keeps=NOTHING)
-def build_clip(backbone: ClipDualEncoder, cfg: UniPTConfig) -> UniPT:
+def build_clip(backbone: ClipDualEncoder, cfg: UniPTConfig) -> EmbeddingSide:
     """The dual-encoder variant."""
     width = _width(backbone, cfg)
     config = backbone.clip.config
@@ -275,7 +259,7 @@ def build_clip(backbone: ClipDualEncoder, cfg: UniPTConfig) -> UniPT:
         for tower in TOWERS:
             tower_config = config.vision_config if tower == "vision" else config.text_config
             towers[tower] = UniPTTower(tower_config.num_hidden_layers + 1, tower_config.hidden_size, backbone.embed_dim, width)
-    return UniPT(backbone, towers)
+    return EmbeddingSide(backbone, towers)
 
 
 @UNIPT.builder("vse", keeps=NOTHING)

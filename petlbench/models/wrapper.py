@@ -56,3 +56,20 @@ class TokenWalker(TowerWise):
     def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
         pool_index = self.backbone.pool_index(tower, **inputs)
         return self.backbone.tower_head(tower, self.tokens(tower, **inputs), pool_index=pool_index)
+
+
+class EmbeddingSide(TowerWise):
+    """The frozen dual encoder with a side network per tower that reads the tower's hidden
+    states (its body under ``no_grad``) and its frozen embedding, and returns the output
+    embedding (UniPT's and SHERL's dual-encoder variants)."""
+
+    def __init__(self, backbone: nn.Module, towers: dict[str, nn.Module]):
+        super().__init__(backbone)
+        self.towers = nn.ModuleDict(towers)
+
+    def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        states = self.backbone.frozen_states(tower, **inputs)
+        # The head runs under the caller's grad mode: it builds no graph while frozen (the
+        # default), and the projections still learn if the suite's `train.head` says so.
+        embedding = self.backbone.tower_head(tower, states.hidden_states[-1], pool_index=states.pool_index)
+        return self.towers[tower](states, embedding)
