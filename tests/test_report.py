@@ -10,8 +10,11 @@ import math
 import re
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.legend import Legend
 
 from petlbench import records
+from petlbench.methods import registered
 from petlbench.report import MIB, plots
 from petlbench.report.tables import report
 from petlbench.schema import RECALLS
@@ -267,6 +270,34 @@ def test_plot_writes_png_and_pdf(cli, tmp_path):
     assert all((tmp_path / "figs" / n).stat().st_size > 1000 for n in names)
     assert (tmp_path / "figs" / "memory_vs_rsum.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "figs" / "memory_vs_rsum.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_every_figure_fits_its_canvas(monkeypatch, tmp_path):
+    """Every legend, label and title lies inside its figure, with every registered method
+    plotted and five memory categories (the breakdown's fifth, "other", included)."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out, stem: figures.append((stem, fig)) or [])
+    recs = []
+    for i, name in enumerate(sorted(registered())):
+        rec = make_record(name, params=1000 * (i + 1), peak=(40 + 10 * i) * MIB, recalls=(10 + i, 20, 30, 10, 20, 30))
+        breakdown = rec["cost"]["memory"]["train_breakdown"]
+        breakdown["gradients"] = 4 * 1000 * (i + 1)
+        breakdown["transient_peak"] -= 2 * breakdown["gradients"]  # the rest is drawn as "other"
+        recs.append(rec)
+    plots.write_plots(recs, tmp_path)
+    assert {stem for stem, _ in figures} == {"memory_vs_rsum", "params_vs_rsum", "memory_breakdown"}
+    for stem, fig in figures:
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        drawn, canvas_box = fig.get_tightbbox(canvas.get_renderer()), fig.bbox_inches  # inches, of what is drawn
+        tolerance = 0.01
+        assert fig.findobj(Legend)
+        assert (
+            drawn.x0 >= canvas_box.x0 - tolerance
+            and drawn.y0 >= canvas_box.y0 - tolerance
+            and drawn.x1 <= canvas_box.x1 + tolerance
+            and drawn.y1 <= canvas_box.y1 + tolerance
+        ), f"{stem}: what is drawn spans {drawn.bounds} in, the canvas {canvas_box.bounds} in"
 
 
 def test_plot_splits_figures_by_suite_configuration(tmp_path):

@@ -134,7 +134,8 @@ def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], sou
         ax.scatter([i], [bottom[i]], color=colour, marker=marker, s=14, zorder=3, clip_on=False)
     ax.set_xticks(list(x), [row.variant for row in rows], rotation=45, ha="right")
     ax.set_ylabel(f"train peak memory ({unit[0]}, {source})")
-    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(categories))
+    # three a row: five categories in one row would be wider than the single-column figure
+    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(categories), 3))
     return fig
 
 
