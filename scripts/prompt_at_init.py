@@ -33,7 +33,7 @@ def main() -> None:
 
     def prompted(variant: str = "prompt", scale: float = 1.0, tower: str | None = None):
         torch.manual_seed(0)
-        loaded = load_backbone(suite.model.name, suite.model.attn_implementation, device)
+        loaded = load_backbone(suite.model.name, suite.model.attn_implementation, device, suite.model.allow_pickle)
         if "data" not in splits:
             splits["data"] = suite_splits(suite.data, loaded.tokenizer, loaded.image_processor)
         model = prepare(loaded.backbone, suite, load_variant(variant))
@@ -47,7 +47,8 @@ def main() -> None:
         return model, loaded.backbone
 
     def rsum(model) -> str:
-        return f"{evaluate(model, splits['data'][args.split], suite.eval.batch_size, device)['rsum']:.1f}"
+        metrics = evaluate(model, splits["data"][args.split], suite.eval.batch_size, device, suite.eval.folds, suite.train.precision)
+        return f"{metrics['rsum']:.1f}"
 
     model, backbone = prompted()
     print(f"| model at step 0 | rSum ({args.split}) |\n|---|---:|")

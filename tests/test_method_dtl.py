@@ -37,7 +37,8 @@ def test_trainable_count_at_clip_vit_b32_size(variant, conv):
     counts = {tower: sum(p.numel() for p in path.parameters()) for tower, path in model.paths.items()}
     assert counts == {"vision": 12 * 2 * 2 * 768, "text": 12 * 2 * 2 * 512} == {"vision": 36_864, "text": 24_576}
     assert parameter_counts(model)["params_trainable"] == 61_440 + conv
-    assert conv == 0 or conv == 6_912
+    if variant == "dtl-plus":
+        assert model.grid.conv.weight.numel() == 6_912
 
 
 @pytest.mark.parametrize("variant", ["dtl", "dtl-plus"])
@@ -89,21 +90,65 @@ def test_injection_after_the_last_block_by_hand(variant):
 
 
 def test_dtl_plus_derives_its_grid_from_the_input():
+    """The grid is the input's size over the patch size: a 64x64 input's 8x8 patches are
+    filtered as such (the conv by hand), and tokens that do not form that grid are refused."""
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     model = _apply("dtl-plus", loaded.backbone)
-    assert model.grid.patch_size == loaded.backbone.clip.config.vision_config.patch_size
+    patch, d = loaded.backbone.clip.config.vision_config.patch_size, loaded.backbone.clip.config.vision_config.hidden_size
+    assert model.grid.patch_size == patch
+    tokens = torch.randn(2, 1 + (64 // patch) ** 2, d, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model.grid(tokens, (64, 64))
+        grid = tokens[:, 1:].transpose(1, 2).reshape(2, d, 64 // patch, 64 // patch)
+        expected = F.conv2d(grid, model.grid.conv.weight, padding=1, groups=d).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out[:, 1:], expected)
+    assert torch.equal(out[:, :1], tokens[:, :1])
+    with pytest.raises(ConfigError, match="do not form the 6x6 grid"):
+        model.grid(tokens, (48, 48))
     with pytest.raises(ConfigError, match="dtl-plus: conv_kernel=4 must be odd"):
         _apply("dtl-plus", load_backbone("embedded-clip", "sdpa", torch.device("cpu")).backbone, "method.conv_kernel=4")
 
 
-def test_gradient_reaches_a_once_b_is_nonzero():
-    """At init B = 0, so A's gradient is exactly zero; after B moves, both learn."""
+def test_default_injections_by_hand():
+    """The default rule (several injections, each later block reading the injected stream,
+    the running sum carried across them), written out over the library's own vision
+    modules: embeddings, pre-norm, `encoder.layers`, post-norm at CLS, projection."""
+    loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    model = _apply("dtl", loaded.backbone).eval()
+    _randomise_b(model)
+    pixels = shipped_batch(loaded)[0]
+    vision, path = loaded.backbone.clip.vision_model, model.paths["vision"]
+    layers = vision.encoder.layers
+    beta, first = load_variant("dtl").config.beta, len(layers) - len(layers) // 2
+    with torch.no_grad():
+        x = vision.pre_layrnorm(vision.embeddings(pixels))
+        running = torch.zeros_like(x)
+        for j, layer in enumerate(layers):
+            running = running + x @ path.down[j].weight.T @ path.up[j].weight.T
+            x = layer(x, None)
+            if j >= first:
+                x = x + running * torch.sigmoid(beta * running)
+        expected = loaded.backbone.clip.visual_projection(vision.post_layernorm(x[:, 0]))
+        torch.testing.assert_close(model.encode_image(pixels), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_learns_once_b_is_nonzero():
+    """At init B = 0, so A's gradient is exactly zero while B's is not; once B has moved,
+    both learn."""
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     model = _apply("dtl", loaded.backbone)
-    _randomise_b(model)
     pixels, ids, mask = shipped_batch(loaded)
-    (model.encode_image(pixels).sum() + model.encode_text(ids, mask).sum()).backward()
+
+    def backward():
+        model.zero_grad(set_to_none=True)
+        (model.encode_image(pixels).sum() + model.encode_text(ids, mask).sum()).backward()
+
+    backward()
+    for path in model.paths.values():
+        assert all(not down.weight.grad.any() for down in path.down)
+        assert any(up.weight.grad.abs().sum() > 0 for up in path.up)
+    _randomise_b(model)
+    backward()
     for path in model.paths.values():
         assert all(down.weight.grad.abs().sum() > 0 for down in path.down)
         assert all(up.weight.grad.abs().sum() > 0 for up in path.up)
-    assert all(p.grad is None for p in loaded.backbone.parameters() if not p.requires_grad)

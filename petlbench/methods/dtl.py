@@ -43,8 +43,8 @@ class DTLConfig(MethodConfig):
     late: float = field(
         default=0.5,
         metadata=rule(
-            "fraction of each tower's blocks, from the top, after which the side path is added back "
-            "(0.5: the last half, blocks 6..11 of ViT-B's 12)",
+            "fraction of each tower's blocks, from the top, after which the side path is added back: the last "
+            "max(1, floor(late * depth + 1/2)) blocks (0.5: the last half, blocks 6..11 of ViT-B's 12)",
             gt=0,
             le=1,
         ),
@@ -60,8 +60,9 @@ class DTLPlusConfig(DTLConfig):
 
 
 def first_injection(cfg: DTLConfig, depth: int) -> int:
-    """The index of the first block after which the side path is added back."""
-    return depth - max(1, round(cfg.late * depth))
+    """The index of the first block after which the side path is added back (methods.md's
+    `add_after` as a suffix of the blocks; half-way cases round up, not to even)."""
+    return depth - max(1, math.floor(cfg.late * depth + 0.5))
 
 
 class LowRankPath(nn.Module):
