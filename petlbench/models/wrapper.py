@@ -54,8 +54,8 @@ class TokenWalker(TowerWise):
         raise NotImplementedError
 
     def encode(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
-        pool_index = self.backbone.pool_index(tower, **inputs)
-        return self.backbone.tower_head(tower, self.tokens(tower, **inputs), pool_index=pool_index)
+        tokens = self.tokens(tower, **inputs)  # first: the pooling indices are not alive during the walk
+        return self.backbone.tower_head(tower, tokens, pool_index=self.backbone.pool_index(tower, **inputs))
 
 
 class EmbeddingSide(TowerWise):
