@@ -65,13 +65,11 @@ class ClipDualEncoder(DualEncoder):
         if tower == "vision":
             out = self.clip.vision_model(pixel_values=inputs["pixel_values"], output_hidden_states=True)
             b, n = out.hidden_states[0].shape[:2]
-            device = out.hidden_states[0].device
-            return TowerStates(
-                out.hidden_states, torch.ones(b, n, dtype=torch.bool, device=device), torch.zeros(b, dtype=torch.long, device=device)
-            )
+            every = torch.ones(b, n, dtype=torch.bool, device=out.hidden_states[0].device)
+            return TowerStates(out.hidden_states, every, self.pool_index(tower, **inputs))
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         out = self.clip.text_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        return TowerStates(out.hidden_states, mask.bool(), eot_positions(ids, self.clip.config.text_config.eos_token_id))
+        return TowerStates(out.hidden_states, mask.bool(), self.pool_index(tower, **inputs))
 
     # -- walking a tower's blocks (methods that change what flows between them) --------------
     # Written against the transformers 5.x CLIP layout (pyproject pins >=5,<6): the vision
