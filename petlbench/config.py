@@ -160,6 +160,59 @@ class EvalConfig:
     )
 
 
+GiB = 2**30
+BUDGET_KNOBS = Literal["batch", "grad_checkpointing"]
+
+
+@dataclass
+class BudgetConfig:
+    """How a memory budget (`petlbench run --budget`) turns into each variant's batch size
+    and schedule. Off (``bytes`` 0) unless a budget is given; hashed only when on, so that a
+    run without a budget keeps the hashes it always had."""
+
+    bytes: int = field(default=0, metadata=rule("the budget in bytes (`run --budget`; 0: none)", ge=0, le=2**50))
+    min_batch_size: int = field(
+        default=8, metadata=rule("the smallest training batch a method may take: below it, over_budget", ge=1, le=2**20)
+    )
+    max_batch_size: int = field(
+        default=512,
+        metadata=rule("the largest training batch searched (caps the RAM of a CPU run: full at 512 needs about 1.6 GiB)", ge=1, le=2**20),
+    )
+    batch_multiple: int = field(default=8, metadata=rule("the chosen batch is rounded down to a multiple of this", ge=1, le=2**20))
+    schedule: Literal["equal_samples", "equal_steps"] = field(
+        default="equal_samples",
+        metadata={
+            "help": "equal_samples: every method sees the suite's steps x batch_size training samples (to within one batch); "
+            "equal_steps: the suite's steps at every batch size (a larger batch also sees more data)"
+        },
+    )
+    lr_scaling: Literal["none", "sqrt", "linear"] = field(
+        default="none", metadata={"help": "the variant's learning rate times (batch / suite batch) ** 0, 1/2 or 1"}
+    )
+    knobs: list[BUDGET_KNOBS] = field(
+        default_factory=lambda: ["batch"],
+        metadata=rule("what a method may change to fit: the batch, and activation checkpointing where it buys a larger batch", min_items=1),
+    )
+    cuda_headroom_bytes: int = field(
+        default=GiB,
+        metadata=rule(
+            "CUDA: left out of the budget for what the estimate does not model (the CUDA context, about 0.5 GiB, and the caching allocator's slack)",
+            ge=0,
+            le=2**50,
+        ),
+    )
+
+    def __post_init__(self):
+        if self.min_batch_size > self.max_batch_size:
+            raise ConfigError(f"{self.min_batch_size} exceeds budget.max_batch_size = {self.max_batch_size}", key="budget.min_batch_size")
+        if self.batch_multiple > self.max_batch_size:
+            raise ConfigError(f"{self.batch_multiple} exceeds budget.max_batch_size = {self.max_batch_size}", key="budget.batch_multiple")
+        if "batch" not in self.knobs:
+            raise ConfigError("must include 'batch' (the batch size is what a budget chooses)", key="budget.knobs")
+        if len(set(self.knobs)) < len(self.knobs):
+            raise ConfigError("a knob is named twice", key="budget.knobs")
+
+
 @dataclass
 class SuiteConfig:
     name: str = field(metadata=rule("the suite's name (records and tables show it)", nonempty=True))
@@ -172,6 +225,23 @@ class SuiteConfig:
         default_factory=lambda: [0], metadata=rule("default run seeds", ge=SEED_RANGE[0], le=SEED_RANGE[1], min_items=1, hashed=False)
     )
     description: str = field(default="", metadata=rule("one line for `petlbench list`", nonempty=False, hashed=False))
+    # hashed only when a budget is set (`suite_hash`)
+    budget: BudgetConfig = field(default_factory=BudgetConfig, metadata={"help": "memory-budget runs (`run --budget`)", "hashed": False})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What one run executes: the suite's training and evaluation settings and the
+    variant's learning rate, or what a memory budget derived from them (`petlbench.budget`).
+    Kept apart from the suite, whose hash must not change with a derived value."""
+
+    train: TrainConfig
+    eval_batch_size: int
+    lr: float
+
+    @classmethod
+    def of(cls, suite: SuiteConfig, lr: float) -> RunSettings:
+        return cls(suite.train, suite.eval.batch_size, lr)
 
 
 @dataclass
@@ -490,8 +560,9 @@ def _hashed(obj: Any) -> Any:
 def suite_hash(suite: SuiteConfig) -> str:
     """Covers everything that must be equal for records to share a table: the resolved
     suite without what cannot change a result (`NOT_HASHED`: the default seed list, the
-    description, where the data lives and how many workers load it)."""
-    return _digest(_hashed(suite))
+    description, where the data lives and how many workers load it); the budget and its
+    rules only when a budget is set, so that every hash without one stays what it was."""
+    return _digest({**_hashed(suite), **({"budget": to_dict(suite.budget)} if suite.budget.bytes else {})})
 
 
 def run_hash(suite: SuiteConfig, variant, seed: int) -> str:

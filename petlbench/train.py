@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from petlbench import config as cfgmod
 from petlbench import faults
-from petlbench.config import ConfigError, Precision, SuiteConfig
+from petlbench.config import ConfigError, Precision, RunSettings, SuiteConfig, TrainConfig
 from petlbench.data.retrieval import RetrievalSplit, suite_splits
 from petlbench.measure.kernels import AttentionKernels
 from petlbench.measure.memory import host_batches, meter_for, training_state
@@ -75,33 +75,34 @@ def setup_batches(split: RetrievalSplit, batch_size: int, seed: int, device: tor
         yield to_device(batch, device)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], suite: SuiteConfig, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], train: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """The suite's AdamW, its implementation passed explicitly (the defaults differ between
     CPU and CUDA, and so do their temporaries)."""
-    impl = suite.train.optimizer_impl
+    impl = train.optimizer_impl
     return torch.optim.AdamW(
         params,
         lr=lr,
-        weight_decay=suite.train.weight_decay,
+        weight_decay=train.weight_decay,
         foreach=impl == "foreach",
         fused=True if impl == "fused" else None,
     )
 
 
-def prepare(backbone: DualEncoder, suite: SuiteConfig, variant: Variant, data: SetupData | None = None) -> nn.Module:
-    """``variant``'s method applied to ``backbone``, then the suite's rules for the
-    projections, the logit scale and activation checkpointing: the model that `run` and the
+def prepare(backbone: DualEncoder, train: TrainConfig, variant: Variant, data: SetupData | None = None) -> nn.Module:
+    """``variant``'s method applied to ``backbone``, then the training rules ``train`` (the
+    suite's, or what a budget derived from them: `RunSettings`) for the projections, the
+    logit scale and activation checkpointing: the model that `run` and the
     estimate both train, wholly on the backbone's device (checked, `PlacementError`).
     ``data`` feeds the set-up of methods that read training data (`MethodSpec.needs_data`)."""
     device, spec = backbone.device, get_method(variant.method)
     model = spec.apply(backbone, variant.config, data)
     if not spec.defines_head:
         for projection in backbone.projections():
-            projection.requires_grad_(suite.train.head == "trainable")
-    backbone.logit_scale.requires_grad_(suite.train.temperature == "trainable")
+            projection.requires_grad_(train.head == "trainable")
+    backbone.logit_scale.requires_grad_(train.temperature == "trainable")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"method {variant.name!r} leaves no trainable parameter")
-    if suite.train.grad_checkpointing:
+    if train.grad_checkpointing:
         checkpoint_blocks(model)  # after the method: PEFT and adapters have changed the blocks by now
     check_placement(model, device, variant.name)
     return model
@@ -178,11 +179,19 @@ def _nvml_figures(peak: NvmlPeak) -> dict[str, Any]:
 
 
 def run(
-    suite: SuiteConfig, variant: Variant, seed: int, device: torch.device, on_step: Callable[[float], None] | None = None
+    suite: SuiteConfig,
+    variant: Variant,
+    seed: int,
+    device: torch.device,
+    on_step: Callable[[float], None] | None = None,
+    settings: RunSettings | None = None,
 ) -> RunOutcome:
     """Train ``variant`` on ``suite`` with ``seed`` and evaluate it; ``on_step(loss)`` after
-    every training step (progress). Raises `DivergedError`, `ConfigError` or out-of-memory
-    errors for the sweep to record."""
+    every training step (progress). ``settings``: what to execute where a budget derived it
+    (default: the suite's own, `RunSettings.of`). Raises `DivergedError`, `ConfigError` or
+    out-of-memory errors for the sweep to record."""
+    settings = settings or RunSettings.of(suite, variant.config.lr)
+    train = settings.train
     torch.manual_seed(seed)
     backbone, tokenizer, image_processor = load_backbone(
         suite.model.name, suite.model.attn_implementation, device, suite.model.allow_pickle
@@ -190,17 +199,17 @@ def run(
     splits = _splits(suite, tokenizer, image_processor, device)
     train_split, eval_split = splits["train"], splits[suite.eval.split]
 
-    model = prepare(backbone, suite, variant, data=lambda batch_size: setup_batches(train_split, batch_size, seed, device))
+    model = prepare(backbone, train, variant, data=lambda batch_size: setup_batches(train_split, batch_size, seed, device))
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    steps, bs = suite.train.steps, suite.train.batch_size
-    opt = make_optimizer(trainable, suite, variant.config.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(suite.train.warmup_steps, steps))
+    steps, bs = train.steps, train.batch_size
+    opt = make_optimizer(trainable, train, settings.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(train.warmup_steps, steps))
     batches = train_split.training_batches(bs, torch.Generator().manual_seed(seed))
     model.train()
 
     def step(batch: dict[str, torch.Tensor]) -> None:
-        loss = train_step(model, batch, opt, suite.train.precision).item()
+        loss = train_step(model, batch, opt, train.precision).item()
         sched.step()
         if not math.isfinite(loss):
             raise DivergedError(f"loss became {loss}")
@@ -211,7 +220,7 @@ def run(
     cuda_index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" else None
     nvml = NvmlSampler(cuda_index) if cuda_index is not None else contextlib.nullcontext()
     # on CUDA, AdamW keeps its step counters on the host unless fused (they are no device memory)
-    steps_on_host = device.type == "cuda" and suite.train.optimizer_impl != "fused"
+    steps_on_host = device.type == "cuda" and train.optimizer_impl != "fused"
     warmup = contextlib.ExitStack()  # the warm-up is not measured: the kernel observer costs nothing there
     attention = warmup.enter_context(AttentionKernels())
     warmup.callback(faults.inject, "run.warmup", variant.name)
@@ -222,8 +231,8 @@ def run(
         device,
         meter,
         lambda: training_state(model, opt, steps_on_host),
-        measured=suite.train.measure_steps,
-        timed=steps - 1 - suite.train.measure_steps,
+        measured=train.measure_steps,
+        timed=steps - 1 - train.measure_steps,
         around_warmup=warmup,
         around_window=nvml,
     )
@@ -239,10 +248,10 @@ def run(
     if hasattr(batches, "close"):
         batches.close()  # drops the training DataLoader: its workers stop, their prefetched batches go
     t_eval = time.perf_counter()
-    metrics = evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision, host=host_batches)
+    metrics = evaluate(model, eval_split, settings.eval_batch_size, device, suite.eval.folds, train.precision, host=host_batches)
     eval_s = time.perf_counter() - t_eval
     with meter.phase(*training_state(model)) as eval_peak:
-        evaluate(model, eval_split, suite.eval.batch_size, device, suite.eval.folds, suite.train.precision, host=host_batches)
+        evaluate(model, eval_split, settings.eval_batch_size, device, suite.eval.folds, train.precision, host=host_batches)
     n_eval_items = eval_split.n_images * (1 + eval_split.captions_per_image)
 
     median_step = statistics.median(step_times) if step_times else None

@@ -41,8 +41,8 @@ def main() -> None:
         batches = split.training_batches(suite.train.batch_size, torch.Generator().manual_seed(0))
         variant = load_variant(name)
         setup_batch = next(batches)  # LST's Fisher ranking: set-up, not timed
-        model = prepare(backbone, suite, variant, data=lambda _size: itertools.repeat(setup_batch))  # noqa: B023
-        opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite, variant.config.lr)
+        model = prepare(backbone, suite.train, variant, data=lambda _size: itertools.repeat(setup_batch))  # noqa: B023
+        opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite.train, variant.config.lr)
         step = lambda batch, m=model, o=opt: train_step(m, batch, o)  # noqa: E731
         # the measured window runs under the accounting, the timed steps after it without
         phase = training_phase(

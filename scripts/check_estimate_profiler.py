@@ -66,8 +66,8 @@ def profiled_step(model_name: str, method: str, batch_size: int, suite_name: str
     text_length = architecture.max_text_positions
     torch.manual_seed(0)
     variant = data_free(load_variant(method))
-    model = prepare(architecture.build(suite.model.attn_implementation), suite, variant)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
+    model = prepare(architecture.build(suite.model.attn_implementation), suite.train, variant)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite.train, variant.config.lr)
     model.train()
     batches = iter(lambda: random_batch(architecture, batch_size, text_length), None)
     step = lambda batch: train_step(model, batch, opt)  # noqa: E731

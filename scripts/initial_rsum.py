@@ -40,7 +40,7 @@ def main() -> None:
         loaded = load_backbone(suite.model.name, suite.model.attn_implementation, device, suite.model.allow_pickle)
         splits = splits or suite_splits(suite.data, loaded.tokenizer, loaded.image_processor)
         train = splits["train"]
-        model = prepare(loaded.backbone, suite, variant, data=lambda size, train=train: setup_batches(train, size, args.seed, device))
+        model = prepare(loaded.backbone, suite.train, variant, data=lambda size, train=train: setup_batches(train, size, args.seed, device))
         metrics = evaluate(model, splits[suite.eval.split], suite.eval.batch_size, device, suite.eval.folds, suite.train.precision)
         print(f"| {name} | {metrics['rsum']:.1f} |", flush=True)
 

@@ -54,8 +54,8 @@ def measure(model_name: str, suite_name: str, overrides: list[str], variant_name
     variant = data_free(load_variant(variant_name))
     row = {"method": variant_name, "batch_size": batch_size, "overrides": overrides}
     try:
-        model = prepare(backbone, suite, variant)
-        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
+        model = prepare(backbone, suite.train, variant)
+        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite.train, variant.config.lr)
         model.train()
         batches = iter(lambda: random_batch(architecture, batch_size, text_length), None)
         steps_on_host = device.type == "cuda" and suite.train.optimizer_impl != "fused"

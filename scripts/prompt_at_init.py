@@ -36,7 +36,7 @@ def main() -> None:
         loaded = load_backbone(suite.model.name, suite.model.attn_implementation, device, suite.model.allow_pickle)
         if "data" not in splits:
             splits["data"] = suite_splits(suite.data, loaded.tokenizer, loaded.image_processor)
-        model = prepare(loaded.backbone, suite, load_variant(variant))
+        model = prepare(loaded.backbone, suite.train, load_variant(variant))
         with torch.no_grad():
             for prompts in model.prompts.values():
                 prompts.mul_(scale)

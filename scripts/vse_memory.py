@@ -44,11 +44,11 @@ def main() -> None:
         torch.manual_seed(0)
         variant = load_variant(path.stem)
         try:
-            model = prepare(tiny_vse(max_text=args.text_length), suite, variant, data=lambda _size: itertools.repeat(batch))
+            model = prepare(tiny_vse(max_text=args.text_length), suite.train, variant, data=lambda _size: itertools.repeat(batch))
         except ConfigError as exc:
             print(f"{variant.name:18s} unsupported: {exc}")
             continue
-        opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite, variant.config.lr)
+        opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite.train, variant.config.lr)
         model.train()
         step = lambda b, m=model, o=opt: train_step(m, b, o)  # noqa: E731
         peak = training_phase(

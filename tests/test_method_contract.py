@@ -57,7 +57,7 @@ def setup(request):
     backbone, batch = _backbone_and_batch(family)
     before = snapshot(backbone)
     variant = load_variant(method)
-    model = prepare(backbone, SUITE, variant, data=lambda _batch_size: itertools.repeat(batch)).train()
+    model = prepare(backbone, SUITE.train, variant, data=lambda _batch_size: itertools.repeat(batch)).train()
     return backbone, model, batch, before, variant
 
 
@@ -146,7 +146,7 @@ def test_what_the_method_keeps_of_the_backbone_is_what_it_declares(setup):
 @pytest.mark.parametrize("setup", PAIRS, indirect=True, ids=IDS)
 def test_the_measured_phase_runs_and_counts_the_step(setup):
     _, model, batch, _, variant = setup
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], SUITE, variant.config.lr)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], SUITE.train, variant.config.lr)
     phase = training_phase(
         lambda b: train_step(model, b, opt),
         itertools.repeat(batch),

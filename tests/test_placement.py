@@ -56,7 +56,7 @@ def _meta_batch(family: str, batch_size: int = 4, text_length: int = 12) -> dict
 
 @pytest.mark.parametrize("family, variant", PAIRS, ids=[f"{f}-{v}" for f, v in PAIRS])
 def test_prepare_keeps_everything_on_the_backbone_device_and_a_step_runs_there(family, variant):
-    model = prepare(meta_backbone(family), SUITE, contract_variant(variant))
+    model = prepare(meta_backbone(family), SUITE.train, contract_variant(variant))
     off = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type != "meta"]
     assert not off, f"not on the backbone's device: {off[:5]}"
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -85,4 +85,4 @@ def test_prepare_names_the_first_tensor_left_on_another_device(monkeypatch):
     stray = MethodSpec("linear", spec.config_cls, defines_head=True, builders={"clip": misplaced}, keeps={"clip": NOTHING})
     monkeypatch.setitem(METHODS, "linear", stray)
     with pytest.raises(PlacementError, match=r"stray\.weight is on cpu, the backbone on meta"):
-        prepare(meta_backbone("clip"), SUITE, load_variant("linear"))
+        prepare(meta_backbone("clip"), SUITE.train, load_variant("linear"))

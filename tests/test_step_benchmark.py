@@ -31,8 +31,8 @@ def test_training_step(benchmark, method):
               max_length=suite.data.text_length, return_tensors="pt")  # fmt: skip
     batch = {"pixel_values": torch.randn(BATCH, 3, 48, 48), "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     variant = load_variant(method)
-    model = prepare(backbone, suite, variant, data=lambda _size: itertools.repeat(batch))
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
+    model = prepare(backbone, suite.train, variant, data=lambda _size: itertools.repeat(batch))
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite.train, variant.config.lr)
     step = lambda b: train_step(model, b, opt)  # noqa: E731
     peak = training_phase(step, itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter(), lambda: training_state(model, opt)).peak
     benchmark.extra_info.update({"batch_size": BATCH, "train_peak_bytes": peak.peak_bytes, **peak.breakdown})

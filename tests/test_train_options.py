@@ -40,7 +40,7 @@ def suite(**train):
 def build(architecture: Architecture, method: str, suite_cfg, batch: dict) -> torch.nn.Module:
     """``method`` on a fresh backbone (seeded: the same weights every call), in training mode."""
     torch.manual_seed(0)
-    model = prepare(architecture.build("sdpa"), suite_cfg, load_variant(method), data=lambda _size: itertools.repeat(batch))
+    model = prepare(architecture.build("sdpa"), suite_cfg.train, load_variant(method), data=lambda _size: itertools.repeat(batch))
     return model.train()
 
 
@@ -71,7 +71,7 @@ def step_peak(architecture: Architecture, method: str, suite_cfg, batch: dict) -
     """Bytes of a steady-state training step under the CPU accounting, as `train.run` measures it."""
     model = build(architecture, method, suite_cfg, batch)
     variant = load_variant(method)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite_cfg, variant.config.lr)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite_cfg.train, variant.config.lr)
     step = lambda b: train_step(model, b, opt, suite_cfg.train.precision)  # noqa: E731
     return training_phase(
         step, itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter(), lambda: training_state(model, opt)
@@ -108,7 +108,7 @@ def test_bf16_step_keeps_fp32_weights_and_state_and_a_close_loss(family, method)
     for precision in ("fp32", "bf16"):
         suite_cfg = suite(precision=precision)
         model = build(FAMILIES[family], method, suite_cfg, batch)
-        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite_cfg, load_variant(method).config.lr)
+        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite_cfg.train, load_variant(method).config.lr)
         torch.manual_seed(2)
         losses[precision] = train_step(model, batch, opt, precision).item()
         assert {p.dtype for p in model.parameters()} == {torch.float32}
