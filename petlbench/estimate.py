@@ -23,23 +23,27 @@ from tqdm.auto import tqdm
 from petlbench import config as cfgmod
 from petlbench import records
 from petlbench.config import ConfigError, Precision, SuiteConfig, TrainConfig
+from petlbench.data.retrieval import TensorSplit
 from petlbench.measure.estimate import (
     CUDA_GRANULARITY,
     CUDA_WORKSPACE_BYTES,
     CpuNormStatistics,
     FusedAttentionDropout,
     MiB,
+    ScalarsAsZero,
     Target,
     largest_batch,
     materialize,
     random_batch,
 )
-from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, training_state
+from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, host_batches, training_state
 from petlbench.measure.params import parameter_counts
 from petlbench.measure.phase import training_phase
 from petlbench.methods import get_method, registered
 from petlbench.models.loader import Architecture, load_architecture
+from petlbench.objective import evaluate
 from petlbench.report import memory_unit
+from petlbench.schema import Budget
 from petlbench.train import RunOutcome, make_optimizer, prepare, train_step, trainable_rule
 from petlbench.variants import Variant, data_free, load_variant, shipped
 
@@ -70,20 +74,36 @@ def parse_size(text: str) -> int:
 class FakeTraining:
     """One variant's model and optimizer on fake tensors, for the suite's training step
     (`train.train_step`: same loss, same AdamW implementation) on ``architecture``; `peak`
-    measures a steady-state step at any batch size through the one measured phase, under the
-    CPU accounting (``target`` ``cpu``: exactly a real CPU run's figure; ``cuda``: shaped
-    like `max_memory_allocated`, `petlbench.measure.estimate`)."""
+    measures a steady-state step at any batch size through the one measured phase, and
+    `eval_peak` the evaluation phase, under the CPU accounting (``target`` ``cpu``: exactly a
+    real CPU run's figure; ``cuda``: shaped like `max_memory_allocated`,
+    `petlbench.measure.estimate`). ``train``: the training rules (default: the suite's)."""
 
-    def __init__(self, architecture: Architecture, suite: SuiteConfig, variant: Variant, text_length: int, target: Target = "cuda"):
+    def __init__(
+        self,
+        architecture: Architecture,
+        suite: SuiteConfig,
+        variant: Variant,
+        text_length: int,
+        target: Target = "cuda",
+        train: TrainConfig | None = None,
+    ):
         self.architecture, self.suite, self.text_length, self.target = architecture, suite, text_length, target
+        self.train = train or suite.train
         with torch.device("meta"):
             backbone = architecture.build(suite.model.attn_implementation)
-        self.model = prepare(backbone, suite, data_free(variant))
+        self.model = prepare(backbone, self.train, data_free(variant))
         self.params = parameter_counts(self.model)
         self.fake_mode = FakeTensorMode()
+        self.lr = variant.config.lr
         with self.fake_mode:
             materialize(self.model)
-            self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], suite, variant.config.lr)
+        self._new_optimizer()
+
+    def _new_optimizer(self) -> None:
+        """A fresh optimizer (no state): the next `peak` runs the warm-up step first."""
+        with self.fake_mode:
+            self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], self.train, self.lr)
         self.model.train()
         self._warm = False
 
@@ -93,10 +113,10 @@ class FakeTraining:
         cuda = self.target == "cuda"
 
         def step(batch: dict[str, torch.Tensor]) -> None:
-            train_step(self.model, batch, self.opt, self.suite.train.precision)
+            train_step(self.model, batch, self.opt, self.train.precision)
 
         batches = iter(lambda: random_batch(self.architecture, batch_size, self.text_length), None)
-        steps_on_host = cuda and self.suite.train.optimizer_impl != "fused"
+        steps_on_host = cuda and self.train.optimizer_impl != "fused"
         with self.fake_mode, CpuNormStatistics(), FusedAttentionDropout() if cuda else contextlib.nullcontext():
             peak = training_phase(
                 step,
@@ -110,6 +130,29 @@ class FakeTraining:
         if cuda:
             peak.breakdown["workspace"] = CUDA_WORKSPACE_BYTES
             peak.peak_bytes += CUDA_WORKSPACE_BYTES
+        peak.source = "estimate"
+        return peak
+
+    def eval_peak(self, batch_size: int, images: int, captions_per_image: int) -> PhasePeak:
+        """The peak of the evaluation phase (`objective.evaluate` at ``batch_size`` on a split
+        of ``images`` with ``captions_per_image`` each), as `train.run` measures it: after
+        training, with the optimizer state gone. The optimizer is made anew for a later
+        `peak`. On the CUDA target the ranking that a GPU run does on the host is counted
+        too: an upper bound there."""
+        self.opt.state.clear()
+        side, channels = self.architecture.image_size, self.architecture.num_channels
+        meter = CpuAccountingMeter(granularity=CUDA_GRANULARITY if self.target == "cuda" else 1)
+        with self.fake_mode, CpuNormStatistics(), ScalarsAsZero():
+            # a fake mask's values are unknown, so transformers builds the attention mask as for padded captions
+            mask = torch.ones(images, captions_per_image, self.text_length, dtype=torch.long)
+            split = TensorSplit(
+                torch.empty(images, channels, side, side),
+                torch.randint(self.architecture.vocab_size, (images, captions_per_image, self.text_length)),
+                mask,
+            )
+            with meter.phase(*training_state(self.model)) as peak:
+                evaluate(self.model, split, batch_size, torch.device("cpu"), self.suite.eval.folds, self.train.precision, host=host_batches)
+        self._new_optimizer()
         peak.source = "estimate"
         return peak
 
@@ -243,7 +286,7 @@ def table(rows: list[Row]) -> str:
     body = []
     for row in rows:
         parts = [f"{row.peak.breakdown.get(key, 0) / scale:.2f}" for key in PARTS]
-        largest = [row.max_batch_size or "none"] if budget else []
+        largest = [row.max_batch_size or "over budget"] if budget else []
         body.append([row.variant.name, f"{row.params['params_trainable']:,}", *largest, f"{row.peak.peak_bytes / scale:.2f}", *parts])
     peak_header = f"train peak at it ({unit})" if budget else f"train peak ({unit})"
     headers = [
@@ -282,12 +325,29 @@ def as_json(job: Job, rows: list[Row]) -> str:
 
 
 def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
-    """Result records of the usual schema (memory source ``estimate``, no metrics); a
-    budget no batch size fits is recorded as ``oom`` at batch 1."""
+    """Result records of the usual schema (memory source ``estimate``, no metrics). At a
+    batch size, the suite holds it; under a budget, the suite holds the budget (one
+    `suite_hash` for every variant) and the record's ``budget`` section the largest batch,
+    or status ``over_budget`` with the peak at batch 1 where none fits."""
     paths = []
     env = records.environment(torch.device("cpu"))
     for row in rows:
-        suite = dataclasses.replace(job.suite, train=dataclasses.replace(job.suite.train, batch_size=row.batch_size))
+        if row.budget_bytes is None:
+            suite, budget = dataclasses.replace(job.suite, train=dataclasses.replace(job.suite.train, batch_size=row.batch_size)), None
+        else:
+            suite = dataclasses.replace(job.suite, budget=dataclasses.replace(job.suite.budget, bytes=row.budget_bytes))
+            budget = Budget(
+                bytes=row.budget_bytes,
+                target="cuda",
+                headroom_bytes=0,
+                schedule=suite.budget.schedule,
+                lr_scaling=suite.budget.lr_scaling,
+                validated=not unvalidated(suite.train),
+                unvalidated=unvalidated(suite.train),
+                batch_size=row.max_batch_size or None,
+                estimated_train_peak_bytes=row.peak.peak_bytes,
+                reason=None if row.max_batch_size else f"estimated train peak at batch 1: {row.peak.peak_bytes:,} bytes, above the budget",
+            )
         memory = {
             "source": "estimate",
             "target": "cuda",
@@ -303,12 +363,11 @@ def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
             "unvalidated": unvalidated(job.suite.train),
         }
         outcome = RunOutcome(metrics=None, cost={**row.params, "memory": memory}, trainable_rule=trainable_rule(suite, row.variant))
-        status, error = (
-            ("oom", f"estimated peak at batch 1 exceeds the budget of {row.budget_bytes} bytes")
-            if row.max_batch_size == 0
-            else ("ok", None)
-        )
+        status, error = ("over_budget", budget.reason) if budget is not None and budget.batch_size is None else ("ok", None)
         path = records.record_path(output, row.variant.name, SEED)
-        records.write_record(path, records.make_record(suite, row.variant, SEED, status, error, outcome, env, row.wall_s))
+        record = records.make_record(
+            suite, row.variant, SEED, status, error, outcome, env, row.wall_s, budget=dataclasses.asdict(budget) if budget else None
+        )
+        records.write_record(path, record)
         paths.append(path)
     return paths

@@ -13,13 +13,15 @@ from transformers import CLIPConfig, CLIPModel
 from petlbench import records
 from petlbench.cli import main
 from petlbench.config import available, load_suite
+from petlbench.data.retrieval import TensorSplit
 from petlbench.estimate import FakeTraining, parse_size
 from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, largest_batch, random_batch
-from petlbench.measure.memory import CpuAccountingMeter, allocated_bytes, training_state
+from petlbench.measure.memory import CpuAccountingMeter, allocated_bytes, host_batches, training_state
 from petlbench.measure.phase import training_phase
 from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture, load_architecture, vse_architecture
 from petlbench.models.vse import tiny_vse
+from petlbench.objective import evaluate
 from petlbench.train import make_optimizer, prepare, train_step
 from petlbench.variants import data_free, load_variant
 
@@ -57,8 +59,8 @@ def real_accounting(architecture: Architecture, method: str, text_length: int, s
     """The same step on real tensors through the one measured phase, as `train.run` measures it."""
     torch.manual_seed(0)
     variant = data_free(load_variant(method))
-    model = prepare(architecture.build(suite.model.attn_implementation), suite, variant)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite, variant.config.lr)
+    model = prepare(architecture.build(suite.model.attn_implementation), suite.train, variant)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite.train, variant.config.lr)
     model.train()
     batches = iter(lambda: random_batch(architecture, BATCH, text_length), None)
     peak = training_phase(
@@ -88,6 +90,35 @@ def test_fake_estimate_equals_real_cpu_accounting(family, method, options):
     assert real.breakdown["transient_peak"] > 0
     assert estimate.breakdown == real.breakdown
     assert estimate.peak_bytes == real.peak_bytes
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "family, method", [(family, name) for family in TINY for name, spec in sorted(registered().items()) if family in spec.families]
+)
+def test_fake_eval_peak_equals_real_cpu_accounting(family, method, precision):
+    """The evaluation phase as `train.run` measures it (after training, the optimizer state
+    gone), on real captions padded like the suite's, against `FakeTraining.eval_peak`."""
+    architecture = TINY[family]
+    suite = dataclasses.replace(SUITE, train=dataclasses.replace(SUITE.train, precision=precision))
+    text_length, images, captions, batch = architecture.max_text_positions, 12, 5, 8
+    _, model = real_accounting(architecture, method, text_length, suite)
+    mask = torch.ones(images, captions, text_length, dtype=torch.long)
+    mask[..., (text_length + 1) // 2 :] = 0
+    side = architecture.image_size
+    split = TensorSplit(
+        torch.randn(images, architecture.num_channels, side, side),
+        torch.randint(architecture.vocab_size, (images, captions, text_length)),
+        mask,
+    )
+    with CpuAccountingMeter().phase(*training_state(model)) as real:
+        evaluate(model, split, batch, torch.device("cpu"), 1, precision, host=host_batches)
+    training = FakeTraining(architecture, suite, load_variant(method), text_length, target="cpu")
+    training.peak(BATCH)  # a training step first, as in a run: the optimizer state it creates must not count
+    estimate = training.eval_peak(batch, images, captions)
+    assert real.breakdown["transient_peak"] > 0
+    assert estimate.breakdown == real.breakdown and estimate.peak_bytes == real.peak_bytes
+    assert training.peak(BATCH).peak_bytes == real_accounting(architecture, method, text_length, suite)[0].peak_bytes  # still exact after
 
 
 def estimate_ratios(fixture: dict) -> dict[tuple[str, int, tuple[str, ...]], float]:
