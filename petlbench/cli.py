@@ -77,6 +77,15 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _sizes(text: str) -> list[int]:
+    from petlbench.budget import parse_budgets
+
+    try:
+        return parse_budgets(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from petlbench import estimate
 
@@ -122,22 +131,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from petlbench.sweep import Interrupted, make_plan, resolve_device, run_plan
+    """Every plan first (one per budget; all checks and estimates), then their runs."""
+    from datetime import datetime
+
+    from petlbench.sweep import make_plan, resolve_device
 
     device = resolve_device(args.device)
     if args.memory_limit is not None and device.type != "cuda":
         raise ConfigError(f"--memory-limit caps the CUDA caching allocator; this run is on {device.type} (use --device cuda)")
-    plan = make_plan(args.suite, _names("--methods", args.methods), args.seeds, args.output, args.set, args.shard)
-    plan.memory_limit = args.memory_limit
+    output = args.output
+    if args.budget and output is None:  # the budgets' subfolders share one parent
+        output = Path("results") / cfgmod.load_suite(args.suite, args.set).name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    methods = _names("--methods", args.methods)
+    plans = [make_plan(args.suite, methods, args.seeds, output, args.set, args.shard, budget, device) for budget in args.budget or [None]]
+    failed = False
+    for plan in plans:
+        plan.memory_limit = args.memory_limit
+        failed |= _run_one_plan(plan, device, args.dry_run)
+    if len(plans) > 1 and plans[0].shard is None and not args.dry_run:
+        _write_report(output, [plan.output for plan in plans])
+    return 1 if failed else 0
+
+
+def _run_one_plan(plan, device, dry_run: bool) -> bool:
+    """Run one plan and write its report; True where a run ended in ``error``."""
+    from petlbench.sweep import Interrupted, run_plan
+
     runs, grid = len(plan.runs()), len(plan.grid())
     part = f"{runs} runs" if plan.shard is None else f"shard {plan.shard}: {runs} of {grid} runs"
     print(f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {part} on {device}, records in {plan.output}")
-    if args.dry_run:
+    if dry_run:
         _print_plan(plan, device)
-        return 0
+        return False
     if not runs:
         print(f"shard {plan.shard}: nothing to do, the grid has {grid} runs for {plan.shard.count} shards")
-        return 0
+        return False
     results = run_plan(plan, device)
     print()
     print(summary_table(results))
@@ -156,8 +184,7 @@ def _run(args: argparse.Namespace) -> int:
             f"shard {plan.shard} done, no report written; once all {plan.shard.count} shards are done, "
             f"merge them with `petlbench report {plan.output}` and `petlbench plot {plan.output}`"
         )
-    failed = [r for r in results if r["run"]["status"] == "error"]
-    return 1 if failed else 0
+    return any(r["run"]["status"] == "error" for r in results)
 
 
 def _print_plan(plan, device) -> None:
@@ -167,41 +194,51 @@ def _print_plan(plan, device) -> None:
 
     for variant, seed in plan.runs():
         path = records.record_path(plan.output, variant.name, seed)
+        choice = plan.budgets.get(variant.name)
         if variant.name in plan.unsupported:
             what = f"unsupported ({plan.unsupported[variant.name]})"
+        elif choice is not None and choice.batch_size is None:
+            what = f"over budget ({choice.reason})"
         elif records.is_done(existing_record(path), cfgmod.run_hash(plan.suite, variant, seed), device):
             what = f"done, would be skipped ({path})"
         else:
             what = "would run"
+        if choice is not None and choice.batch_size is not None:
+            what += (
+                f" at batch {choice.batch_size} x {choice.steps} steps, eval batch {choice.eval_batch_size}"
+                + (", activation checkpointing" if choice.grad_checkpointing else "")
+                + f" (estimated peaks {choice.estimated_train_peak_bytes / 2**20:.2f} / {choice.estimated_eval_peak_bytes / 2**20:.2f} MiB)"
+            )
         print(f"  {variant.name} seed {seed}: {what}")
     print("dry run: everything checked, nothing run")
 
 
-def _write_report(folder: Path) -> None:
-    """A finished sweep's report (Markdown) and plots, next to its records."""
-    from petlbench.records import read_all, write_text_atomic
+def _write_report(folder: Path, sweeps: list[Path] | None = None) -> None:
+    """A finished sweep's report (Markdown) and plots, next to its records; with
+    ``sweeps`` (the budgets' subfolders), the report of them all in their parent ``folder``."""
+    from petlbench.records import read_folders, write_text_atomic
     from petlbench.report.plots import write_plots
     from petlbench.report.tables import report
 
-    found = read_all(folder)
+    found = read_folders(sweeps or [folder])
     write_text_atomic(folder / "report.md", report(found))
-    plots = write_plots(found, folder)
+    plots = write_plots(found, folder, per_suite=sweeps is None)  # each budget's own figures are in its subfolder
     print(f"report and plots in {folder}: " + ", ".join(["report.md", *(p.name for p in plots)]))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from petlbench.records import read_all
+    from petlbench.records import read_folders
     from petlbench.report.tables import report
 
-    print(report(read_all(args.dir, args.strict), args.format, args.by), end="")
+    print(report(read_folders(args.dirs, args.strict), args.format, args.by), end="")
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from petlbench.records import read_all
+    from petlbench.records import read_folders
     from petlbench.report.plots import write_plots
 
-    plots = write_plots(read_all(args.dir, args.strict), args.out or args.dir)
+    plots = write_plots(read_folders(args.dirs, args.strict), args.out or args.dirs[0])
     print("\n".join(str(p) for p in plots) or "nothing to plot: no successful run with figures")
     return 0
 
@@ -268,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check everything (config, model, data, output folder), print the plan, run nothing"
     )
     run.add_argument(
+        "--budget",
+        type=_sizes,
+        metavar="SIZES",
+        help="memory budget(s), e.g. 64MiB or 40MiB,80MiB,160MiB: each variant runs at the largest batch whose estimated "
+        "train and eval peaks fit (the suite's budget.* keys: limits, schedule, lr scaling, knobs), "
+        "into one subfolder budget-SIZE of the output folder per budget; a variant that does not fit is recorded over_budget",
+    )
+    run.add_argument(
         "--memory-limit",
         type=_size,
         metavar="SIZE",
@@ -279,15 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_cmd_list)
 
     rep = sub.add_parser("report", help="tables from a folder of result records")
-    rep.add_argument("dir", type=Path, help="folder of result records (one sweep)")
+    rep.add_argument(
+        "dirs", type=Path, nargs="+", metavar="DIR", help="folders of result records, or a parent of such folders (a `run --budget` folder)"
+    )
     rep.add_argument("--format", choices=FORMATS, default="md")
     rep.add_argument("--by", choices=tuple(BY), default="variant", help="one row per variant (mean ± std over seeds) or per run")
     rep.add_argument("--strict", action="store_true", help=STRICT)
     rep.set_defaults(func=_cmd_report)
 
     plot = sub.add_parser("plot", help="figures (PNG and PDF) from a folder of result records")
-    plot.add_argument("dir", type=Path, help="folder of result records (one sweep)")
-    plot.add_argument("--out", type=Path, help="folder for the figures; default: DIR")
+    plot.add_argument(
+        "dirs", type=Path, nargs="+", metavar="DIR", help="folders of result records, or a parent of such folders (a `run --budget` folder)"
+    )
+    plot.add_argument("--out", type=Path, help="folder for the figures; default: the first DIR")
     plot.add_argument("--strict", action="store_true", help=STRICT)
     plot.set_defaults(func=_cmd_plot)
 

@@ -117,11 +117,12 @@ def make_record(
     wall_s: float,
     overrides: list[str] = (),
     memory_limit: int | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The sections of the record of one (variant, seed) (`petlbench.schema`): what a run
     measured (``outcome``: a `train.RunOutcome`, None where it did not finish), or an
-    estimate."""
-    return {
+    estimate; ``budget``: what a memory budget decided (the section is absent without one)."""
+    record = {
         "schema": SCHEMA,
         "run": {
             "suite": suite.name,
@@ -143,6 +144,7 @@ def make_record(
         "cost": {**outcome.cost, "wall_s": wall_s} if outcome else None,
         "env": env,
     }
+    return {**record, "budget": budget} if budget is not None else record
 
 
 def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +254,20 @@ def read_all(directory: Path, strict: bool = False) -> list[dict[str, Any]]:
     if not loaded.records:
         raise ConfigError(f"{directory}: no result records (*.json of schema {', '.join(map(str, schema.READABLE))})")
     return loaded.records
+
+
+def read_folders(directories: list[Path], strict: bool = False) -> list[dict[str, Any]]:
+    """The records of several folders (`read_all` each). A folder that holds no record
+    file itself but subfolders that do (the parent of a `run --budget` sweep) stands for
+    those subfolders."""
+    out = []
+    for directory in map(Path, directories):
+        sweeps = [directory]
+        if directory.is_dir() and not candidates(directory):
+            sweeps = sorted(sub for sub in directory.iterdir() if sub.is_dir() and candidates(sub)) or sweeps
+        for sweep in sweeps:
+            out += read_all(sweep, strict)
+    return out
 
 
 VERSIONED = ("torch", "transformers", "peft")

@@ -18,7 +18,7 @@ from typing import Any, Union
 
 SCHEMA = 2
 READABLE = (1, 2)
-STATUSES = ("ok", "oom", "diverged", "unsupported", "error")
+STATUSES = ("ok", "oom", "over_budget", "diverged", "unsupported", "error")
 RECALL_KS = (1, 5, 10)
 DIRECTIONS = ("i2t", "t2i")  # image to text, text to image
 # The metric names, defined once: recalls at each k both ways (`metrics.retrieval_recalls`), then rSum.
@@ -118,6 +118,31 @@ class Metrics:
 
 
 @dataclass
+class Budget:
+    """What a memory budget decided for the run (`petlbench.budget`); every batch and
+    schedule field is null where nothing fits (status ``over_budget``)."""
+
+    bytes: int  # the budget
+    target: str  # what the estimate behind the choice modelled: cpu (the CPU accounting, exact) or cuda
+    headroom_bytes: int  # kept out of the budget (CUDA: the context and the allocator's slack)
+    schedule: str  # equal_samples or equal_steps (`budget.schedule`)
+    lr_scaling: str  # none, sqrt or linear (`budget.lr_scaling`)
+    validated: bool  # whether the estimate behind the choice has been checked on this kind of device
+    unvalidated: list[str]  # what is not yet checked
+    batch_size: int | None = None  # the chosen training batch
+    eval_batch_size: int | None = None  # the chosen evaluation batch
+    steps: int | None = None  # training steps at that batch
+    warmup_steps: int | None = None
+    grad_checkpointing: bool | None = None  # whether activation checkpointing was switched on to fit
+    lr: float | None = None  # the learning rate used (after `lr_scaling`)
+    samples: int | None = None  # training samples seen: steps x batch
+    estimated_train_peak_bytes: int | None = None  # at the chosen batch (over budget: at the minimum batch)
+    estimated_eval_peak_bytes: int | None = None  # at the chosen evaluation batch
+    reason: str | None = None  # why nothing fits
+    exceeded: list[str] = field(default_factory=list)  # measured memory figures above the budget (a defect on the CPU)
+
+
+@dataclass
 class Record:
     """One (variant, seed) of a sweep, or one estimate."""
 
@@ -128,9 +153,10 @@ class Record:
     metrics: Metrics | None  # none for estimates and runs that did not finish
     cost: Cost | None  # none for runs that did not finish
     env: dict[str, Any]  # provenance: git commit, package versions, device, threads, CUDA settings
+    budget: Budget | None = None  # runs under `--budget`: what the budget decided
 
 
-SECTIONS = {"run": Run, "cost": Cost, "memory": Memory, "metrics": Metrics, "folds": Folds}
+SECTIONS = {"run": Run, "cost": Cost, "memory": Memory, "metrics": Metrics, "folds": Folds, "budget": Budget}
 
 
 class OffSchema(ValueError):

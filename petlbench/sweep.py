@@ -5,6 +5,7 @@ shards that separate processes run into one folder."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import re
 import signal
@@ -21,13 +22,15 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from petlbench import budget as budgeting
 from petlbench import config as cfgmod
 from petlbench import faults, folder, records
-from petlbench.config import ConfigError, SuiteConfig
+from petlbench.config import ConfigError, RunSettings, SuiteConfig
 from petlbench.data.files import validate as validate_data
 from petlbench.methods import get_method
 from petlbench.models.loader import Architecture, check_weights, load_architecture, load_preprocessors
 from petlbench.registry import UnsupportedError
+from petlbench.schema import Budget
 from petlbench.train import DivergedError, RunOutcome, prepare, run
 from petlbench.variants import Variant, data_free, default_variants, load_variant, shipped
 
@@ -74,6 +77,8 @@ class Plan:
     memory_limit: int | None = None
     # variant name -> why its method does not apply to the suite's backbone (a record, not a run)
     unsupported: dict[str, str] = field(default_factory=dict)
+    # variant name -> what the suite's memory budget decided for it (`run --budget`)
+    budgets: dict[str, Budget] = field(default_factory=dict)
 
     def grid(self) -> list[tuple[Variant, int]]:
         """Every (variant, seed) of the sweep, in the order shards are cut from."""
@@ -82,6 +87,11 @@ class Plan:
     def runs(self) -> list[tuple[Variant, int]]:
         """The (variant, seed) this process runs: the whole grid, or its shard's part."""
         return self.shard.select(self.grid()) if self.shard else self.grid()
+
+    def settings(self, variant: Variant) -> RunSettings:
+        """What ``variant``'s runs execute: the suite's settings, or its budget's."""
+        choice = self.budgets.get(variant.name)
+        return budgeting.settings(self.suite, choice) if choice else RunSettings.of(self.suite, variant.config.lr)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,10 +102,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _check_data(suite: SuiteConfig) -> int:
+def _check_data(suite: SuiteConfig) -> tuple[int, int]:
     """Data read from files is checked whole (every image) before the first run, and so is
     the model's image processor that reads it; the evaluation folds must split the
-    evaluated images equally, and a training batch must fit in the training split."""
+    evaluated images equally, and a training batch must fit in the training split.
+    Returns the number of training and of evaluated images."""
     data = suite.data
     if data.kind == "scenes":
         n_train, n_eval = data.train_images, getattr(data, f"{suite.eval.split}_images")
@@ -113,7 +124,7 @@ def _check_data(suite: SuiteConfig) -> int:
         )
     if suite.train.batch_size > n_train:
         raise ConfigError(f"key 'train.batch_size': {suite.train.batch_size} exceeds the {n_train} images of the training split")
-    return n_train
+    return n_train, n_eval
 
 
 def _dry_prepare(architecture: Architecture, suite: SuiteConfig, variants: list[Variant]) -> dict[str, str]:
@@ -127,7 +138,7 @@ def _dry_prepare(architecture: Architecture, suite: SuiteConfig, variants: list[
         with torch.device("meta"):
             backbone = architecture.build(suite.model.attn_implementation)
         try:
-            prepare(backbone, suite, data_free(variant))
+            prepare(backbone, suite.train, data_free(variant))
         except UnsupportedError as exc:
             unsupported[variant.name] = str(exc)
         except ConfigError as exc:
@@ -147,16 +158,28 @@ def _distinct(items: list, what: str) -> list:
 
 
 def make_plan(
-    suite: str, methods: list[str] | None, seeds: list[int] | None, output: Path | None, overrides: list[str], shard: Shard | None = None
+    suite: str,
+    methods: list[str] | None,
+    seeds: list[int] | None,
+    output: Path | None,
+    overrides: list[str],
+    shard: Shard | None = None,
+    budget: int | None = None,
+    device: torch.device | None = None,
 ) -> Plan:
     """Validate everything a sweep needs before any run starts: the suite and every
     variant (bounds, the model-dependent checks of a dry `prepare`), the weights, the data,
-    the seeds and the output folder (writable, and holding no other sweep)."""
+    the seeds and the output folder (writable, and holding no other sweep). With a memory
+    ``budget`` (bytes; or `budget.bytes` set in the suite), each variant's batch and
+    schedule are chosen from the estimate for ``device`` (`petlbench.budget`), and the
+    records go to the subfolder ``budget-<size>`` of ``output``."""
     if shard is not None and output is None:
         raise ConfigError(
             f"--shard {shard}: needs --output DIR, the one folder all shards write into (the default folder is named after each process's start time)"
         )
     suite_cfg = cfgmod.load_suite(suite, overrides)
+    if budget is not None:
+        suite_cfg = dataclasses.replace(suite_cfg, budget=dataclasses.replace(suite_cfg.budget, bytes=budget))
     # with weights: a shipped architecture (config only) is an error here
     architecture = load_architecture(suite_cfg.model.name, weights=True)
     if suite_cfg.data.text_length > architecture.max_text_positions:
@@ -164,7 +187,7 @@ def make_plan(
             f"key 'data.text_length': {suite_cfg.data.text_length} exceeds the {architecture.max_text_positions} text positions of {suite_cfg.model.name}"
         )
     check_weights(suite_cfg.model.name, suite_cfg.model.allow_pickle)
-    n_train = _check_data(suite_cfg)
+    n_train, n_eval = _check_data(suite_cfg)
     names = default_variants() if methods is None else methods
     if names == ["all"]:
         names = shipped()
@@ -180,9 +203,15 @@ def make_plan(
                 f"{variant.source}: its set-up reads batches of {batch}, more than the {n_train} images of the training split"
             )
     output = output or Path("results") / suite_cfg.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if budget is not None:
+        output = output / f"budget-{budgeting.label(budget)}"
     plan = Plan(suite_cfg, variants, list(seeds), list(overrides), output, shard, unsupported=unsupported)
     folder.check_writable(output, create=False)
     folder.check_manifest(output, suite_cfg, plan.grid(), sharded=shard is not None)
+    if suite_cfg.budget.bytes:
+        target = "cuda" if device is not None and device.type == "cuda" else "cpu"
+        supported = [v for v in variants if v.name not in unsupported]
+        plan.budgets = budgeting.choices(architecture, suite_cfg, supported, target, n_train, n_eval)
     return plan
 
 
@@ -218,14 +247,14 @@ def _attempt(plan: Plan, variant: Variant, seed: int, device: torch.device, on_s
     try:
         if plan.memory_limit is not None:
             limit_cuda_memory(device, plan.memory_limit)
-        return Attempt("ok", None, run(suite, variant, seed, device, on_step))
+        return Attempt("ok", None, run(suite, variant, seed, device, on_step, plan.settings(variant)))
     except DivergedError as exc:
         return Attempt("diverged", str(exc), None)
     except UnsupportedError as exc:  # the method does not apply to this backbone
         return Attempt("unsupported", str(exc), None)
     except torch.OutOfMemoryError as exc:
         limit = f", allocator capped at {plan.memory_limit} bytes" if plan.memory_limit is not None else ""
-        return Attempt("oom", f"{exc} (batch size {suite.train.batch_size}{limit})", None)
+        return Attempt("oom", f"{exc} (batch size {plan.settings(variant).train.batch_size}{limit})", None)
     except Exception as exc:
         traceback.print_exc()
         return Attempt("error", "".join(traceback.format_exception_only(exc)).strip(), None)
@@ -402,10 +431,13 @@ def _interrupted_message(signum: int, current: str, out: list, grid: list, plan:
 def _run_one(plan: Plan, variant: Variant, seed: int, device: torch.device, isolate: bool, path: Path, label: str) -> dict[str, Any]:
     """One (variant, seed): run (or an `unsupported` record), write its record, report it."""
     t0 = time.perf_counter()
+    choice = plan.budgets.get(variant.name)
     if variant.name in plan.unsupported:
         status, error, outcome, env = "unsupported", plan.unsupported[variant.name], None, records.environment(device, query_device=False)
+    elif choice is not None and choice.batch_size is None:
+        status, error, outcome, env = "over_budget", choice.reason, None, records.environment(device, query_device=False)
     else:
-        with tqdm(total=plan.suite.train.steps, desc=label, unit="step", leave=False, disable=None) as bar:
+        with tqdm(total=plan.settings(variant).train.steps, desc=label, unit="step", leave=False, disable=None) as bar:
 
             def on_step(loss: float) -> None:
                 bar.update(1)
@@ -413,10 +445,28 @@ def _run_one(plan: Plan, variant: Variant, seed: int, device: torch.device, isol
 
             status, error, outcome, env = (attempt_in_fresh_process if isolate else attempt)(plan, variant, seed, device, on_step)
     wall_s = time.perf_counter() - t0
-    record = records.make_record(plan.suite, variant, seed, status, error, outcome, env, wall_s, plan.overrides, plan.memory_limit)
+    if choice is not None:
+        choice = dataclasses.replace(choice, exceeded=budgeting.exceeded(choice, outcome.cost["memory"]) if outcome else [])
+    record = records.make_record(
+        plan.suite,
+        variant,
+        seed,
+        status,
+        error,
+        outcome,
+        env,
+        wall_s,
+        plan.overrides,
+        plan.memory_limit,
+        dataclasses.asdict(choice) if choice is not None else None,
+    )
     record = records.write_record(path, record)
     faults.inject("sweep.recorded", variant.name)
     status, error = record["run"]["status"], record["run"]["error"]
     rsum = f", rSum {record['metrics']['rsum']:.1f}" if status == "ok" else f": {error}"
+    if choice is not None and choice.batch_size is not None:
+        rsum += f", batch {choice.batch_size} x {choice.steps} steps"
+        if choice.exceeded:
+            rsum += f"; measured above the budget: {', '.join(choice.exceeded)}"
     print(f"{label}: {status} in {time.perf_counter() - t0:.0f}s{rsum}")
     return record

@@ -285,7 +285,14 @@ def test_every_figure_fits_its_canvas(monkeypatch, tmp_path):
         breakdown["transient_peak"] -= 2 * breakdown["gradients"]  # the rest is drawn as "other"
         recs.append(rec)
     plots.write_plots(recs, tmp_path)
-    assert {stem for stem, _ in figures} == {"memory_vs_rsum", "params_vs_rsum", "memory_breakdown"}
+    # and rSum against the budget, every method at two budgets
+    budgeted = []
+    for rec in recs:
+        for nbytes in (40 * MIB, 80 * MIB):
+            budget = {"bytes": nbytes, "schedule": "equal_samples", "lr_scaling": "none", "batch_size": 16}
+            budgeted.append({**rec, "run": {**rec["run"], "suite_hash": f"b{nbytes}"}, "budget": budget})
+    plots.write_plots(budgeted, tmp_path, per_suite=False)
+    assert {stem for stem, _ in figures} == {"memory_vs_rsum", "params_vs_rsum", "memory_breakdown", "rsum_vs_budget"}
     for stem, fig in figures:
         canvas = FigureCanvasAgg(fig)
         canvas.draw()

@@ -8,6 +8,7 @@ resolved suites are equal).
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -18,7 +19,7 @@ from petlbench.schema import METRICS, STATUSES
 
 GIB, MIB = 2**30, 2**20
 
-STATUS_LABELS = {**{status: status for status in STATUSES}, "oom": "OOM"}
+STATUS_LABELS = {**{status: status for status in STATUSES}, "oom": "OOM", "over_budget": "over budget"}
 SOURCE_LABELS = {"cuda": "CUDA", "cpu-accounting": "CPU accounting", "estimate": "estimate"}
 
 # How each named figure is read from a record, in base units (bytes, parameters, seconds,
@@ -36,6 +37,9 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     "eval_s": lambda r: r["cost"]["eval_s"],
     **{name: (lambda r, name=name: r["metrics"][name]) for name in METRICS},
     "rsum_folds": lambda r: r["metrics"]["folds"]["rsum"],
+    "budget_bytes": lambda r: r["budget"]["bytes"],
+    "budget_batch": lambda r: r["budget"]["batch_size"],
+    "budget_steps": lambda r: r["budget"]["steps"],
 }
 
 
@@ -154,5 +158,37 @@ def split_note(split: dict[str, list[dict]]) -> str | None:
 
 
 def suite_title(records: list[dict]) -> str:
-    run = records[0]["run"]
-    return f"{run['suite']} v{run['suite_version']} (suite_hash {run['suite_hash']})"
+    run, budget = records[0]["run"], records[0].get("budget")
+    title = f"{run['suite']} v{run['suite_version']} (suite_hash {run['suite_hash']})"
+    if budget is None:
+        return title
+    train = records[0]["config"]["suite"]["train"]
+    schedule = (
+        f"equal_samples: about {train['steps'] * train['batch_size']:,} training samples for every method"
+        if budget["schedule"] == "equal_samples"
+        else f"equal_steps: {train['steps']} steps at every batch size, so a larger batch sees more samples"
+    )
+    return f"{title}, budget {budget_label(budget['bytes'])} ({schedule}; learning-rate scaling {budget['lr_scaling']})"
+
+
+def budget_label(nbytes: int) -> str:
+    """A budget as the command line writes it: '64MiB'."""
+    for unit, size in (("TiB", 2**40), ("GiB", GIB), ("MiB", MIB), ("KiB", 2**10)):
+        if nbytes % size == 0:
+            return f"{nbytes // size}{unit}"
+    return f"{nbytes}B"
+
+
+def budget_families(records: list[dict]) -> dict[str, list[dict]]:
+    """Records run under a budget, split by their suite configuration less the budget's
+    size: each family is one curve of rSum against the budget."""
+    families: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("budget") is None:
+            continue
+        suite = r["config"]["suite"]
+        key = json.dumps(
+            {**suite, "budget": {**suite.get("budget", {}), "bytes": None}, "seeds": None, "description": None}, sort_keys=True, default=str
+        )
+        families.setdefault(key, []).append(r)
+    return {key: rs for key, rs in families.items() if len({r["budget"]["bytes"] for r in rs}) > 1}

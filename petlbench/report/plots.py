@@ -1,5 +1,6 @@
 """Figures for a paper at single-column width (3.5 in), PNG and PDF: memory vs rSum with
-the Pareto frontier, trainable parameters vs rSum, and the train peak by category.
+the Pareto frontier, trainable parameters vs rSum, the train peak by category, and, for
+runs under several memory budgets, rSum against the budget.
 
 Each method (registry name) keeps one colour and marker in every figure and every run,
 whatever subset of methods a folder holds. Figures use matplotlib's object API (no
@@ -15,7 +16,7 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from petlbench.report import Group, by_suite, group, memory_unit, source_label, value
+from petlbench.report import MIB, Group, budget_families, budget_label, by_suite, group, memory_unit, source_label, value
 
 WIDTH_IN = 3.5
 STYLE = {
@@ -139,6 +140,49 @@ def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], sou
     return fig
 
 
+def rsum_vs_budget(records: list[dict], styles: dict) -> Figure:
+    """rSum (mean over seeds) against the memory budget, a line per variant: what each
+    method achieves when the batch is the largest that fits. A budget a variant does not
+    fit is a gap in its line; the number by each point is the chosen training batch.
+    Variants of one method share its colour and marker, told apart by the line style."""
+    fig = Figure(figsize=(WIDTH_IN, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    budgets = sorted({r["budget"]["bytes"] for r in records})
+    dashes = ["-", "--", ":", "-."]
+    seen: dict[str, int] = {}
+    handles = []
+    for row in group(records, ("variant",)):
+        colour, marker = styles[row.method]
+        style = dashes[seen.setdefault(row.method, 0) % len(dashes)]
+        seen[row.method] += 1
+        xs, ys = [], []
+        for nbytes in budgets:
+            at = Group(row.key, [r for r in row.records if r["budget"]["bytes"] == nbytes])
+            stats = at.stats("rsum")
+            xs.append(nbytes / MIB)
+            ys.append(stats[0] if stats else float("nan"))
+            if stats:
+                ax.annotate(
+                    str(at.ok[0]["budget"]["batch_size"]),
+                    (xs[-1], ys[-1]),
+                    xytext=(2, 2),
+                    textcoords="offset points",
+                    fontsize=4,
+                    color=colour,
+                )
+        ax.plot(xs, ys, color=colour, marker=marker, markersize=3, lw=0.8, ls=style)
+        handles.append(Line2D([], [], color=colour, marker=marker, markersize=3, lw=0.8, ls=style, label=row.variant))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([b / MIB for b in budgets], [budget_label(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("memory budget (train and eval peaks within it)")
+    ax.set_ylabel("rSum (max 600)")
+    schedule = records[0]["budget"]["schedule"].replace("_", " ")
+    ax.set_title(f"{schedule}; by each point: the training batch that fits", fontsize=6)
+    ax.legend(handles=handles, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, handletextpad=0.3)
+    return fig
+
+
 def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     fig.savefig(paths[0], dpi=300)
@@ -146,14 +190,20 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def write_plots(records: list[dict], out: Path) -> list[Path]:
+def write_plots(records: list[dict], out: Path, per_suite: bool = True) -> list[Path]:
     """Every figure for the successful runs in ``records``, one set per suite
-    configuration (suffixed by its `suite_hash` when there are several); the paths written."""
+    configuration (suffixed by its `suite_hash` when there are several; ``per_suite``
+    False: none), and rSum against the budget for each family of budget runs; the paths
+    written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    split = by_suite(records)
+    split = by_suite(records) if per_suite else {}
     written = []
     with mpl.rc_context(STYLE):
+        families = list(budget_families(records).values())
+        for i, family in enumerate(families):
+            styles = method_styles(sorted({r["run"]["method"] for r in family}))
+            written += _save(rsum_vs_budget(family, styles), out, f"rsum_vs_budget{f'-{i + 1}' if len(families) > 1 else ''}")
         for suite_hash, suite_records in split.items():
             suffix = f"-{suite_hash}" if len(split) > 1 else ""
             rows = [row for row in group(suite_records, ("variant",)) if row.ok]

@@ -14,7 +14,20 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from petlbench.report import Group, by_suite, group, memory_unit, source_label, sources, split_note, status_label, suite_title, value
+from petlbench.report import (
+    Group,
+    budget_families,
+    budget_label,
+    by_suite,
+    group,
+    memory_unit,
+    source_label,
+    sources,
+    split_note,
+    status_label,
+    suite_title,
+    value,
+)
 from petlbench.schema import RECALLS
 
 BY = {"variant": ("variant",), "variant,seed": ("variant", "seed")}
@@ -28,11 +41,14 @@ class Column:
     decimals: int
     lower_is_better: bool
     scale: float | None = 1  # base unit per displayed unit; None: the table's memory unit
+    ranked: bool = True  # whether LaTeX bolds its best value (not for a setting such as the batch size)
 
 
 COLUMNS = (
     Column("params_trainable", "trainable (M)", 3, True, scale=1e6),
     Column("params_percent", "trainable (%)", 2, True),
+    Column("budget_batch", "batch", 0, False, ranked=False),
+    Column("budget_steps", "steps", 0, False, ranked=False),
     Column("train_peak_bytes", "train peak ({unit}{source})", 2, True, scale=None),
     Column("step_time_s", "step time (ms)", 1, True, scale=1e-3),
     Column("data_wait_s", "data wait (ms)", 1, True, scale=1e-3),
@@ -99,7 +115,7 @@ def build(records: list[dict], by: str = "variant", figures: tuple[str, ...] | N
     source = "" if mixed else f", {source_label(records)}"
     keys = [
         [
-            row.variant,
+            row.variant + (" (checkpointing)" if any((r.get("budget") or {}).get("grad_checkpointing") for r in row.records) else ""),
             row.method,
             *([str(row.records[0]["run"]["seed"]), status_label(row.records[0]["run"]["status"])] if per_seed else [row.status_counts()]),
             *([source_label(row.records)] if mixed else []),
@@ -136,6 +152,8 @@ def _tex(text: str) -> str:
 def _best(table: Table, index: int) -> set[int]:
     """Rows holding the best mean of a column, compared as displayed (ties share it)."""
     column = table.columns[index]
+    if not column.ranked:
+        return set()
     shown = {i: round(cells[index].mean, column.decimals) for i, cells in enumerate(table.cells) if cells[index].mean is not None}
     if not shown:
         return set()
@@ -176,9 +194,37 @@ def _csv(table: Table) -> str:
     return out.getvalue().rstrip("\n")
 
 
+def budget_table(records: list[dict], fmt: str = "md") -> str | None:
+    """rSum (mean over seeds) and the chosen batch of every variant under each budget of
+    one budget family (`budget_families`), a column per budget; None without such a family."""
+    parts = []
+    for family in budget_families(records).values():
+        budgets = sorted({r["budget"]["bytes"] for r in family})
+        rows = []
+        for row in group(family, ("variant",)):
+            cells = []
+            for nbytes in budgets:
+                at = Group(row.key, [r for r in row.records if r["budget"]["bytes"] == nbytes])
+                if not at.records:
+                    cells.append("-")
+                elif stats := at.stats("rsum"):
+                    cells.append(f"{stats[0]:.1f} (batch {at.ok[0]['budget']['batch_size']})")
+                else:
+                    cells.append(at.failure_label())
+            rows.append([row.variant, *cells])
+        headers = ["variant", *(f"rSum at {budget_label(b)}" for b in budgets)]
+        table = tabulate(
+            rows, headers=headers, tablefmt={"md": "github", "latex": "latex_booktabs", "csv": "tsv"}[fmt], disable_numparse=True
+        )
+        schedule = family[0]["budget"]["schedule"]
+        parts.append(f"rSum against the memory budget ({schedule}; the chosen training batch in brackets)\n\n{table}")
+    return "\n\n".join(parts) or None
+
+
 def report(records: list[dict], fmt: str = "md", by: str = "variant") -> str:
     """Every table of ``records``, one per suite configuration, with the reason when
-    there is more than one."""
+    there is more than one; records of several budgets also get the table of rSum against
+    the budget (in Markdown)."""
     split = by_suite(records)
     note = split_note(split)
     comment = {"md": "", "latex": "% ", "csv": "# "}[fmt]
@@ -191,7 +237,8 @@ def report(records: list[dict], fmt: str = "md", by: str = "variant") -> str:
             parts.append(_latex(table))
         else:  # a lone CSV table stays plain CSV
             parts.append(f"# {table.title}\n{_csv(table)}" if note else _csv(table))
-    return "\n\n".join(([comment + note] if note else []) + parts) + "\n"
+    curve = budget_table(records) if fmt == "md" else None
+    return "\n\n".join(([curve] if curve else []) + ([comment + note] if note else []) + parts) + "\n"
 
 
 def summary_table(records: list[dict]) -> str:
