@@ -208,7 +208,7 @@ def test_unsupported_method_in_a_sweep_is_a_record(tmp_path, monkeypatch):
     unsupported = OTHER_METHODS[0]
     suite = load_suite("vl-retrieval", TINY)
 
-    def fake_run(suite, variant, seed, device, on_step=None):
+    def fake_run(suite, variant, seed, device, on_step=None, settings=None):
         model = prepare(tiny_vse(), suite.train, variant)
         memory = {"source": "cpu-accounting", "train_peak_bytes": 1, "eval_peak_bytes": 1, "train_reserved_peak_bytes": None}
         memory.update(eval_reserved_peak_bytes=None, train_breakdown={}, measured_steps=[1, 1])
