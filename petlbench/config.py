@@ -76,9 +76,56 @@ class ModelConfig:
 
 
 @dataclass
+class ShiftConfig:
+    """The visual domain shift of the generated `shifted` target (`data.target`): how its
+    single-object scenes are drawn, against the source's look (`scenes.SOURCE_LOOK`) that
+    the shipped model was pretrained on. The background's brightness sets the difficulty."""
+
+    background_low: float = field(
+        default=40.0, metadata=rule("each image's background: every channel uniform in [low, high] (the source: 30)", ge=0, le=255)
+    )
+    background_high: float = field(default=120.0, metadata=rule("see background_low", ge=0, le=255))
+    texture_amplitude: float = field(
+        default=25.0, metadata=rule("stripes over the background: amplitude (random angle, phase and tint; 0: none)", ge=0, le=255)
+    )
+    texture_frequency_low: float = field(
+        default=0.15, metadata=rule("stripe frequency in rad/px, uniform in [low, high]", ge=0, le=math.pi)
+    )
+    texture_frequency_high: float = field(default=0.6, metadata=rule("see texture_frequency_low", ge=0, le=math.pi))
+    noise_std: float = field(default=14.0, metadata=rule("the background's pixel noise (the source: 8)", ge=0, le=255))
+    colour_jitter_std: float = field(default=14.0, metadata=rule("per-object colour jitter (the source: 8)", ge=0, le=255))
+    contrast_low: float = field(
+        default=0.8, metadata=rule("each image's contrast c, uniform in [low, high]: pixels become 128 + (x - 128) c", ge=0, le=10)
+    )
+    contrast_high: float = field(default=1.1, metadata=rule("see contrast_low", ge=0, le=10))
+
+    def __post_init__(self):
+        for name in ("background", "texture_frequency", "contrast"):
+            low, high = getattr(self, f"{name}_low"), getattr(self, f"{name}_high")
+            if low > high:
+                raise ConfigError(f"{low:g} exceeds data.shift.{name}_high = {high:g}", key=f"data.shift.{name}_low")
+
+
+# The generated targets (`data.target`); the first is the default.
+SCENE_TARGETS = ("multi-object", "shifted")
+
+
+@dataclass
 class DataConfig:
     kind: Literal["scenes", "karpathy", "jsonl"] = field(
         metadata={"help": "'scenes': the embedded generator; 'karpathy': a Karpathy-split JSON (Flickr30K, COCO); 'jsonl': a manifest"}
+    )
+    # hashed only when not the default (`suite_hash`)
+    target: Literal[SCENE_TARGETS] = field(
+        default=SCENE_TARGETS[0],
+        metadata={
+            "help": "scenes: 'multi-object' (far transfer: 2-3 objects, the source's look) or 'shifted' "
+            "(near transfer: single objects under the visual shift data.shift, unseen attribute combinations in val and test)",
+            "hashed": False,
+        },
+    )
+    shift: ShiftConfig = field(
+        default_factory=ShiftConfig, metadata={"help": "scenes, target 'shifted': the domain shift", "hashed": False}
     )
     root: str = field(
         default="",
@@ -113,6 +160,10 @@ class DataConfig:
                 raise ConfigError("only for data read from files (data.kind karpathy or jsonl)", key=f"data.{key}")
         if not files and self.captions_per_image != 5:
             raise ConfigError("the generated scenes have 5 captions per image", key="data.captions_per_image")
+        if self.target != SCENE_TARGETS[0] and files:
+            raise ConfigError("only for the generated scenes (data.kind scenes)", key="data.target")
+        if self.target != "shifted" and self.shift != ShiftConfig():
+            raise ConfigError("only for data.target shifted", key="data.shift")
 
 
 # Training precisions; `objective.autocast` is the one place that maps them to an autocast context.
@@ -225,6 +276,19 @@ class SuiteConfig:
         default_factory=lambda: [0], metadata=rule("default run seeds", ge=SEED_RANGE[0], le=SEED_RANGE[1], min_items=1, hashed=False)
     )
     description: str = field(default="", metadata=rule("one line for `petlbench list`", nonempty=False, hashed=False))
+    # not hashed: a run's learning rate is in its variant's config, which `run_hash` covers
+    learning_rates: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            **rule(
+                "variant -> peak learning rate from this suite's validation sweep, in place of the variant file's lr "
+                "(a --set method.lr wins)",
+                gt=0,
+                le=100,
+            ),
+            "hashed": False,
+        },
+    )
     # hashed only when a budget is set (`suite_hash`)
     budget: BudgetConfig = field(default_factory=BudgetConfig, metadata={"help": "memory-budget runs (`run --budget`)", "hashed": False})
 
@@ -275,6 +339,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is dict:
+        return f"a mapping of names to {_type_name(typing.get_args(tp)[1])}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -292,6 +358,13 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
         if not isinstance(value, list):
             raise bad
         return [_coerce(v, typing.get_args(tp)[0], source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        for name in value:
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"{source}: key '{key}': {short(name)} is not a name", key=key)
+        return {name: _coerce(v, typing.get_args(tp)[1], source, f"{key}.{name}") for name, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -333,6 +406,11 @@ def _bound_error(meta: dict[str, Any], value: Any) -> str | None:
         for i, item in enumerate(value):
             if why := _bound_error({k: v for k, v in meta.items() if k != "min_items"}, item):
                 return f"item {i} ({short(item)}) {why}"
+        return None
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if why := _bound_error(meta, item):
+                return f"{short(name)}: {short(item)} {why}"
         return None
     if isinstance(value, str):
         return "must not be empty" if meta.get("nonempty") and not value.strip() else None
@@ -560,9 +638,16 @@ def _hashed(obj: Any) -> Any:
 def suite_hash(suite: SuiteConfig) -> str:
     """Covers everything that must be equal for records to share a table: the resolved
     suite without what cannot change a result (`NOT_HASHED`: the default seed list, the
-    description, where the data lives and how many workers load it); the budget and its
-    rules only when a budget is set, so that every hash without one stays what it was."""
-    return _digest({**_hashed(suite), **({"budget": to_dict(suite.budget)} if suite.budget.bytes else {})})
+    description, where the data lives and how many workers load it). Settings added after
+    records existed enter only when they are not at their default, so that every earlier
+    hash stays what it was: the generated target and its shift, and the budget and its
+    rules when a budget is set."""
+    hashed = _hashed(suite)
+    if suite.data.target != SCENE_TARGETS[0]:
+        hashed["data"] |= {"target": suite.data.target, "shift": to_dict(suite.data.shift)}
+    if suite.budget.bytes:
+        hashed["budget"] = to_dict(suite.budget)
+    return _digest(hashed)
 
 
 def run_hash(suite: SuiteConfig, variant, seed: int) -> str:

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from petlbench import budget as budgeting
 from petlbench import config as cfgmod
 from petlbench import faults, folder, records
-from petlbench.config import ConfigError, RunSettings, SuiteConfig
+from petlbench.config import ConfigError, RunSettings, SuiteConfig, clip
+from petlbench.data import scenes
 from petlbench.data.files import validate as validate_data
 from petlbench.methods import get_method
 from petlbench.models.loader import Architecture, check_weights, load_architecture, load_preprocessors
@@ -110,6 +111,11 @@ def _check_data(suite: SuiteConfig) -> tuple[int, int]:
     data = suite.data
     if data.kind == "scenes":
         n_train, n_eval = data.train_images, getattr(data, f"{suite.eval.split}_images")
+        if data.target == "shifted" and data.test_images + data.val_images >= (n := len(scenes.single_object_scenes())):
+            raise ConfigError(
+                f"key 'data.test_images': {data.test_images} test + {data.val_images} val images leave none of the {n} "
+                "single-object scenes for training (the shifted target's splits share no scene)"
+            )
     else:
         if load_preprocessors(suite.model.name)[1] is None:
             raise ConfigError(
@@ -191,7 +197,11 @@ def make_plan(
     names = default_variants() if methods is None else methods
     if names == ["all"]:
         names = shipped()
-    variants = [load_variant(name, overrides) for name in names]
+    if unknown := sorted(set(suite_cfg.learning_rates) - set(shipped())):
+        raise ConfigError(
+            f"{cfgmod.find('suites', suite)}: key 'learning_rates.{clip(unknown[0])}': not a shipped variant; known: {', '.join(shipped())}"
+        )
+    variants = [load_variant(name, overrides, suite_cfg.learning_rates) for name in names]
     _distinct([v.name for v in variants], "--methods")
     if seeds is None:
         seeds = suite_cfg.seeds

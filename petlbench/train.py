@@ -8,6 +8,7 @@ are timed. Evaluation is a separate measured phase.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import statistics
 import time
@@ -62,7 +63,7 @@ _SPLITS_CACHE: dict[tuple, dict[str, RetrievalSplit]] = {}
 def _splits(suite: SuiteConfig, tokenizer, image_processor, device: torch.device) -> dict[str, RetrievalSplit]:
     """The suite's data, built once per process and shared by every run of a sweep (the
     model's preprocessors were checked by `sweep.make_plan`)."""
-    key = (suite.model.name, tuple(sorted(cfgmod.to_dict(suite.data).items())), device.type)
+    key = (suite.model.name, json.dumps(cfgmod.to_dict(suite.data), sort_keys=True), device.type)
     if key not in _SPLITS_CACHE:
         _SPLITS_CACHE[key] = suite_splits(suite.data, tokenizer, image_processor, pin_memory=device.type == "cuda")
     return _SPLITS_CACHE[key]

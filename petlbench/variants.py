@@ -3,7 +3,9 @@ registry, with the `--set method.KEY=value` overrides applied and validated."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from petlbench.config import ConfigError, MethodConfig, available, build, check_override, clip, find, parse_override, read_yaml, short
 from petlbench.methods import get_method, registered
@@ -20,10 +22,13 @@ class Variant:
     overrides: tuple[str, ...] = ()  # the `--set method.KEY=value` applied to it
 
 
-def load_variant(name_or_path: str, overrides: list[str] = ()) -> Variant:
-    """The validated method variant, with every `--set method.key=value` applied."""
+def load_variant(name_or_path: str, overrides: list[str] = (), suite_lrs: Mapping[str, float] = MappingProxyType({})) -> Variant:
+    """The validated method variant, its learning rate the suite's where the suite sets one
+    for it (`SuiteConfig.learning_rates`), with every `--set method.key=value` applied."""
     path = find("methods", name_or_path)
     data = read_yaml(path)
+    if path.stem in suite_lrs:
+        data["lr"] = suite_lrs[path.stem]
     method_name = data.pop("method", None)
     if method_name is None:
         raise ConfigError(f"{path}: missing required key 'method' (a registered method name)")

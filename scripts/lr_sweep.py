@@ -1,13 +1,17 @@
 """Learning-rate sweep on the suite's *validation* split (methods.md, fairness rules).
 
-    python scripts/lr_sweep.py --suite vl-retrieval --seed 0     # writes docs/lr-sweep.md
-    python scripts/lr_sweep.py --suite vl-retrieval-flickr30k --set data.root=/data/flickr30k --output results/lr-f30k --table lr-f30k.md
+    python scripts/lr_sweep.py --suite vl-retrieval --seed 0        # its section of docs/lr-sweep.md
+    python scripts/lr_sweep.py --suite vl-retrieval-near --seed 0
+    python scripts/lr_sweep.py --suite vl-retrieval-flickr30k --set data.root=/data/flickr30k --table lr-f30k.md
 
 Each variant runs over its grid with `eval.split=val`; when the best validation rSum sits
 at an end of the grid, the grid is extended past that end (1-3-10 steps) until the best is
-inside it, at most `--max-extend` times. The best picks the default `lr` written in
-methods/<variant>.yaml. Records go to results/lr-sweep/<variant>/lr<LR>/, so a re-run
-resumes. The test split is never looked at here.
+inside it, at most `--max-extend` times. The best is the rate to ship: the `lr` of
+methods/<variant>.yaml for the suite the variant files were tuned on (vl-retrieval), the
+suite's `learning_rates` for any other (printed as YAML at the end). Records go to
+results/lr-sweep/<suite>/<variant>/lr<LR>/, so a re-run resumes; the table replaces the
+suite's own section of the table file and leaves the others. The test split is never
+looked at here.
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ def main() -> None:
     p.add_argument("--suite", default="vl-retrieval")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default=",".join(default_variants()), help="comma-separated variants (any shipped one sweeps)")
-    p.add_argument("--output", type=Path, default=Path("results/lr-sweep"))
+    p.add_argument("--output", type=Path, help="record folder; default results/lr-sweep/<suite>")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a suite override, as for petlbench run (repeatable)")
     p.add_argument("--max-extend", type=int, default=2, help="grid extensions past an end that wins")
     p.add_argument("--table", type=Path, default=Path("docs/lr-sweep.md"), help="where the markdown table goes")
     args = p.parse_args()
+    args.output = args.output or Path("results/lr-sweep") / Path(args.suite).stem
 
     rows = []
     for variant in args.variants.split(","):
@@ -79,8 +84,24 @@ def main() -> None:
     for variant, scores, best in rows:
         cells = [f"{lr:g}: **{s:.1f}**" if lr == best else f"{lr:g}: {s:.1f}" for lr, s in scores.items()]
         lines.append(f"| {variant} | " + " | ".join(cells + [""] * (width - len(cells))) + f" | {best:g} |")
-    args.table.write_text("\n".join(lines) + "\n")
+    write_section(args.table, Path(args.suite).stem, lines)
     print("\n".join(lines))
+    print("learning_rates:\n" + "".join(f"  {variant}: {best:g}\n" for variant, _, best in rows))
+
+
+def write_section(path: Path, suite: str, lines: list[str]) -> None:
+    """Replace the ``## suite`` section of the markdown file at ``path`` (up to the next
+    ``## `` heading) with ``lines``, or append it; the other sections stay as they are."""
+    text = path.read_text() if path.exists() else "# Learning-rate sweeps\n"
+    heading = f"## {suite}\n"
+    section = heading + "\n" + "\n".join(lines) + "\n"
+    if heading in text:
+        start = text.index(heading)
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[end:] if end != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,15 @@ BAD_VALUES = [
     ("=3", "expected key.path=value"),
     ("train..steps=3", "expected key.path=value"),
     ("method.lr=" + "9" * 5000, "is not a finite number"),
+    ("data.target=near", "one of 'multi-object', 'shifted'"),
+    ("data.shift.noise_std=20", "key 'data.shift': only for data.target shifted"),
+    ("data.shift.background_low=-1", "-1 must be at least 0"),
+    ("data.shift.contrast_low=2", "key 'data.shift.contrast_low': 2 exceeds data.shift.contrast_high = 1.1"),
+    ("learning_rates={linear: -1}", "'linear': -1.0 must be above 0"),
+    ("learning_rates={linear: .nan}", "key 'learning_rates.linear': nan is not a finite number"),
+    ("learning_rates=[1]", "[1] is not a mapping of names to a number"),
+    ("learning_rates={nosuch: 0.01}", "key 'learning_rates.nosuch': not a shipped variant; known: adapter"),
+    ("learning_rates.linear=0.1", "'learning_rates' is not a section"),
 ]
 
 
@@ -264,3 +273,13 @@ def test_no_traceback_reaches_the_user_for_a_bad_value(tmp_path):
         text=True,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_shifted_target_must_leave_training_scenes(cli, tmp_path):
+    _refused(cli, tmp_path, *tiny_args("data.target=shifted", "data.test_images=800", "data.val_images=64"),
+             fragments=("800 test + 64 val images leave none of the 864 single-object scenes for training",))  # fmt: skip
+
+
+def test_the_target_is_only_for_generated_scenes(cli, tmp_path):
+    code, _, err = cli("run", "--suite", "vl-retrieval-flickr30k", "--output", str(tmp_path / "o"), "--set", "data.target=shifted")
+    assert code == 2 and "key 'data.target': only for the generated scenes (data.kind scenes)" in err, err

@@ -127,3 +127,21 @@ def test_hashes():
     assert config.run_hash(base, full, 0) != config.run_hash(base, full, 1)
     assert config.run_hash(base, full, 0) != config.run_hash(base, load_variant("full", ["method.lr=1"]), 0)
     assert config.run_hash(base, full, 0) == config.run_hash(config.load_suite("vl-retrieval"), load_variant("full"), 0)
+
+
+def test_a_suite_learning_rate_replaces_the_variant_files_and_a_set_wins():
+    lrs = {"lora": 0.123}
+    assert load_variant("lora", [], lrs).config.lr == 0.123
+    assert load_variant("lora", ["method.lr=0.5"], lrs).config.lr == 0.5
+    assert load_variant("adapter", [], lrs).config.lr == load_variant("adapter").config.lr == 0.03
+
+
+def test_the_near_suite_learning_rates_reach_its_runs_and_their_hashes():
+    from petlbench.sweep import make_plan
+
+    near = config.load_suite("vl-retrieval-near")
+    assert set(near.learning_rates) == {v for v in shipped() if v in registered()}, "one rate per default variant"
+    plan = make_plan("vl-retrieval-near", ["lora", "linear"], [0], None, [])
+    assert [v.config.lr for v in plan.variants] == [near.learning_rates["lora"], near.learning_rates["linear"]]
+    far = make_plan("vl-retrieval", ["lora"], [0], None, [])
+    assert far.variants[0].config.lr == load_variant("lora").config.lr

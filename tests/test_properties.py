@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from petlbench import config, records
-from petlbench.config import INT64, ConfigError, DataConfig, EvalConfig, ModelConfig, SuiteConfig, TrainConfig
+from petlbench.config import INT64, BudgetConfig, ConfigError, DataConfig, EvalConfig, ModelConfig, ShiftConfig, SuiteConfig, TrainConfig
 from petlbench.methods import registered
 from petlbench.report.compare import compare
 from petlbench.report.tables import report
@@ -30,13 +30,23 @@ values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=10
 )
 
-CLASSES = [ModelConfig, DataConfig, TrainConfig, EvalConfig, SuiteConfig, *{spec.config_cls for spec in registered().values()}]
+CLASSES = [
+    ModelConfig,
+    DataConfig,
+    ShiftConfig,
+    TrainConfig,
+    EvalConfig,
+    BudgetConfig,
+    SuiteConfig,
+    *{spec.config_cls for spec in registered().values()},
+]
 FIELDS = [(cls, f) for cls in CLASSES for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name])]
 BOUNDED = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
 
 def _numbers(value):
-    return value if isinstance(value, list) else [value]
+    """The items a field's bounds apply to: a list's items, a mapping's values, or the value."""
+    return value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
 
 
 @pytest.mark.parametrize("cls, f", FIELDS, ids=[f"{cls.__name__}.{f.name}" for cls, f in FIELDS])
@@ -63,7 +73,8 @@ def test_every_number_list_and_string_field_declares_its_bounds():
     missing = []
     for cls, f in FIELDS:
         tp = typing.get_type_hints(cls)[f.name]
-        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+        item = {list: 0, dict: 1}.get(typing.get_origin(tp))
+        item = tp if item is None else typing.get_args(tp)[item]
         if item in (int, float) and not BOUNDED.keys() & f.metadata.keys():
             missing.append(f"{cls.__name__}.{f.name}: no numeric bound")
         if typing.get_origin(tp) is list and "min_items" not in f.metadata:

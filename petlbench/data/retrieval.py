@@ -160,7 +160,10 @@ def suite_splits(cfg: DataConfig, tokenizer, image_processor, pin_memory: bool =
     files needs the model's ``image_processor``."""
     if cfg.kind == "scenes":
         sizes = {"train": cfg.train_images, "val": cfg.val_images, "test": cfg.test_images}
-        generated = scenes.target_splits(cfg.seed, sizes)
+        if cfg.target == "shifted":
+            generated = scenes.shifted_splits(cfg.seed, sizes, cfg.shift)
+        else:
+            generated = scenes.target_splits(cfg.seed, sizes)
         return {name: from_scenes(split, tokenizer, cfg.text_length) for name, split in generated.items()}
     return {
         name: FileSplit(items, tokenizer, image_processor, cfg.text_length, cfg.workers, pin_memory)

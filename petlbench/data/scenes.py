@@ -6,15 +6,22 @@ image exactly: with images unique within a split, no caption describes two image
 split and instance-level retrieval is well posed. Paraphrases differ in word choice
 (synonyms), object order and an optional spatial relation between two objects.
 
-The *source* distribution (single objects) pretrains the shipped model; the *target*
-distribution (2-3 objects) is what the suite fine-tunes and evaluates on.
+The *source* distribution (single objects) pretrains the shipped model. Two targets
+(`data.target`) are fine-tuned and evaluated on: `multi-object` (2-3 objects in the
+source's look: far transfer, binding several objects is new) and `shifted` (single
+objects under a visual domain shift, `ShiftConfig`, with attribute combinations unseen in
+training held out for val and test: near transfer).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from petlbench.config import ShiftConfig
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS = {
@@ -148,9 +155,36 @@ def _shape_mask(shape: str, cy: float, cx: float, r: float) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
-    """An (H, W, 3) uint8 image: noisy dark background, objects jittered inside their cells."""
-    img = rng.normal(30.0, 8.0, size=(IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+# The source's look as shift settings (no shift): what the shipped model was pretrained on,
+# and how the multi-object target is drawn.
+SOURCE_LOOK = ShiftConfig(
+    background_low=30.0,
+    background_high=30.0,
+    texture_amplitude=0.0,
+    noise_std=8.0,
+    colour_jitter_std=8.0,
+    contrast_low=1.0,
+    contrast_high=1.0,
+)
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float, size=None):
+    """U[low, high], drawing nothing when the range is a point: a setting at its neutral
+    value leaves the random stream (and so every later pixel) as it was without it."""
+    return rng.uniform(low, high, size) if low < high else (low if size is None else np.full(size, low))
+
+
+def render(scene: Scene, rng: np.random.Generator, look: ShiftConfig = SOURCE_LOOK) -> np.ndarray:
+    """An (H, W, 3) uint8 image: a noisy background (its level drawn per channel, stripes
+    on it), objects jittered inside their cells, then the image's contrast."""
+    level = _uniform(rng, look.background_low, look.background_high, None if look.background_low == look.background_high else 3)
+    img = rng.normal(level, look.noise_std, size=(IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+    if look.texture_amplitude > 0:
+        angle = rng.uniform(0.0, math.pi)
+        frequency = _uniform(rng, look.texture_frequency_low, look.texture_frequency_high)
+        phase, tint = rng.uniform(0.0, 2 * math.pi), rng.uniform(0.0, 1.0, 3)
+        stripes = np.sin(frequency * (_XX * math.cos(angle) + _YY * math.sin(angle)) + phase)
+        img += (look.texture_amplitude * stripes[..., None] * tint).astype(np.float32)
     cell = IMAGE_SIZE / GRID
     for obj in scene:
         row, col = divmod(obj.cell, GRID)
@@ -158,8 +192,11 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         slack = max(0.0, cell / 2 - r - 0.5)
         cy = (row + 0.5) * cell + rng.uniform(-slack, slack)
         cx = (col + 0.5) * cell + rng.uniform(-slack, slack)
-        colour = np.asarray(COLOURS[obj.colour], np.float32) + rng.normal(0.0, 8.0, 3)
+        colour = np.asarray(COLOURS[obj.colour], np.float32) + rng.normal(0.0, look.colour_jitter_std, 3)
         img[_shape_mask(obj.shape, cy, cx, r)] = colour
+    contrast = _uniform(rng, look.contrast_low, look.contrast_high)
+    if contrast != 1.0:
+        img = 128.0 + (img - 128.0) * np.float32(contrast)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -204,3 +241,36 @@ def target_splits(seed: int, sizes: dict[str, int]) -> dict[str, SceneSplit]:
     taken: set[Scene] = set()
     order = [s for s in ("test", "val", "train") if s in sizes]
     return {name: generate(sizes[name], TARGET_OBJECTS, seed * 1000 + i, taken) for i, name in enumerate(order)}
+
+
+def single_object_scenes() -> list[Scene]:
+    """Every single-object scene (6 shapes x 8 colours x 2 sizes x 9 cells = 864), in a
+    fixed order."""
+    return [
+        (SceneObject(cell, shape, colour, size),)
+        for cell, shape, colour, size in itertools.product(range(GRID * GRID), SHAPES, COLOURS, SIZES)
+    ]
+
+
+def shifted_splits(seed: int, sizes: dict[str, int], look: ShiftConfig) -> dict[str, SceneSplit]:
+    """The `shifted` target's splits: test, then val, are distinct single-object scenes
+    from a seeded shuffle of all of them; train draws its images, with repeats, from the
+    scenes left, so val and test hold attribute combinations training never shows. Which
+    scenes, their captions and their pixels come from separate random streams: the shift
+    (``look``) changes the pixels and nothing else, and the training split's size leaves
+    val and test as they are."""
+    pool = single_object_scenes()
+    order = np.random.default_rng([seed, 0]).permutation(len(pool))
+    n_held = sizes.get("test", 0) + sizes.get("val", 0)
+    if n_held >= len(pool):
+        raise ValueError(f"{n_held} test and val scenes leave none of the {len(pool)} single-object scenes for training")
+    held = {"test": order[: sizes.get("test", 0)], "val": order[sizes.get("test", 0) : n_held]}
+    rest = order[n_held:]
+    out = {}
+    for i, name in enumerate(s for s in ("test", "val", "train") if s in sizes):
+        picks = held[name] if name != "train" else rest[np.random.default_rng([seed, 1]).integers(len(rest), size=sizes["train"])]
+        chosen = [pool[j] for j in picks]
+        caption_rng, pixel_rng = np.random.default_rng([seed, 2, i]), np.random.default_rng([seed, 3, i])
+        images = np.stack([render(s, pixel_rng, look) for s in chosen]) if chosen else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        out[name] = SceneSplit(images, [captions(s, caption_rng) for s in chosen], chosen)
+    return out
