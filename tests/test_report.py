@@ -292,7 +292,10 @@ def test_every_figure_fits_its_canvas(monkeypatch, tmp_path):
             budget = {"bytes": nbytes, "schedule": "equal_samples", "lr_scaling": "none", "batch_size": 16}
             budgeted.append({**rec, "run": {**rec["run"], "suite_hash": f"b{nbytes}"}, "budget": budget})
     plots.write_plots(budgeted, tmp_path, per_suite=False)
-    assert {stem for stem, _ in figures} == {"memory_vs_rsum", "params_vs_rsum", "memory_breakdown", "rsum_vs_budget"}
+    # and a panel per suite, every method on two suites
+    plots.write_plots([*recs, *(_on_suite(r, "vl-retrieval-near", "cccc") for r in recs)], tmp_path)
+    stems = {stem.split("-")[0] for stem, _ in figures}
+    assert stems == {"memory_vs_rsum", "params_vs_rsum", "memory_breakdown", "rsum_vs_budget", "memory_vs_rsum_by_suite"}
     for stem, fig in figures:
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
@@ -307,9 +310,39 @@ def test_every_figure_fits_its_canvas(monkeypatch, tmp_path):
         ), f"{stem}: what is drawn spans {drawn.bounds} in, the canvas {canvas_box.bounds} in"
 
 
+def _on_suite(record: dict, suite: str, suite_hash: str, rsum_shift: float = 0.0, peak_factor: float = 1.0) -> dict:
+    """``record`` as the same variant's run on another suite (its rSum and peak changed)."""
+    out = copy.deepcopy(record)
+    out["run"].update(suite=suite, suite_hash=suite_hash)
+    if out["metrics"]:
+        out["metrics"]["i2t_r1"] += rsum_shift
+        out["metrics"]["rsum"] += rsum_shift
+        out["cost"]["memory"]["train_peak_bytes"] = int(peak_factor * out["cost"]["memory"]["train_peak_bytes"])
+    return out
+
+
+def test_records_of_two_suites_get_a_table_of_rsum_on_each():
+    far = [make_record("linear", 0, recalls=(10, 20, 30, 10, 20, 30)), make_record("linear", 1, recalls=(12, 20, 30, 10, 20, 30)),
+           make_record("lora", 0, params=2_000_000, peak=200 * MIB)]  # fmt: skip
+    near = [_on_suite(far[0], "vl-retrieval-near", "cccc", 100.0), _on_suite(far[1], "vl-retrieval-near", "cccc", 104.0)]
+    (table, *_) = markdown_tables(report(far + near))
+    # linear: far rSum 120 and 122 (mean 121, sample std 1.4142), near 220 and 226 (223, std 4.2426)
+    assert table == [
+        {"variant": "linear", "trainable (M)": "0.001", "train peak (MiB, every suite)": "100.00",
+         "rSum, vl-retrieval": "121.0 ± 1.4", "rSum, vl-retrieval-near": "223.0 ± 4.2"},
+        {"variant": "lora", "trainable (M)": "2.000", "train peak (MiB, every suite)": "200.00",
+         "rSum, vl-retrieval": "120.0", "rSum, vl-retrieval-near": "-"},
+    ]  # fmt: skip
+    other = [_on_suite(far[0], "vl-retrieval-near", "cccc", 0.0, peak_factor=1.5)]
+    (table, *_) = markdown_tables(report(far[:1] + other))
+    assert table[0]["train peak (MiB), vl-retrieval"] == "100.00" and table[0]["train peak (MiB), vl-retrieval-near"] == "150.00"
+    assert "rSum on each suite" not in report(far)
+
+
 def test_plot_splits_figures_by_suite_configuration(tmp_path):
     written = plots.write_plots([LINEAR_0, RECORDS[-1]], tmp_path)
     assert {p.name for p in written} >= {"memory_vs_rsum-aaaa.png", "memory_vs_rsum-bbbb.pdf"}
+    assert "memory_vs_rsum_by_suite.png" in {p.name for p in written}
 
 
 BASE = [make_record("linear", 0), make_record("linear", 1), make_record("lora", 0, params=2000)]

@@ -129,6 +129,13 @@ def by_suite(records: list[dict]) -> dict[str, list[dict]]:
     return split
 
 
+def suite_names(split: dict[str, list[dict]]) -> list[str]:
+    """A name for each suite configuration of `by_suite`'s split: the suite's name, with
+    its hash where two configurations share a name."""
+    names = [rs[0]["run"]["suite"] for rs in split.values()]
+    return names if len(set(names)) == len(names) else [f"{n} ({h})" for n, h in zip(names, split, strict=True)]
+
+
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, val in data.items():

@@ -1,6 +1,7 @@
 """Figures for a paper at single-column width (3.5 in), PNG and PDF: memory vs rSum with
-the Pareto frontier, trainable parameters vs rSum, the train peak by category, and, for
-runs under several memory budgets, rSum against the budget.
+the Pareto frontier, trainable parameters vs rSum, the train peak by category; for runs
+under several memory budgets, rSum against the budget; for runs of several suites, memory
+vs rSum a panel per suite (at twice the width).
 
 Each method (registry name) keeps one colour and marker in every figure and every run,
 whatever subset of methods a folder holds. Figures use matplotlib's object API (no
@@ -16,7 +17,18 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from petlbench.report import MIB, Group, budget_families, budget_label, by_suite, group, memory_unit, source_label, value
+from petlbench.report import (
+    MIB,
+    Group,
+    budget_families,
+    budget_label,
+    by_suite,
+    group,
+    memory_unit,
+    source_label,
+    suite_names,
+    value,
+)
 
 WIDTH_IN = 3.5
 STYLE = {
@@ -79,11 +91,9 @@ def _scatter(ax, rows: list[Group], xs: list[float], styles: dict, areas: list[f
     return ys
 
 
-def memory_vs_rsum(rows: list[Group], styles: dict, unit: tuple[str, int], source: str) -> Figure:
+def _memory_panel(ax, rows: list[Group], styles: dict, unit: tuple[str, int], source: str) -> None:
     """Train peak memory vs rSum; marker area proportional to trainable parameters; the
     Pareto frontier (lower memory, higher rSum) drawn and its members named."""
-    fig = Figure(figsize=(WIDTH_IN, 3.0), layout="constrained")
-    ax = fig.add_subplot()
     xs = [row.stats("train_peak_bytes", unit[1])[0] for row in rows]
     params = [row.stats("params_trainable")[0] for row in rows]
     ys = _scatter(ax, rows, xs, styles, areas=[MAX_AREA_PT2 * p / (max(params) or 1) for p in params])
@@ -94,8 +104,28 @@ def memory_vs_rsum(rows: list[Group], styles: dict, unit: tuple[str, int], sourc
     ax.margins(0.08)  # room for the largest halos
     ax.set_xlabel(f"train peak memory ({unit[0]}, {source})")
     ax.set_ylabel("rSum (max 600)")
+
+
+def memory_vs_rsum(rows: list[Group], styles: dict, unit: tuple[str, int], source: str) -> Figure:
+    fig = Figure(figsize=(WIDTH_IN, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    _memory_panel(ax, rows, styles, unit, source)
     ax.set_title("shaded area ∝ trainable parameters; dashed: Pareto frontier", fontsize=6)
     _legend(fig, ax, styles)
+    return fig
+
+
+def memory_vs_rsum_by_suite(panels: dict[str, list[Group]], styles: dict, unit: tuple[str, int], source: str) -> Figure:
+    """`memory_vs_rsum` for several suites, a panel each (titled with the suite), side by
+    side at twice the single-column width: the same methods in two regimes."""
+    fig = Figure(figsize=(2 * WIDTH_IN, 3.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, rows) in zip(axes, panels.items(), strict=True):
+        _memory_panel(ax, rows, styles, unit, source)
+        ax.set_title(title, fontsize=7)
+    fig.suptitle("shaded area ∝ trainable parameters; dashed: Pareto frontier", fontsize=6)
+    handles = [Line2D([], [], ls="", marker=marker, markersize=4, color=colour, label=m) for m, (colour, marker) in styles.items()]
+    fig.legend(handles=handles, ncol=min(len(handles), 7), loc="outside lower center", frameon=False, handletextpad=0.2)
     return fig
 
 
@@ -190,6 +220,22 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     return paths
 
 
+def _suites_figure(split: dict[str, list[dict]]) -> Figure | None:
+    """`memory_vs_rsum_by_suite` of the successful, scored variants of each suite, a panel
+    per suite named after it (and its hash where two share a name); None unless two or more
+    suites have such variants."""
+    panels = {
+        title: rows
+        for title, rs in zip(suite_names(split), split.values(), strict=True)
+        if (rows := [row for row in group(rs, ("variant",)) if row.ok and row.stats("rsum") and row.stats("train_peak_bytes")])
+    }
+    if len(panels) < 2:
+        return None
+    records = [r for rs in split.values() for r in rs]
+    styles = method_styles(sorted({row.method for rows in panels.values() for row in rows}))
+    return memory_vs_rsum_by_suite(panels, styles, memory_unit(value(r, "train_peak_bytes") for r in records), source_label(records))
+
+
 def write_plots(records: list[dict], out: Path, per_suite: bool = True) -> list[Path]:
     """Every figure for the successful runs in ``records``, one set per suite
     configuration (suffixed by its `suite_hash` when there are several; ``per_suite``
@@ -204,6 +250,8 @@ def write_plots(records: list[dict], out: Path, per_suite: bool = True) -> list[
         for i, family in enumerate(families):
             styles = method_styles(sorted({r["run"]["method"] for r in family}))
             written += _save(rsum_vs_budget(family, styles), out, f"rsum_vs_budget{f'-{i + 1}' if len(families) > 1 else ''}")
+        if per_suite and (figure := _suites_figure(by_suite([r for r in records if r.get("budget") is None]))):
+            written += _save(figure, out, "memory_vs_rsum_by_suite")
         for suite_hash, suite_records in split.items():
             suffix = f"-{suite_hash}" if len(split) > 1 else ""
             rows = [row for row in group(suite_records, ("variant",)) if row.ok]

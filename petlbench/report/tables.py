@@ -25,6 +25,7 @@ from petlbench.report import (
     sources,
     split_note,
     status_label,
+    suite_names,
     suite_title,
     value,
 )
@@ -221,10 +222,41 @@ def budget_table(records: list[dict], fmt: str = "md") -> str | None:
     return "\n\n".join(parts) or None
 
 
+def suites_table(records: list[dict], fmt: str = "md") -> str | None:
+    """Every variant's rSum (mean ± std over seeds) on each suite configuration the
+    records without a budget span, a column per suite, beside its trainable parameters and
+    train peak (one column when every suite measured the same peak, as suites that differ
+    only in their data do; else one per suite); None for a single suite."""
+    split = by_suite([r for r in records if r.get("budget") is None])
+    if len(split) < 2:
+        return None
+    names = suite_names(split)
+    rows = {h: {row.variant: row for row in group(rs, ("variant",))} for h, rs in split.items()}
+    variants = sorted({v for per in rows.values() for v in per})
+    unit, unit_bytes = memory_unit(value(r, "train_peak_bytes") for r in records)
+
+    def cell(row: Group | None, figure: str, scale: float, decimals: int) -> str:
+        if row is None:
+            return "-"
+        return _cell(row, Column(figure, "", decimals, False), scale).text(decimals)
+
+    peaks = {v: {cell(rows[h].get(v), "train_peak_bytes", unit_bytes, 2) for h in split} - {"-"} for v in variants}
+    same = all(len(p) <= 1 for p in peaks.values())
+    peak_headers = [f"train peak ({unit}, every suite)"] if same else [f"train peak ({unit}), {n}" for n in names]
+    table = []
+    for v in variants:
+        first = next(rows[h][v] for h in split if v in rows[h])
+        peak = [next(iter(peaks[v]), "-")] if same else [cell(rows[h].get(v), "train_peak_bytes", unit_bytes, 2) for h in split]
+        table.append([v, cell(first, "params_trainable", 1e6, 3), *peak, *(cell(rows[h].get(v), "rsum", 1, 1) for h in split)])
+    headers = ["variant", "trainable (M)", *peak_headers, *(f"rSum, {n}" for n in names)]
+    text = tabulate(table, headers=headers, tablefmt={"md": "github", "latex": "latex_booktabs", "csv": "tsv"}[fmt], disable_numparse=True)
+    return f"rSum on each suite ({source_label(records)} memory; mean ± std over seeds where there are several)\n\n{text}"
+
+
 def report(records: list[dict], fmt: str = "md", by: str = "variant") -> str:
     """Every table of ``records``, one per suite configuration, with the reason when
     there is more than one; records of several budgets also get the table of rSum against
-    the budget (in Markdown)."""
+    the budget, and records of several suites the table of rSum on each (in Markdown)."""
     split = by_suite(records)
     note = split_note(split)
     comment = {"md": "", "latex": "% ", "csv": "# "}[fmt]
@@ -237,8 +269,8 @@ def report(records: list[dict], fmt: str = "md", by: str = "variant") -> str:
             parts.append(_latex(table))
         else:  # a lone CSV table stays plain CSV
             parts.append(f"# {table.title}\n{_csv(table)}" if note else _csv(table))
-    curve = budget_table(records) if fmt == "md" else None
-    return "\n\n".join(([curve] if curve else []) + ([comment + note] if note else []) + parts) + "\n"
+    overviews = [table for table in (budget_table(records), suites_table(records)) if table] if fmt == "md" else []
+    return "\n\n".join(overviews + ([comment + note] if note else []) + parts) + "\n"
 
 
 def summary_table(records: list[dict]) -> str:
