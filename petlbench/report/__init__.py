@@ -129,11 +129,12 @@ def by_suite(records: list[dict]) -> dict[str, list[dict]]:
     return split
 
 
-def suite_names(split: dict[str, list[dict]]) -> list[str]:
-    """A name for each suite configuration of `by_suite`'s split: the suite's name, with
-    its hash where two configurations share a name."""
+def suite_names(split: dict[str, list[dict]]) -> list[str] | None:
+    """The suite name of each configuration of `by_suite`'s split when each is another
+    suite; None when two share a name (configurations of one suite are reported apart,
+    with their differences, never side by side)."""
     names = [rs[0]["run"]["suite"] for rs in split.values()]
-    return names if len(set(names)) == len(names) else [f"{n} ({h})" for n, h in zip(names, split, strict=True)]
+    return names if len(set(names)) == len(names) else None
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -222,11 +222,13 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
 
 def _suites_figure(split: dict[str, list[dict]]) -> Figure | None:
     """`memory_vs_rsum_by_suite` of the successful, scored variants of each suite, a panel
-    per suite named after it (and its hash where two share a name); None unless two or more
-    suites have such variants."""
+    per suite named after it; None unless two or more suites (`suite_names`) have such
+    variants."""
+    if (names := suite_names(split)) is None:
+        return None
     panels = {
         title: rows
-        for title, rs in zip(suite_names(split), split.values(), strict=True)
+        for title, rs in zip(names, split.values(), strict=True)
         if (rows := [row for row in group(rs, ("variant",)) if row.ok and row.stats("rsum") and row.stats("train_peak_bytes")])
     }
     if len(panels) < 2:

@@ -223,14 +223,13 @@ def budget_table(records: list[dict], fmt: str = "md") -> str | None:
 
 
 def suites_table(records: list[dict], fmt: str = "md") -> str | None:
-    """Every variant's rSum (mean ± std over seeds) on each suite configuration the
-    records without a budget span, a column per suite, beside its trainable parameters and
+    """Every variant's rSum (mean ± std over seeds) on each suite the records without a
+    budget span (`suite_names`), a column per suite, beside its trainable parameters and
     train peak (one column when every suite measured the same peak, as suites that differ
-    only in their data do; else one per suite); None for a single suite."""
+    only in their data do; else one per suite); None for fewer than two suites."""
     split = by_suite([r for r in records if r.get("budget") is None])
-    if len(split) < 2:
+    if len(split) < 2 or (names := suite_names(split)) is None:
         return None
-    names = suite_names(split)
     rows = {h: {row.variant: row for row in group(rs, ("variant",))} for h, rs in split.items()}
     variants = sorted({v for per in rows.values() for v in per})
     unit, unit_bytes = memory_unit(value(r, "train_peak_bytes") for r in records)
