@@ -136,7 +136,7 @@ def test_a_suite_learning_rate_replaces_the_variant_files_and_a_set_wins():
     assert load_variant("adapter", [], lrs).config.lr == load_variant("adapter").config.lr == 0.03
 
 
-def test_the_near_suite_learning_rates_reach_its_runs_and_their_hashes():
+def test_the_near_suite_learning_rates_reach_its_runs():
     from petlbench.sweep import make_plan
 
     near = config.load_suite("vl-retrieval-near")

@@ -3,7 +3,6 @@ acceptance.json and the fixtures it measures, in the format the estimate's guard
 (`tests/test_estimate.py`). On the CPU the "measured" figure is the CPU accounting, which
 the estimate must equal exactly."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 from petlbench import records
 from petlbench.config import PROJECT_ROOT
 from petlbench.records import read_all
+from tests.scripts import load_script
 from tests.test_estimate import estimate_ratios
 
 
@@ -76,10 +76,7 @@ def test_the_two_shards_wrote_one_folder(acceptance):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("gpu_acceptance", PROJECT_ROOT / "scripts" / "gpu_acceptance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_acceptance")
 
 
 def test_a_fixture_that_is_missing_or_proves_nothing_fails_its_checks(tmp_path):

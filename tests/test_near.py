@@ -2,11 +2,11 @@
 (vl-retrieval): same model, batch, text length and evaluation, so the CI memory baseline
 of the far suite covers both and only accuracy differs."""
 
-import importlib.util
 import json
 
-from petlbench.config import PROJECT_ROOT, load_suite, suite_hash, to_dict
+from petlbench.config import load_suite, suite_hash, to_dict
 from tests.conftest import tiny_args
+from tests.scripts import load_script
 
 
 def test_the_two_suites_differ_only_in_their_data_and_learning_rates():
@@ -32,17 +32,10 @@ def test_the_near_suite_measures_the_far_suites_memory_to_the_byte(cli, tmp_path
     assert far["full--seed0.json"]["train_peak_bytes"] > far["unipt--seed0.json"]["train_peak_bytes"]
 
 
-def _lr_sweep():
-    spec = importlib.util.spec_from_file_location("lr_sweep", PROJECT_ROOT / "scripts" / "lr_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_an_lr_sweep_replaces_its_own_suites_section_and_keeps_the_others(tmp_path):
     table = tmp_path / "lr.md"
     table.write_text("# Learning-rate sweeps\n\nintro\n\n## vl-retrieval\n\nfar table\n\n## other\n\nother table\n")
-    write_section = _lr_sweep().write_section
+    write_section = load_script("lr_sweep").write_section
     write_section(table, "vl-retrieval", ["new far table"])
     write_section(table, "vl-retrieval-near", ["near table"])
     assert table.read_text() == (

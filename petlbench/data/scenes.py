@@ -177,7 +177,7 @@ def _uniform(rng: np.random.Generator, low: float, high: float, size=None):
 def render(scene: Scene, rng: np.random.Generator, look: ShiftConfig = SOURCE_LOOK) -> np.ndarray:
     """An (H, W, 3) uint8 image: a noisy background (its level drawn per channel, stripes
     on it), objects jittered inside their cells, then the image's contrast."""
-    level = _uniform(rng, look.background_low, look.background_high, None if look.background_low == look.background_high else 3)
+    level = _uniform(rng, look.background_low, look.background_high, 3)
     img = rng.normal(level, look.noise_std, size=(IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
     if look.texture_amplitude > 0:
         angle = rng.uniform(0.0, math.pi)
