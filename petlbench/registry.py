@@ -1,10 +1,12 @@
 """What a method is to the rest of petlbench: one `register` call gives its spec (config
-class, learning-rate grid, set-up needs), and one `builder` per backbone family it supports
-(with what it keeps of that backbone for backward). Everything else (support, dry runs,
-estimates, sweeps, tests) derives from the specs; `petlbench.methods` collects them."""
+class, display name and group, learning-rate grid, set-up needs, the backbone families it
+applies to with what it keeps of each for backward), and its module one `builder` per
+family. Everything else (support, dry runs, estimates, sweeps, tables, tests) derives from
+the specs (`petlbench.methods.specs`, torch-free); `petlbench.methods` collects them."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,11 +41,24 @@ def last_blocks(option: str) -> Keeps:
 
 Builder = Callable[..., Any]  # (backbone, config[, data]) -> the model to train
 
+# The kinds of method a paper table groups its rows by (`MethodSpec.group`), in table order.
+GROUPS = {
+    "baseline": "Baselines",
+    "backbone": "Backward through the backbone",
+    "memory-efficient": "Memory-efficient",
+}
+
 
 @dataclass
 class MethodSpec:
     name: str
     config_cls: type[MethodConfig]
+    display: str  # the method's name in tables and figures, e.g. "Full fine-tuning"
+    group: str  # a key of `GROUPS`
+    module: str  # the module of `petlbench.methods` that implements it (adds its builders)
+    # What the method keeps of each backbone family it applies to, for backward; a family
+    # not here is unsupported.
+    keeps: dict[str, Keeps]
     # True for the baselines, which decide themselves whether the projections train;
     # every other method follows the suite's `train.head` rule.
     defines_head: bool = False
@@ -59,29 +74,45 @@ class MethodSpec:
     lr_grid: tuple[float, ...] = ()
     # Why the families without a builder are not supported (one line).
     why_not: str = "it is written against the CLIP dual encoder's module layout"
-    builders: dict[str, Builder] = field(default_factory=dict)
-    keeps: dict[str, Keeps] = field(default_factory=dict)
+    # Filled by the implementing module when it is imported (`builder`, `builders`).
+    _builders: dict[str, Builder] = field(default_factory=dict, repr=False)
 
-    def builder(self, family: str, keeps: Keeps) -> Callable[[Builder], Builder]:
-        """Decorator registering ``build(backbone, config[, data])`` for ``family``."""
+    def builder(self, family: str) -> Callable[[Builder], Builder]:
+        """Decorator registering ``build(backbone, config[, data])`` for ``family``, one of
+        the families the spec declares."""
 
         def decorate(build: Builder) -> Builder:
-            if family in self.builders:
+            if family not in self.keeps:
+                raise ValueError(f"method {self.name!r}: a builder for family {family!r}, which its spec does not declare")
+            if family in self._builders:
                 raise ValueError(f"method {self.name!r}: a second builder for family {family!r}")
-            self.builders[family], self.keeps[family] = build, keeps
+            self._builders[family] = build
             return build
 
         return decorate
 
     @property
+    def builders(self) -> dict[str, Builder]:
+        """The builder of every declared family, importing the implementing module (and so
+        torch) on first use."""
+        if not self._builders:
+            importlib.import_module(f"petlbench.methods.{self.module}")
+        if self._builders.keys() != self.keeps.keys():
+            raise ValueError(
+                f"method {self.name!r}: petlbench.methods.{self.module} builds for {sorted(self._builders)}, "
+                f"its spec declares {sorted(self.keeps)}"
+            )
+        return self._builders
+
+    @property
     def families(self) -> tuple[str, ...]:
-        return tuple(self.builders)
+        return tuple(self.keeps)
 
     def unsupported_reason(self, family: str) -> str | None:
-        """None when the method has a builder for ``family``; else why not, in one line."""
-        if family in self.builders:
+        """None when the method applies to ``family``; else why not, in one line."""
+        if family in self.keeps:
             return None
-        return f"method {self.name!r} does not apply to a {family!r} backbone (supports: {', '.join(self.builders)}): {self.why_not}"
+        return f"method {self.name!r} does not apply to a {family!r} backbone (supports: {', '.join(self.keeps)}): {self.why_not}"
 
     def apply(self, backbone, cfg: MethodConfig, data: Callable | None = None):
         """The model to train: this method's builder for the backbone's family applied to it;
@@ -102,12 +133,16 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, config_cls: type[MethodConfig], **options: Any) -> MethodSpec:
-    """The spec of method ``name`` (`MethodSpec`'s fields as ``options``), registered once;
-    its builders are added with `MethodSpec.builder`."""
+def register(
+    name: str, config_cls: type[MethodConfig], display: str, group: str, module: str, keeps: dict[str, Keeps], **options: Any
+) -> MethodSpec:
+    """The spec of method ``name`` (`MethodSpec`'s fields), registered once; its module
+    adds the builders with `MethodSpec.builder`."""
     if name in METHODS:
         raise ValueError(f"method {name!r} registered twice")
-    spec = MethodSpec(name, config_cls, **options)
+    if group not in GROUPS:
+        raise ValueError(f"method {name!r}: group {group!r} is not one of {', '.join(GROUPS)}")
+    spec = MethodSpec(name, config_cls, display, group, module, keeps, **options)
     if spec.needs_data and spec.without_data is None:
         raise ValueError(f"method {name!r} reads data in its set-up: it must say how to set up without (without_data)")
     METHODS[name] = spec

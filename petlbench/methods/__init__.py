@@ -1,15 +1,11 @@
-"""One module per method, each registering its spec and one builder per backbone family
-(`petlbench.registry`); importing this package imports (and so registers) every module in
-it, and it is where the rest of petlbench looks methods up."""
-
-import importlib
-import pkgutil
+"""Where the rest of petlbench looks methods up. Importing this package registers every
+method's spec (`petlbench.methods.specs`, which imports no torch); the module beside it
+that implements a method is imported when a model is first built with it
+(`MethodSpec.builders`)."""
 
 from petlbench.config import ConfigError, short
+from petlbench.methods import specs  # noqa: F401  (registers every spec)
 from petlbench.registry import METHODS, MethodSpec
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def registered() -> dict[str, MethodSpec]:

@@ -2,30 +2,14 @@
 on a sub-layer's output, inside every block of both towers; the backbone stays frozen and
 the gradient flows back through it."""
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig, rule
-from petlbench.registry import EVERY_BLOCK, register
+from petlbench.config import ConfigError
+from petlbench.methods.specs import ADAPTER, AdapterConfig
 
 # The block sub-layers whose output each placement adapts (before the residual add).
 SITES = {"houlsby": ("self_attn", "mlp"), "pfeiffer": ("mlp",)}
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
-
-
-@dataclass
-class AdapterConfig(MethodConfig):
-    """ReLU is the default for both placements, so that they differ in placement only: it
-    is what AdapterHub's Pfeiffer configuration and AdaptFormer (the usual ViT adapter
-    baseline) use; GELU is the CLIP-family alternative."""
-
-    r: int = field(default=8, metadata=rule("reduction factor: the bottleneck width is the block width // r", ge=1, le=65536))
-    placement: Literal["houlsby", "pfeiffer"] = field(
-        default="houlsby", metadata={"help": "'houlsby': after the attention and the MLP sub-layers; 'pfeiffer': after the MLP only"}
-    )
-    activation: Literal["relu", "gelu"] = field(default="relu", metadata={"help": "non-linearity inside the bottleneck"})
 
 
 class Bottleneck(nn.Module):
@@ -50,10 +34,7 @@ class Bottleneck(nn.Module):
         return self(output)
 
 
-ADAPTER = register("adapter", AdapterConfig, lr_grid=(1e-3, 3e-3, 1e-2))
-
-
-@ADAPTER.builder("clip", keeps=EVERY_BLOCK)
+@ADAPTER.builder("clip")
 def build(backbone, cfg: AdapterConfig):
     backbone.requires_grad_(False)
     for blocks in backbone.blocks().values():

@@ -26,43 +26,14 @@ counts their inputs among what is saved); the convolution keeps PyTorch's defaul
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig, rule
+from petlbench.config import ConfigError
+from petlbench.methods.specs import DTL, DTL_PLUS, DTLConfig, DTLPlusConfig, first_injection
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.wrapper import TokenWalker
-from petlbench.registry import Keeps, register
-
-
-@dataclass
-class DTLConfig(MethodConfig):
-    r: int = field(default=2, metadata=rule("rank of each block's side map B_j A_j (the authors' default: 2)", ge=1, le=65536))
-    late: float = field(
-        default=0.5,
-        metadata=rule(
-            "fraction of each tower's blocks, from the top, after which the side path is added back: the last "
-            "max(1, floor(late * depth + 1/2)) blocks (0.5: the last half, blocks 6..11 of ViT-B's 12)",
-            gt=0,
-            le=1,
-        ),
-    )
-    beta: float = field(default=100.0, metadata=rule("swish sharpness: swish(R) = R * sigmoid(beta * R)", gt=0, le=1e6))
-
-
-@dataclass
-class DTLPlusConfig(DTLConfig):
-    conv_kernel: int = field(
-        default=3, metadata=rule("side of the shared depthwise conv on the vision patch grid (odd; the authors: 3)", ge=1, le=99)
-    )
-
-
-def first_injection(cfg: DTLConfig, depth: int) -> int:
-    """The index of the first block after which the side path is added back (methods.md's
-    `add_after` as a suffix of the blocks; half-way cases round up, not to even)."""
-    return depth - max(1, math.floor(cfg.late * depth + 0.5))
 
 
 class LowRankPath(nn.Module):
@@ -135,19 +106,14 @@ class DisentangledClip(TokenWalker):
         return x
 
 
-DTL = register("dtl", DTLConfig, lr_grid=(3e-3, 1e-2, 3e-2))
-DTL_PLUS = register("dtl-plus", DTLPlusConfig, lr_grid=(3e-3, 1e-2, 3e-2))
-LATE_BLOCKS = Keeps(lambda cfg, depth: range(first_injection(cfg, depth) + 1, depth), "the blocks after the first injection")
-
-
-@DTL.builder("clip", keeps=LATE_BLOCKS)
+@DTL.builder("clip")
 def build(backbone: ClipDualEncoder, cfg: DTLConfig) -> DisentangledClip:
     backbone.requires_grad_(False)
     with torch.device(backbone.device):
         return DisentangledClip(backbone, cfg)
 
 
-@DTL_PLUS.builder("clip", keeps=LATE_BLOCKS)
+@DTL_PLUS.builder("clip")
 def build_plus(backbone: ClipDualEncoder, cfg: DTLPlusConfig) -> DisentangledClip:
     if cfg.conv_kernel % 2 == 0:
         raise ConfigError(f"dtl-plus: conv_kernel={cfg.conv_kernel} must be odd ('same' padding centres the kernel on each patch)")

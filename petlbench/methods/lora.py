@@ -2,27 +2,12 @@
 linear layers of every block compute ``W x + (alpha/r) B A x`` with ``A`` random and ``B``
 zero; the backbone stays frozen and the gradient flows back through it."""
 
-from dataclasses import dataclass, field
-
 import peft
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig, rule, short
-from petlbench.registry import EVERY_BLOCK, register
-
-
-@dataclass
-class LoraConfig(MethodConfig):
-    r: int = field(default=8, metadata=rule("rank of the update B A", ge=1, le=65536))
-    alpha: float = field(default=16.0, metadata=rule("the update is scaled by alpha / r", gt=0, le=1e6))
-    dropout: float = field(default=0.0, metadata=rule("dropout on the input of the low-rank branch", ge=0, lt=1))
-    targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        metadata=rule(
-            "names of the blocks' linear layers to adapt (q_proj, k_proj, v_proj, out_proj, fc1, fc2)", min_items=1, nonempty=True
-        ),
-    )
+from petlbench.config import ConfigError, short
+from petlbench.methods.specs import LORA, LoraConfig
 
 
 def _block_linears(backbone) -> set[str]:
@@ -58,15 +43,12 @@ def inject(backbone, root: nn.Module, targets: list[str], cfg: LoraConfig):
     return backbone
 
 
-LORA = register("lora", LoraConfig, lr_grid=(1e-3, 3e-3, 1e-2))
-
-
-@LORA.builder("clip", keeps=EVERY_BLOCK)
+@LORA.builder("clip")
 def build_clip(backbone, cfg: LoraConfig):
     return inject(backbone, backbone.clip, list(cfg.targets), cfg)
 
 
-@LORA.builder("vse", keeps=EVERY_BLOCK)
+@LORA.builder("vse")
 def build_vse(backbone, cfg: LoraConfig):
     """BERT's layers are the VSE family's only blocks (the CNN has none): the CLIP names
     `q_proj`/`k_proj`/`v_proj` map to BERT's `query`/`key`/`value`."""

@@ -11,8 +11,7 @@ gradient still crosses every block, so the backbone's own activations remain."""
 from peft.tuners.lora import LoraLayer
 
 from petlbench.methods import lora
-from petlbench.methods.lora import LoraConfig
-from petlbench.registry import EVERY_BLOCK, register
+from petlbench.methods.specs import LORA_FA, LoraConfig
 
 
 def freeze_a(model):
@@ -23,15 +22,12 @@ def freeze_a(model):
     return model
 
 
-LORA_FA = register("lora-fa", LoraConfig, lr_grid=(3e-3, 1e-2, 3e-2))
-
-
-@LORA_FA.builder("clip", keeps=EVERY_BLOCK)
+@LORA_FA.builder("clip")
 def build_clip(backbone, cfg: LoraConfig):
     return freeze_a(lora.build_clip(backbone, cfg))
 
 
-@LORA_FA.builder("vse", keeps=EVERY_BLOCK)
+@LORA_FA.builder("vse")
 def build_vse(backbone, cfg: LoraConfig):
     """BERT's layers, under the names `lora` maps them to."""
     return freeze_a(lora.build_vse(backbone, cfg))

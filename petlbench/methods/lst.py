@@ -23,47 +23,22 @@ contrastive loss over one pair is constant, so importance is accumulated over ba
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
-from typing import Literal
 
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from petlbench.config import ConfigError, MethodConfig, rule
+from petlbench.config import ConfigError
+from petlbench.methods.specs import LST, LSTConfig
 from petlbench.models.backbone import DualEncoder
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.vse import VseDualEncoder
 from petlbench.models.wrapper import BackboneWrapper, TowerWise
 from petlbench.objective import contrastive_loss
-from petlbench.registry import NOTHING, register
-
-
-@dataclass
-class LSTConfig(MethodConfig):
-    r: int = field(
-        default=4, metadata=rule("width reduction of the side network (paper: 8 for NLP, 4 for vision-language)", ge=1, le=65536)
-    )
-    drop_layers: list[int] = field(
-        default_factory=list,
-        metadata=rule("backbone layers with no ladder and no side block (paper, 12 layers: [0, 4, 8])", ge=0, le=10_000, min_items=0),
-    )
-    init: Literal["fisher", "magnitude", "random"] = field(
-        default="fisher",
-        metadata={"help": "side-block initialisation: pruned backbone rows ranked by Fisher importance or weight magnitude, or random"},
-    )
-    fisher_samples: int = field(
-        default=512, metadata=rule("training samples whose squared gradients rank the rows (init=fisher)", ge=1, le=10**8)
-    )
-    fisher_batch_size: int = field(
-        default=32,
-        metadata=rule("pairs per contrastive batch while ranking (init=fisher; a loss over one pair is constant)", ge=2, le=2**20),
-    )
-    gate_temperature: float = field(default=0.1, metadata=rule("T in the ladder gate sigmoid(alpha / T)", gt=0, le=1e6))
 
 
 class LadderSide(nn.Module):
@@ -275,18 +250,8 @@ BERT_LAYER = BlockLayout(
 
 SetupData = Callable[[int], Iterator[dict[str, torch.Tensor]]]
 
-LST = register(
-    "lst",
-    LSTConfig,
-    needs_data=True,
-    # the ranking only picks the side network's initial values; a random init builds the same shapes
-    without_data=lambda cfg: dataclasses.replace(cfg, init="random"),
-    setup_batch=lambda cfg: cfg.fisher_batch_size if cfg.init == "fisher" else None,
-    lr_grid=(1e-3, 3e-3, 1e-2),
-)
 
-
-@LST.builder("clip", keeps=NOTHING)
+@LST.builder("clip")
 def build_clip(backbone: ClipDualEncoder, cfg: LSTConfig, data: SetupData) -> LadderSideTuned:
     """``data(batch_size)`` yields training batches for the Fisher ranking (setup: it runs
     before the measured steps, so it is outside the training memory figure)."""
@@ -302,7 +267,7 @@ def build_clip(backbone: ClipDualEncoder, cfg: LSTConfig, data: SetupData) -> La
     return model
 
 
-@LST.builder("vse", keeps=NOTHING)
+@LST.builder("vse")
 def build_vse(backbone: VseDualEncoder, cfg: LSTConfig, data: SetupData) -> LadderSideTunedVse:
     """The text tower only (see the module doc)."""
     backbone.requires_grad_(False)

@@ -11,31 +11,18 @@ through the whole frozen backbone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
-from petlbench.config import MethodConfig, rule
+from petlbench.methods.specs import PROMPT, PromptConfig
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.wrapper import TokenWalker
-from petlbench.registry import EVERY_BLOCK, register
 
 # Prompts go right after the first token: CLS stays at position 0 (what the vision tower
 # pools); after BOS, every caption token, EOT included, sees them under the causal mask.
 INSERT_AT = 1
-
-
-@dataclass
-class PromptConfig(MethodConfig):
-    # 8, the low end of methods.md's 8..16: prompts lengthen every sequence of both towers
-    # (37 vision and 40 text tokens on the shipped model, 50 and 77 on ViT-B/32), and the
-    # activations kept for backward grow with it; the validation sweep may ask for more.
-    prompts: int = field(default=8, metadata=rule("prompt tokens per tower and set (p)", ge=1, le=10_000))
-    depth: Literal["deep", "shallow"] = field(
-        default="deep", metadata={"help": "deep: a fresh set of prompts before every block; shallow: one set before the first block"}
-    )
 
 
 def _splice(x: torch.Tensor, remove: int, insert: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,10 +81,7 @@ class PromptedClip(TokenWalker):
         return _splice(x, self.n_prompts)
 
 
-PROMPT = register("prompt", PromptConfig, lr_grid=(3e-3, 1e-2, 3e-2))
-
-
-@PROMPT.builder("clip", keeps=EVERY_BLOCK)
+@PROMPT.builder("clip")
 def build(backbone: ClipDualEncoder, cfg: PromptConfig) -> PromptedClip:
     backbone.requires_grad_(False)
     return PromptedClip(backbone, cfg.prompts, cfg.depth)

@@ -15,23 +15,14 @@ not start at the backbone, and its step-0 retrieval is below zero-shot by design
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
-from petlbench.config import MethodConfig, rule
+from petlbench.methods.specs import RES_TUNING, ResTuningConfig
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.wrapper import TowerWise
-from petlbench.registry import NOTHING, register
 
 BIAS_STD = 1e-6
-
-
-@dataclass
-class ResTuningConfig(MethodConfig):
-    bottleneck: int = field(default=32, metadata=rule("width l of every residual adapter (the code's default: 32)", ge=1, le=65536))
-    zero_init_last: bool = field(default=False, metadata={"help": "zero the up-projections of the last block's two adapters"})
 
 
 class ResAdapter(nn.Module):
@@ -82,10 +73,7 @@ class ResTuningBypass(TowerWise):
         return self.backbone.tower_head(tower, tokens, pool_index=states.pool_index)
 
 
-RES_TUNING = register("res-tuning-bypass", ResTuningConfig, lr_grid=(1e-3, 3e-3, 1e-2))
-
-
-@RES_TUNING.builder("clip", keeps=NOTHING)
+@RES_TUNING.builder("clip")
 def build(backbone: ClipDualEncoder, cfg: ResTuningConfig) -> ResTuningBypass:
     backbone.requires_grad_(False)
     config = backbone.clip.config

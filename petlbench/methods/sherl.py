@@ -32,34 +32,22 @@ Decided where the reading leaves it open (methods.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from petlbench.config import ConfigError, MethodConfig, rule
+from petlbench.config import ConfigError
+from petlbench.methods.specs import SHERL, SherlConfig
 from petlbench.methods.unipt import feature_tokens, relu_linear, window_size
 from petlbench.models.backbone import TowerStates
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.vse import VseDualEncoder
 from petlbench.models.wrapper import BackboneWrapper, EmbeddingSide
-from petlbench.registry import NOTHING, Keeps, UnsupportedError, register
+from petlbench.registry import UnsupportedError
 
 EPS = 1e-6  # the authors' L1 and cosine epsilon (added, not a clamp); also the guards of the layer weights
 GATE_TEMPERATURE = 0.1  # sigmoid(gamma / 0.1) on the pooled token, tanh(kappa / 0.1) on the VSE skip
-
-
-@dataclass
-class SherlConfig(MethodConfig):
-    downsample: int = field(
-        default=1,
-        metadata=rule("m = joint width / downsample (CLIP; VSE halves it again, as the authors' VSE code)", ge=1, le=65536),
-    )
-    pool_gate: bool = field(
-        default=False, metadata={"help": "scale each tap's pooled token by sigmoid(gamma_i / 0.1), gamma_i = 1 (the MSR-VTT script)"}
-    )
 
 
 def l1_normalise(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -203,10 +191,7 @@ def _width(embed: int, divisor: int) -> int:
     return embed // divisor
 
 
-SHERL = register("sherl", SherlConfig, lr_grid=(3e-3, 1e-2, 3e-2))
-
-
-@SHERL.builder("clip", keeps=NOTHING)
+@SHERL.builder("clip")
 def build_clip(backbone: ClipDualEncoder, cfg: SherlConfig) -> EmbeddingSide:
     width = _width(backbone.embed_dim, cfg.downsample)
     config = backbone.clip.config
@@ -219,7 +204,7 @@ def build_clip(backbone: ClipDualEncoder, cfg: SherlConfig) -> EmbeddingSide:
     return EmbeddingSide(backbone, towers)
 
 
-@SHERL.builder("vse", keeps=Keeps(lambda cfg, depth: range(depth - 1, depth), "the last block of each tower"))
+@SHERL.builder("vse")
 def build_vse(backbone: VseDualEncoder, cfg: SherlConfig) -> SherlVse:
     width = _width(backbone.embed_dim, 2 * cfg.downsample)
     units = len(backbone.resnet.encoder.stages[-1].layers)

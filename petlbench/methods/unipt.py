@@ -19,19 +19,17 @@ over layers) are functions and modules of their own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petlbench.config import ConfigError, MethodConfig, rule
+from petlbench.config import ConfigError
+from petlbench.methods.specs import UNIPT, UniPTConfig
 from petlbench.models.backbone import DualEncoder, TowerStates
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.pooling import masked_mean
 from petlbench.models.vse import VseDualEncoder
 from petlbench.models.wrapper import BackboneWrapper, EmbeddingSide
-from petlbench.registry import NOTHING, register
 
 # The authors clamp the L1 norm here: a query whose scores are all truncated attends to
 # nothing (zero weights) instead of dividing by zero.
@@ -95,16 +93,6 @@ class UniPTTower(nn.Module):
             merged.append(attended + tokens[rows, states.pool_index])
             summaries.append(masked_mean(tokens, states.token_mask))
         return embedding + self.up(self.confidence(anchor, summaries, merged))
-
-
-@dataclass
-class UniPTConfig(MethodConfig):
-    downsample: int = field(
-        default=1,
-        metadata=rule(
-            "r_d: UniPT works in width m = embedding width / r_d (1 in the authors' CLIP code, 2 in their VSE setting)", ge=1, le=65536
-        ),
-    )
 
 
 def _project(width: int) -> nn.Sequential:
@@ -245,10 +233,7 @@ def _width(backbone: DualEncoder, cfg: UniPTConfig) -> int:
     return backbone.embed_dim // cfg.downsample
 
 
-UNIPT = register("unipt", UniPTConfig, lr_grid=(3e-3, 1e-2, 3e-2))
-
-
-@UNIPT.builder("clip", keeps=NOTHING)
+@UNIPT.builder("clip")
 def build_clip(backbone: ClipDualEncoder, cfg: UniPTConfig) -> EmbeddingSide:
     """The dual-encoder variant."""
     width = _width(backbone, cfg)
@@ -262,7 +247,7 @@ def build_clip(backbone: ClipDualEncoder, cfg: UniPTConfig) -> EmbeddingSide:
     return EmbeddingSide(backbone, towers)
 
 
-@UNIPT.builder("vse", keeps=NOTHING)
+@UNIPT.builder("vse")
 def build_vse(backbone: VseDualEncoder, cfg: UniPTConfig) -> UniPTVse:
     """The CNN variant on the image tower and the token-level variant on the text tower."""
     width = _width(backbone, cfg)
