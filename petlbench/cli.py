@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, get_args
 
 from petlbench import config as cfgmod
 from petlbench.config import ConfigError
+from petlbench.report import WIDTHS
 from petlbench.report.tables import BY, FORMATS, summary_table
 
 if TYPE_CHECKING:
@@ -228,6 +229,14 @@ def _write_report(folder: Path, sweeps: list[Path] | None = None) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from petlbench.records import read_folders
+
+    if args.style == "paper":
+        from petlbench.report import paper
+
+        if args.format not in ("md", "latex"):
+            raise ConfigError(f"report --style paper: --format {args.format} is not one of md, latex")
+        print(paper.report(read_folders(args.dirs, args.strict), args.format, args.width), end="")
+        return 0
     from petlbench.report.tables import report
 
     print(report(read_folders(args.dirs, args.strict), args.format, args.by), end="")
@@ -238,7 +247,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from petlbench.records import read_folders
     from petlbench.report.plots import write_plots
 
-    plots = write_plots(read_folders(args.dirs, args.strict), args.out or args.dirs[0])
+    plots = write_plots(read_folders(args.dirs, args.strict), args.out or args.dirs[0], width=args.width)
     print("\n".join(str(p) for p in plots) or "nothing to plot: no successful run with figures")
     return 0
 
@@ -328,6 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
         "dirs", type=Path, nargs="+", metavar="DIR", help="folders of result records, or a parent of such folders (a `run --budget` folder)"
     )
     rep.add_argument("--format", choices=FORMATS, default="md")
+    rep.add_argument(
+        "--style",
+        choices=("full", "paper"),
+        default="full",
+        help="full: every recorded figure, a row per variant; paper: the table a retrieval paper prints (display names, "
+        "grouped rows, parameters, memory, recalls and rSum; md or latex)",
+    )
+    rep.add_argument(
+        "--width",
+        choices=tuple(WIDTHS),
+        default="column",
+        help="paper LaTeX only: a table for one column (3.3 in: R@1 of each direction and rSum) or a table* for the text width "
+        "(6.9 in: every recall)",
+    )
     rep.add_argument("--by", choices=tuple(BY), default="variant", help="one row per variant (mean ± std over seeds) or per run")
     rep.add_argument("--strict", action="store_true", help=STRICT)
     rep.set_defaults(func=_cmd_report)
@@ -337,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dirs", type=Path, nargs="+", metavar="DIR", help="folders of result records, or a parent of such folders (a `run --budget` folder)"
     )
     plot.add_argument("--out", type=Path, help="folder for the figures; default: the first DIR")
+    plot.add_argument(
+        "--width", choices=tuple(WIDTHS), default="column", help="figure width: one column (3.3 in) or the text width (6.9 in) of a paper"
+    )
     plot.add_argument("--strict", action="store_true", help=STRICT)
     plot.set_defaults(func=_cmd_plot)
 

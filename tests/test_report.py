@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import math
 import re
@@ -12,10 +13,11 @@ import re
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.legend import Legend
+from matplotlib.text import Text
 
 from petlbench import records
 from petlbench.methods import registered
-from petlbench.report import MIB, plots
+from petlbench.report import MIB, WIDTHS, plots
 from petlbench.report.tables import report
 from petlbench.schema import RECALLS
 from tests.conftest import tiny_args
@@ -272,11 +274,14 @@ def test_plot_writes_png_and_pdf(cli, tmp_path):
     assert (tmp_path / "figs" / "memory_vs_rsum.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_every_figure_fits_its_canvas(monkeypatch, tmp_path):
+@pytest.mark.parametrize("width", ["column", "text"])
+def test_every_figure_fits_its_canvas_at_a_paper_width_in_7pt_text_or_larger(monkeypatch, tmp_path, width):
     """Every legend, label and title lies inside its figure, with every registered method
-    plotted and five memory categories (the breakdown's fifth, "other", included)."""
+    plotted and five memory categories (the breakdown's fifth, "other", included); every
+    figure is the width asked for, its text at least 7 pt, its legend in display names."""
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, out, stem: figures.append((stem, fig)) or [])
+    monkeypatch.setattr(plots, "write_plots", functools.partial(plots.write_plots, width=width))
     recs = []
     for i, name in enumerate(sorted(registered())):
         rec = make_record(name, params=1000 * (i + 1), peak=(40 + 10 * i) * MIB, recalls=(10 + i, 20, 30, 10, 20, 30))
@@ -299,6 +304,14 @@ def test_every_figure_fits_its_canvas(monkeypatch, tmp_path):
     for stem, fig in figures:
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
+        assert fig.get_figwidth() == WIDTHS[width], stem
+        small = {(t.get_text(), t.get_fontsize()) for t in fig.findobj(Text) if t.get_visible() and t.get_text() and t.get_fontsize() < 7}
+        assert not small, f"{stem}: text under 7 pt: {sorted(small)[:5]}"
+        if stem.startswith("memory_breakdown"):  # its legend names memory categories, its bars the variants
+            labels = {t.get_text() for ax in fig.axes for t in ax.get_xticklabels()}
+        else:
+            labels = {t.get_text() for legend in fig.findobj(Legend) for t in legend.get_texts()}
+        assert {"Full fine-tuning", "UniPT", "Linear probe"} <= labels, (stem, labels)
         drawn, canvas_box = fig.get_tightbbox(canvas.get_renderer()), fig.bbox_inches  # inches, of what is drawn
         tolerance = 0.01
         assert fig.findobj(Legend)
@@ -308,6 +321,17 @@ def test_every_figure_fits_its_canvas(monkeypatch, tmp_path):
             and drawn.x1 <= canvas_box.x1 + tolerance
             and drawn.y1 <= canvas_box.y1 + tolerance
         ), f"{stem}: what is drawn spans {drawn.bounds} in, the canvas {canvas_box.bounds} in"
+
+
+def test_pdf_figures_embed_truetype_fonts(tmp_path):
+    """Publishers ask for embedded TrueType (Type 42) text, never Type 3 bitmaps."""
+    write(tmp_path / "records", RECORDS[:5])
+    paths = plots.write_plots(records.read_folders([tmp_path / "records"]), tmp_path / "figs")
+    pdfs = [p for p in paths if p.suffix == ".pdf"]
+    assert pdfs
+    for pdf in pdfs:
+        data = pdf.read_bytes()
+        assert b"/FontFile2" in data and b"/Type3" not in data, pdf.name
 
 
 def _on_suite(record: dict, suite: str, suite_hash: str, rsum_shift: float = 0.0, peak_factor: float = 1.0) -> dict:

@@ -8,6 +8,7 @@ resolved suites are equal).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections import Counter
@@ -15,9 +16,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from petlbench.methods import registered
+from petlbench.registry import GROUPS
 from petlbench.schema import METRICS, STATUSES
 
 GIB, MIB = 2**30, 2**20
+# The widths a paper sets tables and figures at, in inches: one column and the whole text
+# (`report --style paper --width`, `plot --width`).
+WIDTHS = {"column": 3.3, "text": 6.9}
 
 STATUS_LABELS = {**{status: status for status in STATUSES}, "oom": "OOM", "over_budget": "over budget"}
 SOURCE_LABELS = {"cuda": "CUDA", "cpu-accounting": "CPU accounting", "estimate": "estimate"}
@@ -55,6 +61,40 @@ def memory_unit(values: Iterable[int | None]) -> tuple[str, int]:
     """MiB when every figure is under 1 GiB, else GiB (measurement.md: one unit per column)."""
     present = [v for v in values if v is not None]
     return ("MiB", MIB) if all(v < GIB for v in present) else ("GiB", GIB)
+
+
+def method_name(method: str) -> str:
+    """A method as papers name it ("Full fine-tuning"; `MethodSpec.display`); the registry
+    name for a method this version does not know (older records)."""
+    spec = registered().get(method)
+    return spec.display if spec else method
+
+
+def method_group(method: str) -> str:
+    """The kind of method (a key of `GROUPS`, "other" for an unknown method)."""
+    spec = registered().get(method)
+    return spec.group if spec else "other"
+
+
+GROUP_TITLES = {**GROUPS, "other": "Other"}
+
+
+def variant_name(record: dict) -> str:
+    """The variant as a paper names it: its method's name, followed, where the variant's
+    settings are not its method's defaults, by what differs ("Adapter (Pfeiffer)",
+    "Partial fine-tuning (k=2)"); the learning rate, tuned per variant, is not a setting."""
+    method = record["run"]["method"]
+    spec = registered().get(method)
+    if spec is None:
+        return record["run"]["variant"]
+    chosen = record["config"]["method"]
+    differs = []
+    for f in dataclasses.fields(spec.config_cls):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if f.name != "lr" and f.name in chosen and chosen[f.name] != default:
+            shown = chosen[f.name]
+            differs.append(shown.capitalize() if isinstance(shown, str) else f"{f.name}={shown}")
+    return f"{spec.display} ({', '.join(differs)})" if differs else spec.display
 
 
 def status_label(status: str) -> str:

@@ -1,7 +1,8 @@
-"""Figures for a paper at single-column width (3.5 in), PNG and PDF: memory vs rSum with
-the Pareto frontier, trainable parameters vs rSum, the train peak by category; for runs
-under several memory budgets, rSum against the budget; for runs of several suites, memory
-vs rSum a panel per suite (at twice the width).
+"""Figures for a paper at its column (3.3 in) or text width (6.9 in), PNG and PDF: memory
+vs rSum with the Pareto frontier, trainable parameters vs rSum, the train peak by category;
+for runs under several memory budgets, rSum against the budget; for runs of several suites,
+memory vs rSum a panel per suite. Text is at least 7 pt at that size, methods and variants
+go by their display names, and PDFs embed TrueType fonts.
 
 Each method (registry name) keeps one colour and marker in every figure and every run,
 whatever subset of methods a folder holds. Figures use matplotlib's object API (no
@@ -17,26 +18,32 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from petlbench.methods import registered
 from petlbench.report import (
     MIB,
+    WIDTHS,
     Group,
     budget_families,
     budget_label,
     by_suite,
     group,
     memory_unit,
+    method_name,
     source_label,
     suite_names,
     value,
+    variant_name,
 )
 
-WIDTH_IN = 3.5
+FONT_PT = 7  # the smallest text in a figure, at its printed size
 STYLE = {
-    "font.size": 7,
-    "axes.labelsize": 7,
-    "legend.fontsize": 6,
-    "xtick.labelsize": 6,
-    "ytick.labelsize": 6,
+    "font.size": FONT_PT,
+    "axes.labelsize": FONT_PT,
+    "axes.titlesize": FONT_PT,
+    "legend.fontsize": FONT_PT,
+    "xtick.labelsize": FONT_PT,
+    "ytick.labelsize": FONT_PT,
+    "figure.titlesize": FONT_PT,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "pdf.fonttype": 42,  # TrueType: text stays text, as publishers ask
@@ -62,16 +69,27 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def method_styles(methods: Sequence[str]) -> dict[str, tuple[tuple[float, float, float], str]]:
     """(colour, marker) per method, fixed by its position among the registered methods
     (unregistered names, from older records, follow in name order)."""
-    from petlbench.methods import registered
-
     order = sorted(registered())
     order += sorted(set(methods) - set(order))
     return {m: (COLOURS[i % len(COLOURS)], MARKERS[i % len(MARKERS)]) for i, m in enumerate(order) if m in methods}
 
 
-def _legend(fig: Figure, ax, styles: dict) -> None:
-    handles = [Line2D([], [], ls="", marker=marker, markersize=4, color=colour, label=m) for m, (colour, marker) in styles.items()]
-    ax.legend(handles=handles, ncol=min(len(handles), 5), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, handletextpad=0.2)
+def _handles(styles: dict) -> list[Line2D]:
+    """A legend entry per method, under its display name."""
+    return [
+        Line2D([], [], ls="", marker=marker, markersize=4, color=colour, label=method_name(m)) for m, (colour, marker) in styles.items()
+    ]
+
+
+def _legend(fig: Figure, styles: dict, width: float) -> None:
+    """The methods' legend under the axes, as many columns as the width holds."""
+    handles = _handles(styles)
+    fig.legend(handles=handles, ncol=min(len(handles), _columns(width)), loc="outside lower center", frameon=False, handletextpad=0.2)
+
+
+def _columns(width: float) -> int:
+    """Legend columns of display names at 7 pt (about 1.1 in each) across ``width`` inches."""
+    return max(1, int(width // 1.1))
 
 
 def _scatter(ax, rows: list[Group], xs: list[float], styles: dict, areas: list[float] | None = None) -> list[float]:
@@ -100,47 +118,47 @@ def _memory_panel(ax, rows: list[Group], styles: dict, unit: tuple[str, int], so
     front = pareto_front(list(zip(xs, ys, strict=True)))
     ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="0.4", lw=0.8, ls="--", zorder=1)
     for i in front:
-        ax.annotate(rows[i].variant, (xs[i], ys[i]), xytext=(3, 3), textcoords="offset points", fontsize=6)
+        ax.annotate(variant_name(rows[i].records[0]), (xs[i], ys[i]), xytext=(3, 3), textcoords="offset points")
     ax.margins(0.08)  # room for the largest halos
     ax.set_xlabel(f"train peak memory ({unit[0]}, {source})")
     ax.set_ylabel("rSum (max 600)")
 
 
-def memory_vs_rsum(rows: list[Group], styles: dict, unit: tuple[str, int], source: str) -> Figure:
-    fig = Figure(figsize=(WIDTH_IN, 3.0), layout="constrained")
+def memory_vs_rsum(rows: list[Group], styles: dict, unit: tuple[str, int], source: str, width: float) -> Figure:
+    fig = Figure(figsize=(width, 3.6), layout="constrained")
     ax = fig.add_subplot()
     _memory_panel(ax, rows, styles, unit, source)
-    ax.set_title("shaded area ∝ trainable parameters; dashed: Pareto frontier", fontsize=6)
-    _legend(fig, ax, styles)
+    ax.set_title("shaded area ∝ trainable parameters; dashed: Pareto frontier")
+    _legend(fig, styles, width)
     return fig
 
 
-def memory_vs_rsum_by_suite(panels: dict[str, list[Group]], styles: dict, unit: tuple[str, int], source: str) -> Figure:
-    """`memory_vs_rsum` for several suites, a panel each (titled with the suite), side by
-    side at twice the single-column width: the same methods in two regimes."""
-    fig = Figure(figsize=(2 * WIDTH_IN, 3.0), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+def memory_vs_rsum_by_suite(panels: dict[str, list[Group]], styles: dict, unit: tuple[str, int], source: str, width: float) -> Figure:
+    """`memory_vs_rsum` for several suites, a panel each (titled with the suite): the same
+    methods in two regimes, side by side at the text width, one above the other in a column."""
+    wide = width >= WIDTHS["text"]
+    fig = Figure(figsize=(width, 3.6 if wide else 2.6 * len(panels) + 0.9), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0] if wide else fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (title, rows) in zip(axes, panels.items(), strict=True):
         _memory_panel(ax, rows, styles, unit, source)
-        ax.set_title(title, fontsize=7)
-    fig.suptitle("shaded area ∝ trainable parameters; dashed: Pareto frontier", fontsize=6)
-    handles = [Line2D([], [], ls="", marker=marker, markersize=4, color=colour, label=m) for m, (colour, marker) in styles.items()]
-    fig.legend(handles=handles, ncol=min(len(handles), 7), loc="outside lower center", frameon=False, handletextpad=0.2)
+        ax.set_title(title)
+    fig.suptitle("shaded area ∝ trainable parameters; dashed: Pareto frontier")
+    _legend(fig, styles, width)
     return fig
 
 
-def params_vs_rsum(rows: list[Group], styles: dict) -> Figure:
-    fig = Figure(figsize=(WIDTH_IN, 2.8), layout="constrained")
+def params_vs_rsum(rows: list[Group], styles: dict, width: float) -> Figure:
+    fig = Figure(figsize=(width, 3.4), layout="constrained")
     ax = fig.add_subplot()
     _scatter(ax, rows, [row.stats("params_trainable", 1e6)[0] for row in rows], styles)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (M, log scale)")
     ax.set_ylabel("rSum (max 600)")
-    _legend(fig, ax, styles)
+    _legend(fig, styles, width)
     return fig
 
 
-def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], source: str) -> Figure:
+def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], source: str, width: float) -> Figure:
     """A stacked bar per variant: the train peak by category (mean over seeds). Where the
     categories do not add up to the peak (on CUDA only resident tensors are categorised),
     the rest is drawn as "other"."""
@@ -152,7 +170,7 @@ def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], sou
         breakdowns.append({**cats, **({"other": rest} if rest > 0 else {})})
     categories = list(dict.fromkeys(k for b in breakdowns for k in b))
     shades = mpl.colormaps["Blues"]([0.85 - 0.6 * i / max(len(categories) - 1, 1) for i in range(len(categories))])
-    fig = Figure(figsize=(WIDTH_IN, 2.8), layout="constrained")
+    fig = Figure(figsize=(width, 3.2), layout="constrained")
     ax = fig.add_subplot()
     x = range(len(rows))
     bottom = [0.0] * len(rows)
@@ -163,19 +181,19 @@ def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], sou
     for i, row in enumerate(rows):  # the method's marker on top ties each bar to the other figures
         colour, marker = styles[row.method]
         ax.scatter([i], [bottom[i]], color=colour, marker=marker, s=14, zorder=3, clip_on=False)
-    ax.set_xticks(list(x), [row.variant for row in rows], rotation=45, ha="right")
+    ax.set_xticks(list(x), [variant_name(row.records[0]) for row in rows], rotation=45, ha="right")
     ax.set_ylabel(f"train peak memory ({unit[0]}, {source})")
-    # three a row: five categories in one row would be wider than the single-column figure
-    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(categories), 3))
+    # three a row in a column: five categories in one row would be wider than it
+    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(categories), 3 if width < WIDTHS["text"] else 5))
     return fig
 
 
-def rsum_vs_budget(records: list[dict], styles: dict) -> Figure:
+def rsum_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
     """rSum (mean over seeds) against the memory budget, a line per variant: what each
     method achieves when the batch is the largest that fits. A budget a variant does not
     fit is a gap in its line; the number by each point is the chosen training batch.
     Variants of one method share its colour and marker, told apart by the line style."""
-    fig = Figure(figsize=(WIDTH_IN, 3.2), layout="constrained")
+    fig = Figure(figsize=(width, 4.2 if width < WIDTHS["text"] else 3.6), layout="constrained")
     ax = fig.add_subplot()
     budgets = sorted({r["budget"]["bytes"] for r in records})
     dashes = ["-", "--", ":", "-."]
@@ -197,19 +215,18 @@ def rsum_vs_budget(records: list[dict], styles: dict) -> Figure:
                     (xs[-1], ys[-1]),
                     xytext=(2, 2),
                     textcoords="offset points",
-                    fontsize=4,
                     color=colour,
                 )
         ax.plot(xs, ys, color=colour, marker=marker, markersize=3, lw=0.8, ls=style)
-        handles.append(Line2D([], [], color=colour, marker=marker, markersize=3, lw=0.8, ls=style, label=row.variant))
+        handles.append(Line2D([], [], color=colour, marker=marker, markersize=3, lw=0.8, ls=style, label=variant_name(row.records[0])))
     ax.set_xscale("log", base=2)
     ax.set_xticks([b / MIB for b in budgets], [budget_label(b) for b in budgets])
     ax.minorticks_off()
     ax.set_xlabel("memory budget (train and eval peaks within it)")
     ax.set_ylabel("rSum (max 600)")
     schedule = records[0]["budget"]["schedule"].replace("_", " ")
-    ax.set_title(f"{schedule}; by each point: the training batch that fits", fontsize=6)
-    ax.legend(handles=handles, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, handletextpad=0.3)
+    ax.set_title(f"{schedule}; by each point: the training batch that fits")
+    fig.legend(handles=handles, ncol=_columns(width), loc="outside lower center", frameon=False, handletextpad=0.3)
     return fig
 
 
@@ -220,7 +237,7 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _suites_figure(split: dict[str, list[dict]]) -> Figure | None:
+def _suites_figure(split: dict[str, list[dict]], width: float) -> Figure | None:
     """`memory_vs_rsum_by_suite` of the successful, scored variants of each suite, a panel
     per suite named after it; None unless two or more suites (`suite_names`) have such
     variants."""
@@ -235,14 +252,16 @@ def _suites_figure(split: dict[str, list[dict]]) -> Figure | None:
         return None
     records = [r for rs in split.values() for r in rs]
     styles = method_styles(sorted({row.method for rows in panels.values() for row in rows}))
-    return memory_vs_rsum_by_suite(panels, styles, memory_unit(value(r, "train_peak_bytes") for r in records), source_label(records))
+    unit = memory_unit(value(r, "train_peak_bytes") for r in records)
+    return memory_vs_rsum_by_suite(panels, styles, unit, source_label(records), width)
 
 
-def write_plots(records: list[dict], out: Path, per_suite: bool = True) -> list[Path]:
-    """Every figure for the successful runs in ``records``, one set per suite
-    configuration (suffixed by its `suite_hash` when there are several; ``per_suite``
-    False: none), and rSum against the budget for each family of budget runs; the paths
-    written."""
+def write_plots(records: list[dict], out: Path, per_suite: bool = True, width: str = "column") -> list[Path]:
+    """Every figure for the successful runs in ``records`` at ``width`` (a key of
+    `WIDTHS`), one set per suite configuration (suffixed by its `suite_hash` when there are
+    several; ``per_suite`` False: none), and rSum against the budget for each family of
+    budget runs; the paths written."""
+    inches = WIDTHS[width]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     split = by_suite(records) if per_suite else {}
@@ -251,8 +270,8 @@ def write_plots(records: list[dict], out: Path, per_suite: bool = True) -> list[
         families = list(budget_families(records).values())
         for i, family in enumerate(families):
             styles = method_styles(sorted({r["run"]["method"] for r in family}))
-            written += _save(rsum_vs_budget(family, styles), out, f"rsum_vs_budget{f'-{i + 1}' if len(families) > 1 else ''}")
-        if per_suite and (figure := _suites_figure(by_suite([r for r in records if r.get("budget") is None]))):
+            written += _save(rsum_vs_budget(family, styles, inches), out, f"rsum_vs_budget{f'-{i + 1}' if len(families) > 1 else ''}")
+        if per_suite and (figure := _suites_figure(by_suite([r for r in records if r.get("budget") is None]), inches)):
             written += _save(figure, out, "memory_vs_rsum_by_suite")
         for suite_hash, suite_records in split.items():
             suffix = f"-{suite_hash}" if len(split) > 1 else ""
@@ -264,9 +283,9 @@ def write_plots(records: list[dict], out: Path, per_suite: bool = True) -> list[
             if scored:
                 measured = [row for row in scored if row.stats("train_peak_bytes")]
                 if measured:
-                    written += _save(memory_vs_rsum(measured, styles, unit, source), out, f"memory_vs_rsum{suffix}")
-                written += _save(params_vs_rsum(scored, styles), out, f"params_vs_rsum{suffix}")
+                    written += _save(memory_vs_rsum(measured, styles, unit, source, inches), out, f"memory_vs_rsum{suffix}")
+                written += _save(params_vs_rsum(scored, styles, inches), out, f"params_vs_rsum{suffix}")
             broken_down = [row for row in rows if all(value(r, "train_breakdown") for r in row.ok)]
             if broken_down:
-                written += _save(memory_breakdown(broken_down, styles, unit, source), out, f"memory_breakdown{suffix}")
+                written += _save(memory_breakdown(broken_down, styles, unit, source, inches), out, f"memory_breakdown{suffix}")
     return written

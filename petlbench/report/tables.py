@@ -143,11 +143,18 @@ def _text(table: Table, tablefmt: str) -> str:
     return tabulate(rows, headers=table.key_headers + table.headers, tablefmt=tablefmt, colalign=align, disable_numparse=True)
 
 
-_TEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
+    "\\": r"\textbackslash{}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "→": r"$\to$",
+}
 
 
 def _tex(text: str) -> str:
-    return re.sub(r"[&%$#_{}\\~^]", lambda m: _TEX_SPECIAL[m.group()], text)
+    """``text`` as LaTeX prints it verbatim (with only the packages every template has)."""
+    return re.sub(r"[&%$#_{}\\~^±→]", lambda m: _TEX_SPECIAL[m.group()], text)
 
 
 def _best(table: Table, index: int) -> set[int]:
