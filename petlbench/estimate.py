@@ -35,6 +35,7 @@ from petlbench.measure.estimate import (
     largest_batch,
     materialize,
     random_batch,
+    reached_parameters,
 )
 from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, host_batches, training_state
 from petlbench.measure.params import parameter_counts
@@ -44,7 +45,7 @@ from petlbench.models.loader import Architecture, load_architecture
 from petlbench.objective import evaluate
 from petlbench.report import memory_unit
 from petlbench.schema import Budget
-from petlbench.train import RunOutcome, make_optimizer, prepare, train_step, trainable_rule
+from petlbench.train import RunOutcome, make_optimizer, prepare, train_step, trainable_rule, training_loss
 from petlbench.variants import Variant, data_free, load_variant, shipped
 
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
@@ -101,16 +102,40 @@ class FakeTraining:
         self._new_optimizer()
 
     def _new_optimizer(self) -> None:
-        """A fresh optimizer (no state): the next `peak` runs the warm-up step first."""
+        """A fresh optimizer: the next `peak` gives it the state a warm-up step leaves (`first_step_state`)."""
         with self.fake_mode:
             self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], self.train, self.lr)
         self.model.train()
-        self._warm = False
+        self._stateless = True
+
+    def first_step_state(self) -> None:
+        """The state AdamW holds after its first step, made directly rather than by a
+        warm-up step (which costs as much as the measured step): for each trainable
+        parameter the backward reaches, ``step`` and the two moments, as
+        `AdamW._init_group` makes them. AdamW makes state only for parameters that got a
+        gradient: which do is read from the autograd graph of one forward (at batch 2: the
+        graph's shape does not depend on the batch size)."""
+        with self.fake_mode, CpuNormStatistics():
+            loss = training_loss(self.model, random_batch(self.architecture, 2, self.text_length), self.train.precision)
+            reached = reached_parameters(loss)
+            del loss
+            for group in self.opt.param_groups:
+                for p in group["params"]:
+                    if id(p) not in reached:
+                        continue
+                    on_device = group["fused"] or group["capturable"]
+                    state = self.opt.state[p]
+                    state["step"] = torch.tensor(1.0, dtype=torch.float32, device=p.device if on_device else "cpu")
+                    for name in ("exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if group["amsgrad"] else [])):
+                        state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def peak(self, batch_size: int) -> PhasePeak:
-        """The peak of a steady-state step at ``batch_size`` (the first call runs the
-        warm-up step first), broken down like the CPU accounting, plus ``workspace``."""
+        """The peak of a steady-state step at ``batch_size``, broken down like the CPU
+        accounting, plus ``workspace``."""
         cuda = self.target == "cuda"
+        if self._stateless:
+            self.first_step_state()
+            self._stateless = False
 
         def step(batch: dict[str, torch.Tensor]) -> None:
             train_step(self.model, batch, self.opt, self.train.precision)
@@ -124,9 +149,8 @@ class FakeTraining:
                 torch.device("cpu"),
                 CpuAccountingMeter(granularity=CUDA_GRANULARITY if cuda else 1),
                 lambda: training_state(self.model, self.opt, steps_on_host),
-                warmup=0 if self._warm else 1,
+                warmup=0,
             ).peak
-        self._warm = True
         if cuda:
             peak.breakdown["workspace"] = CUDA_WORKSPACE_BYTES
             peak.peak_bytes += CUDA_WORKSPACE_BYTES
