@@ -82,7 +82,8 @@ def test_prepare_names_the_first_tensor_left_on_another_device(monkeypatch):
         return backbone
 
     spec = registered()["linear"]
-    stray = MethodSpec("linear", spec.config_cls, defines_head=True, builders={"clip": misplaced}, keeps={"clip": NOTHING})
+    stray = MethodSpec("linear", spec.config_cls, spec.display, spec.group, spec.module, {"clip": NOTHING}, defines_head=True)
+    stray.builder("clip")(misplaced)
     monkeypatch.setitem(METHODS, "linear", stray)
     with pytest.raises(PlacementError, match=r"stray\.weight is on cpu, the backbone on meta"):
         prepare(meta_backbone("clip"), SUITE.train, load_variant("linear"))
