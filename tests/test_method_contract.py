@@ -134,7 +134,7 @@ def kept_blocks(backbone, model, batch) -> dict[str, set[int]]:
 
 @pytest.mark.parametrize("setup", PAIRS, indirect=True, ids=IDS)
 def test_what_the_method_keeps_of_the_backbone_is_what_it_declares(setup):
-    """The memory argument of each method, per family (`MethodSpec.builder(keeps=...)`):
+    """The memory argument of each method, per family (`register(..., keeps=...)`):
     side methods keep no backbone block, partial fine-tuning its last k, and methods whose
     gradient crosses the backbone every block."""
     backbone, model, batch, _, variant = setup
