@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import multiprocessing
+import os
 import re
 import time
-from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -35,7 +37,6 @@ from petlbench.measure.estimate import (
     largest_batch,
     materialize,
     random_batch,
-    reached_parameters,
 )
 from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, host_batches, training_state
 from petlbench.measure.params import parameter_counts
@@ -45,7 +46,7 @@ from petlbench.models.loader import Architecture, load_architecture
 from petlbench.objective import evaluate
 from petlbench.report import memory_unit
 from petlbench.schema import Budget
-from petlbench.train import RunOutcome, make_optimizer, prepare, train_step, trainable_rule, training_loss
+from petlbench.train import RunOutcome, make_optimizer, prepare, train_step, trainable_rule
 from petlbench.variants import Variant, data_free, load_variant, shipped
 
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
@@ -102,46 +103,41 @@ class FakeTraining:
         self._new_optimizer()
 
     def _new_optimizer(self) -> None:
-        """A fresh optimizer: the next `peak` gives it the state a warm-up step leaves (`first_step_state`)."""
+        """A fresh optimizer with the state a warm-up step leaves (`_first_step_state`)."""
         with self.fake_mode:
             self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], self.train, self.lr)
         self.model.train()
-        self._stateless = True
+        self._first_step_state()
 
-    def first_step_state(self) -> None:
+    def _first_step_state(self) -> None:
         """The state AdamW holds after its first step, made directly rather than by a
-        warm-up step (which costs as much as the measured step): for each trainable
-        parameter the backward reaches, ``step`` and the two moments, as
-        `AdamW._init_group` makes them. AdamW makes state only for parameters that got a
-        gradient: which do is read from the autograd graph of one forward (at batch 2: the
-        graph's shape does not depend on the batch size)."""
-        with self.fake_mode, CpuNormStatistics():
-            loss = training_loss(self.model, random_batch(self.architecture, 2, self.text_length), self.train.precision)
-            reached = reached_parameters(loss)
-            del loss
+        warm-up step (which costs as much as the measured step): ``step`` and the two
+        moments, as `AdamW._init_group` makes them, for every trainable parameter. AdamW
+        makes state only for parameters that got a gradient: the next `peak` checks which
+        did (``_unchecked``) and measures again without the state of any that did not."""
+        with self.fake_mode:
             for group in self.opt.param_groups:
+                on_device = group["fused"] or group["capturable"]
                 for p in group["params"]:
-                    if id(p) not in reached:
-                        continue
-                    on_device = group["fused"] or group["capturable"]
                     state = self.opt.state[p]
                     state["step"] = torch.tensor(1.0, dtype=torch.float32, device=p.device if on_device else "cpu")
                     for name in ("exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if group["amsgrad"] else [])):
                         state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self._unchecked = True
 
     def peak(self, batch_size: int) -> PhasePeak:
         """The peak of a steady-state step at ``batch_size``, broken down like the CPU
         accounting, plus ``workspace``."""
         cuda = self.target == "cuda"
-        if self._stateless:
-            self.first_step_state()
-            self._stateless = False
 
         def step(batch: dict[str, torch.Tensor]) -> None:
             train_step(self.model, batch, self.opt, self.train.precision)
 
         batches = iter(lambda: random_batch(self.architecture, batch_size, self.text_length), None)
         steps_on_host = cuda and self.train.optimizer_impl != "fused"
+        trainable = [p for group in self.opt.param_groups for p in group["params"]] if self._unchecked else []
+        reached: set[int] = set()
+        hooks = [p.register_post_accumulate_grad_hook(lambda p: reached.add(id(p))) for p in trainable]
         with self.fake_mode, CpuNormStatistics(), FusedAttentionDropout() if cuda else contextlib.nullcontext():
             peak = training_phase(
                 step,
@@ -151,6 +147,14 @@ class FakeTraining:
                 lambda: training_state(self.model, self.opt, steps_on_host),
                 warmup=0,
             ).peak
+        for hook in hooks:
+            hook.remove()
+        if self._unchecked:
+            self._unchecked = False
+            if unreached := [p for p in trainable if id(p) not in reached]:
+                for p in unreached:  # a real run's optimizer never made their state
+                    del self.opt.state[p]
+                return self.peak(batch_size)
         if cuda:
             peak.breakdown["workspace"] = CUDA_WORKSPACE_BYTES
             peak.peak_bytes += CUDA_WORKSPACE_BYTES
@@ -244,37 +248,71 @@ def make_job(
     return Job(model, architecture, suite_cfg, supported, [v.name for v in variants if v not in supported])
 
 
-def _estimates(job: Job, measure: Callable[[FakeTraining], tuple[int, PhasePeak, int | None]], budget: int | None = None) -> list[Row]:
-    """A row per variant from ``measure(training) -> (batch size, peak, largest batch)``."""
-    rows = []
-    for variant in tqdm(job.variants, desc="estimate", unit="variant", leave=False, disable=None):
-        t0 = time.perf_counter()
-        training = FakeTraining(job.architecture, job.suite, variant, job.suite.data.text_length)
-        batch_size, peak, largest = measure(training)
-        rows.append(Row(variant, batch_size, peak, training.params, time.perf_counter() - t0, budget, largest))
-    return rows
+def _estimate(job: Job, variant: Variant, batch_size: int | None, budget: int | None) -> Row:
+    """One variant's row: its peak at ``batch_size``, or under ``budget`` its largest batch
+    size whose peak fits, with the peak there (at batch 1 where none fits)."""
+    t0 = time.perf_counter()
+    training = FakeTraining(job.architecture, job.suite, variant, job.suite.data.text_length)
+    if budget is None:
+        peak, largest = training.peak(batch_size), None
+    else:
+        peaks: dict[int, PhasePeak] = {}
+
+        def peak_bytes(b: int) -> int:
+            peaks[b] = training.peak(b)
+            return peaks[b].peak_bytes
+
+        largest = largest_batch(peak_bytes, budget)
+        batch_size, peak = max(largest, 1), peaks[max(largest, 1)]
+    return Row(variant, batch_size, peak, training.params, time.perf_counter() - t0, budget, largest)
+
+
+# What a forked worker estimates (`_estimates`): set in the worker by its initializer from
+# the parent's memory (a fork pickles nothing; the job holds the architecture's builder).
+_WORK: dict[str, Any] = {}
+
+
+def _start_worker(job: Job, batch_size: int | None, budget: int | None) -> None:
+    torch.set_num_threads(1)  # fake tensors compute nothing: a worker's cost is Python dispatch
+    _WORK.update(job=job, batch_size=batch_size, budget=budget)
+
+
+def _estimate_in_worker(index: int) -> Row:
+    return _estimate(_WORK["job"], _WORK["job"].variants[index], _WORK["batch_size"], _WORK["budget"])
+
+
+def workers(variants: int) -> int:
+    """Processes for ``variants`` estimates: one per available core where the platform forks
+    (a forked worker starts with torch imported and the job in memory), else one."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(variants, cores))
+
+
+def _estimates(job: Job, batch_size: int | None = None, budget: int | None = None) -> list[Row]:
+    """A row per variant, in the variants' order, estimated in `workers` processes: each
+    estimate is independent and deterministic, so the figures are those of one process."""
+    n = workers(len(job.variants))
+    with contextlib.ExitStack() as stack:
+        if n > 1:
+            context = multiprocessing.get_context("fork")
+            pool = stack.enter_context(ProcessPoolExecutor(n, context, _start_worker, (job, batch_size, budget)))
+            rows = pool.map(_estimate_in_worker, range(len(job.variants)))
+        else:
+            rows = (_estimate(job, variant, batch_size, budget) for variant in job.variants)
+        return list(tqdm(rows, total=len(job.variants), desc="estimate", unit="variant", leave=False, disable=None))
 
 
 def at_batch(job: Job, batch_size: int) -> list[Row]:
     """Every variant's estimated training peak at ``batch_size``."""
-    return _estimates(job, lambda training: (batch_size, training.peak(batch_size), None))
+    return _estimates(job, batch_size=batch_size)
 
 
 def within_budget(job: Job, budget: int) -> list[Row]:
     """Every variant's largest batch size whose estimated peak fits ``budget`` bytes, with
     the estimate at that batch size (at batch 1 where none fits)."""
-
-    def measure(training: FakeTraining) -> tuple[int, PhasePeak, int]:
-        peaks: dict[int, PhasePeak] = {}
-
-        def peak_bytes(batch_size: int) -> int:
-            peaks[batch_size] = training.peak(batch_size)
-            return peaks[batch_size].peak_bytes
-
-        largest = largest_batch(peak_bytes, budget)
-        return max(largest, 1), peaks[max(largest, 1)], largest
-
-    return _estimates(job, measure, budget)
+    return _estimates(job, budget=budget)
 
 
 def unvalidated(train: TrainConfig) -> list[str]:

@@ -157,23 +157,17 @@ def trainable_rule(suite: SuiteConfig, variant: Variant) -> dict[str, str]:
     }
 
 
-def training_loss(model: nn.Module, batch: dict[str, torch.Tensor], precision: Precision = "fp32") -> torch.Tensor:
-    """The forward of a training step: both towers and the contrastive loss, under the
-    suite's ``precision`` (`objective.autocast`)."""
+def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer, precision: Precision = "fp32") -> torch.Tensor:
+    """One training step exactly as measurement.md defines it, for `run` and the estimate
+    alike: forward, contrastive loss, backward, optimizer step, ``zero_grad(set_to_none=True)``;
+    forward and loss under the suite's ``precision`` (`objective.autocast`).
+    Returns the loss tensor (reading its value is the caller's: fake tensors have none)."""
     with autocast(precision, batch["pixel_values"].device.type):
-        return contrastive_loss(
+        loss = contrastive_loss(
             model.encode_image(batch["pixel_values"]),
             model.encode_text(batch["input_ids"], batch["attention_mask"]),
             model.logit_scale,
         )
-
-
-def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer, precision: Precision = "fp32") -> torch.Tensor:
-    """One training step exactly as measurement.md defines it, for `run` and the estimate
-    alike: forward and loss (`training_loss`), backward, optimizer step,
-    ``zero_grad(set_to_none=True)``. Returns the loss tensor (reading its value is the
-    caller's: fake tensors have none)."""
-    loss = training_loss(model, batch, precision)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

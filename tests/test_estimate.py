@@ -3,6 +3,7 @@ search and the `estimate` command."""
 
 import dataclasses
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from petlbench import records
+from petlbench import estimate, records
 from petlbench.cli import main
 from petlbench.config import available, load_suite
 from petlbench.data.retrieval import TensorSplit
@@ -22,6 +23,7 @@ from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture, load_architecture, vse_architecture
 from petlbench.models.vse import tiny_vse
 from petlbench.objective import evaluate
+from petlbench.registry import METHODS, MethodSpec
 from petlbench.train import make_optimizer, prepare, train_step
 from petlbench.variants import data_free, load_variant
 
@@ -90,6 +92,27 @@ def test_fake_estimate_equals_real_cpu_accounting(family, method, options):
     assert real.breakdown["transient_peak"] > 0
     assert estimate.breakdown == real.breakdown
     assert estimate.peak_bytes == real.peak_bytes
+
+
+def test_a_trainable_parameter_no_gradient_reaches_gets_no_optimizer_state(monkeypatch):
+    """AdamW makes state only for parameters that got a gradient: the estimate, which makes
+    the first step's state directly, must leave out a trainable parameter the loss never
+    uses, as the real run's warm-up step does (1,000 floats: 8,000 bytes of moments)."""
+    linear = registered()["linear"]
+
+    def with_unused(backbone, cfg):
+        model = linear.builders[backbone.family](backbone, cfg)
+        model.unused = torch.nn.Parameter(torch.zeros(1000, device=backbone.device))
+        return model
+
+    spec = MethodSpec("linear", linear.config_cls, linear.display, linear.group, linear.module, dict(linear.keeps), defines_head=True)
+    for family in spec.keeps:
+        spec.builder(family)(with_unused)
+    monkeypatch.setitem(METHODS, "linear", spec)
+    architecture = TINY["clip"]
+    real, _ = real_accounting(architecture, "linear", architecture.max_text_positions)
+    estimate = FakeTraining(architecture, SUITE, load_variant("linear"), architecture.max_text_positions, target="cpu").peak(BATCH)
+    assert estimate.breakdown == real.breakdown and estimate.peak_bytes == real.peak_bytes
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -240,6 +263,18 @@ def tiny_folder(tmp_path):
     folder = tmp_path / "tiny-clip"
     CLIPModel(tiny_config()).save_pretrained(folder)
     return folder
+
+
+def test_variants_estimated_in_worker_processes_get_the_figures_of_one_process(monkeypatch, tiny_folder):
+    job = estimate.make_job(str(tiny_folder), "vl-retrieval", ["full", "lora", "unipt", "lst"], None)
+    assert estimate.workers(len(job.variants)) > 1 or len(os.sched_getaffinity(0)) == 1
+    parallel = estimate.within_budget(job, 70 * 2**20)
+    monkeypatch.setattr(estimate, "workers", lambda n: 1)
+    serial = estimate.within_budget(job, 70 * 2**20)
+    assert all(r.max_batch_size > 1 for r in serial)
+    assert [(r.variant.name, r.max_batch_size, r.peak, r.params) for r in parallel] == [
+        (r.variant.name, r.max_batch_size, r.peak, r.params) for r in serial
+    ]
 
 
 def test_cli_json_on_a_checkpoint_folder(cli, tiny_folder, tmp_path):

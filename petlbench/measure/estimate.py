@@ -81,21 +81,6 @@ def materialize(model: nn.Module) -> None:
         setattr(module, name, replaced[id(tensor)])
 
 
-def reached_parameters(output: torch.Tensor) -> set[int]:
-    """The ids of the leaf tensors a backward from ``output`` gives a gradient: those of the
-    graph's gradient-accumulation nodes."""
-    reached, seen, todo = set(), set(), [output.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if hasattr(node, "variable"):  # AccumulateGrad
-            reached.add(id(node.variable))
-        todo.extend(next_node for next_node, _ in node.next_functions)
-    return reached
-
-
 # Normalisation ops whose fake kernels disagree with the CPU kernels (torch 2.13): op ->
 # (positions of its weight-like arguments, positions of the statistics it returns).
 _NORM_STATISTICS = {
