@@ -30,7 +30,7 @@ from petlbench.report import (
     value,
     variant_name,
 )
-from petlbench.report.tables import Cell, Column, _cell, _tex
+from petlbench.report.tables import Cell, Column, _cell, _tex, ranked
 from petlbench.schema import RECALL_KS
 
 MILLIONS = Column("params_trainable", "M", 3, True, scale=1e6)
@@ -63,8 +63,7 @@ class Row:
     name: str
     group: str
     cells: list[Cell]
-    ok: bool
-    label: str  # what a failed row shows instead of its figures
+    failure: str | None  # what a row without a successful run shows instead of its figures
 
 
 @dataclass
@@ -78,7 +77,12 @@ class PaperTable:
 
     @property
     def columns(self) -> list[Column]:
-        return [c for _, columns in HEADERS[self.width] for c in columns]
+        return columns_of(self.width)
+
+
+def columns_of(width: str) -> list[Column]:
+    """The figure columns of the table at ``width``, in order."""
+    return [c for _, columns in HEADERS[width] for c in columns]
 
 
 def _decimals(rows: list[Group], column: Column) -> int:
@@ -136,7 +140,7 @@ def _caption(records: list[dict], rows: list[Group], unit: str, width: str) -> s
 
 def build(records: list[dict], label: str, width: str = "text") -> PaperTable:
     """The paper table of one suite configuration's records, with the columns of ``width``."""
-    columns = [c for _, cs in HEADERS[width] for c in cs]
+    columns = columns_of(width)
     rows = group(records, ("variant",))
     unit, unit_bytes = memory_unit(value(r, "train_peak_bytes") for r in records)
     mixed = len(sources(records)) > 1
@@ -149,8 +153,7 @@ def build(records: list[dict], label: str, width: str = "text") -> PaperTable:
                 name=name,
                 group=method_group(row.method),
                 cells=[_cell(row, c, c.scale or unit_bytes) for c in columns],
-                ok=bool(row.ok),
-                label="" if row.ok else row.failure_label(),
+                failure=None if row.ok else row.failure_label(),
             )
         )
     order = list(GROUP_TITLES)
@@ -162,14 +165,8 @@ def ranks(table: PaperTable, index: int) -> tuple[set[int], set[int]]:
     """The rows holding the best and the second-best value of a column, compared as
     displayed (ties share a rank); none where every row shows the same value."""
     column = table.columns[index]
-    shown = {
-        i: round(row.cells[index].mean, table.decimals[index]) for i, row in enumerate(table.rows) if row.cells[index].mean is not None
-    }
-    distinct = sorted(set(shown.values()), reverse=not column.lower_is_better)
-    if len(distinct) < 2:
-        return set(), set()
-    best, second = (distinct + [None, None])[:2]
-    return {i for i, v in shown.items() if v == best}, {i for i, v in shown.items() if second is not None and v == second}
+    order = ranked({i: row.cells[index].mean for i, row in enumerate(table.rows)}, table.decimals[index], column.lower_is_better)
+    return (order[0], order[1]) if len(order) >= 2 else (set(), set())
 
 
 def _number(cell: Cell, decimals: int, spread: str) -> str:
@@ -226,7 +223,7 @@ def latex(table: PaperTable) -> str:
         if row.group != current:
             current = row.group
             lines += [r"\midrule", rf"\multicolumn{{{n}}}{{@{{}}l}}{{\textit{{{GROUP_TITLES[row.group]}}}}} \\"]
-        figures = cells if row.ok else [rf"\multicolumn{{{len(table.columns)}}}{{c}}{{{_tex(row.label)}}}"]
+        figures = [rf"\multicolumn{{{len(table.columns)}}}{{c}}{{{_tex(row.failure)}}}"] if row.failure else cells
         lines.append(" & ".join([_tex(row.name), *figures]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\end{{{env}}}"]
     return "\n".join(lines)
@@ -243,7 +240,7 @@ def markdown(table: PaperTable) -> str:
         if row.group != current:
             current = row.group
             lines.append("| " + " | ".join([f"*{GROUP_TITLES[row.group]}*", *[""] * len(table.columns)]) + " |")
-        lines.append("| " + " | ".join([row.name, *(cells if row.ok else [row.label] * len(table.columns))]) + " |")
+        lines.append("| " + " | ".join([row.name, *cells]) + " |")  # a failed row's cells hold its status
     return f"{table.caption}\n\n" + "\n".join(lines)
 
 

@@ -74,16 +74,12 @@ def method_styles(methods: Sequence[str]) -> dict[str, tuple[tuple[float, float,
     return {m: (COLOURS[i % len(COLOURS)], MARKERS[i % len(MARKERS)]) for i, m in enumerate(order) if m in methods}
 
 
-def _handles(styles: dict) -> list[Line2D]:
-    """A legend entry per method, under its display name."""
-    return [
+def _legend(fig: Figure, styles: dict, width: float) -> None:
+    """The methods' legend, under their display names, below the axes, in as many columns
+    as the width holds."""
+    handles = [
         Line2D([], [], ls="", marker=marker, markersize=4, color=colour, label=method_name(m)) for m, (colour, marker) in styles.items()
     ]
-
-
-def _legend(fig: Figure, styles: dict, width: float) -> None:
-    """The methods' legend under the axes, as many columns as the width holds."""
-    handles = _handles(styles)
     fig.legend(handles=handles, ncol=min(len(handles), _columns(width)), loc="outside lower center", frameon=False, handletextpad=0.2)
 
 

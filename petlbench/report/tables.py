@@ -157,16 +157,22 @@ def _tex(text: str) -> str:
     return re.sub(r"[&%$#_{}\\~^±→]", lambda m: _TEX_SPECIAL[m.group()], text)
 
 
+def ranked(means: dict[int, float | None], decimals: int, lower_is_better: bool) -> list[set[int]]:
+    """The rows of a column, keyed by row index, best first: a set per displayed value
+    (means compared as shown at ``decimals``, so ties share a rank); rows without a mean
+    are left out."""
+    shown = {i: round(mean, decimals) for i, mean in means.items() if mean is not None}
+    order = sorted(set(shown.values()), reverse=not lower_is_better)
+    return [{i for i, v in shown.items() if v == value} for value in order]
+
+
 def _best(table: Table, index: int) -> set[int]:
     """Rows holding the best mean of a column, compared as displayed (ties share it)."""
     column = table.columns[index]
     if not column.ranked:
         return set()
-    shown = {i: round(cells[index].mean, column.decimals) for i, cells in enumerate(table.cells) if cells[index].mean is not None}
-    if not shown:
-        return set()
-    best = min(shown.values()) if column.lower_is_better else max(shown.values())
-    return {i for i, v in shown.items() if v == best}
+    ranks = ranked({i: cells[index].mean for i, cells in enumerate(table.cells)}, column.decimals, column.lower_is_better)
+    return ranks[0] if ranks else set()
 
 
 def _latex(table: Table) -> str:
