@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from petlbench import config as cfgmod
 from petlbench.config import BudgetConfig, ConfigError, RunSettings, SuiteConfig
 from petlbench.estimate import FakeTraining, parse_size, unvalidated
-from petlbench.measure.estimate import Target, largest_batch
+from petlbench.measure.estimate import Target, frozen_heap, largest_batch
+from petlbench.measure.memory import PhasePeak
 from petlbench.models.loader import Architecture
 from petlbench.report import budget_label as label
 from petlbench.schema import Budget
@@ -74,7 +75,7 @@ class Estimates:
     def __init__(self, architecture: Architecture, suite: SuiteConfig, variant: Variant, target: Target):
         self.architecture, self.suite, self.variant, self.target = architecture, suite, variant, target
         self._trainings: dict[bool, FakeTraining | None] = {}
-        self._train: dict[tuple[bool, int], int] = {}
+        self._train: dict[tuple[bool, int], PhasePeak] = {}
         self._eval: dict[int, int] = {}
 
     def _training(self, checkpointing: bool) -> FakeTraining | None:
@@ -95,11 +96,14 @@ class Estimates:
     def applies(self, checkpointing: bool) -> bool:
         return self._training(checkpointing) is not None
 
-    def train_peak(self, checkpointing: bool, batch_size: int) -> int:
+    def train_phase(self, checkpointing: bool, batch_size: int) -> PhasePeak:
         key = (checkpointing, batch_size)
         if key not in self._train:
-            self._train[key] = self._training(checkpointing).peak(batch_size).peak_bytes
+            self._train[key] = self._training(checkpointing).peak(batch_size)
         return self._train[key]
+
+    def train_peak(self, checkpointing: bool, batch_size: int) -> int:
+        return self.train_phase(checkpointing, batch_size).peak_bytes
 
     def eval_peak(self, batch_size: int, images: int, captions_per_image: int) -> int:
         if batch_size not in self._eval:
@@ -140,7 +144,7 @@ def choose(estimates: Estimates, suite: SuiteConfig, n_train: int, eval_images: 
     options = [suite.train.grad_checkpointing]
     if "grad_checkpointing" in rules.knobs and not suite.train.grad_checkpointing and estimates.applies(True):
         options.append(True)
-    found = {c: largest_batch(lambda k, c=c: estimates.train_peak(c, k * multiple), available, limit=limit) for c in options}
+    found = {c: largest_batch(lambda k, c=c: estimates.train_phase(c, k * multiple), available, limit=limit) for c in options}
     checkpointing = max(options, key=lambda c: found[c])  # ties: the first, without checkpointing (faster)
     batch = found[checkpointing] * multiple
     if batch < lowest * multiple:
@@ -189,11 +193,12 @@ def choices(
     unbudgeted = dataclasses.replace(suite, budget=BudgetConfig())
     out = {}
     bar = tqdm(variants, desc=f"budget {label(suite.budget.bytes)}", unit="variant", leave=False, disable=None)
-    for variant in bar:
-        key = (cfgmod.run_hash(unbudgeted, variant, 0), target)
-        if key not in _ESTIMATES:
-            _ESTIMATES[key] = Estimates(architecture, unbudgeted, variant, target)
-        out[variant.name] = choose(_ESTIMATES[key], suite, n_train, n_eval, suite.data.captions_per_image)
+    with frozen_heap():
+        for variant in bar:
+            key = (cfgmod.run_hash(unbudgeted, variant, 0), target)
+            if key not in _ESTIMATES:
+                _ESTIMATES[key] = Estimates(architecture, unbudgeted, variant, target)
+            out[variant.name] = choose(_ESTIMATES[key], suite, n_train, n_eval, suite.data.captions_per_image)
     return out
 
 

@@ -34,6 +34,7 @@ from petlbench.measure.estimate import (
     MiB,
     ScalarsAsZero,
     Target,
+    frozen_heap,
     largest_batch,
     materialize,
     random_batch,
@@ -258,11 +259,11 @@ def _estimate(job: Job, variant: Variant, batch_size: int | None, budget: int | 
     else:
         peaks: dict[int, PhasePeak] = {}
 
-        def peak_bytes(b: int) -> int:
+        def peak(b: int) -> PhasePeak:
             peaks[b] = training.peak(b)
-            return peaks[b].peak_bytes
+            return peaks[b]
 
-        largest = largest_batch(peak_bytes, budget)
+        largest = largest_batch(peak, budget)
         batch_size, peak = max(largest, 1), peaks[max(largest, 1)]
     return Row(variant, batch_size, peak, training.params, time.perf_counter() - t0, budget, largest)
 
@@ -295,6 +296,7 @@ def _estimates(job: Job, batch_size: int | None = None, budget: int | None = Non
     estimate is independent and deterministic, so the figures are those of one process."""
     n = workers(len(job.variants))
     with contextlib.ExitStack() as stack:
+        stack.enter_context(frozen_heap())
         if n > 1:
             context = multiprocessing.get_context("fork")
             pool = stack.enter_context(ProcessPoolExecutor(n, context, _start_worker, (job, batch_size, budget)))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import CLIPConfig, CLIPModel
 
 from petlbench import estimate, records
@@ -16,8 +18,8 @@ from petlbench.cli import main
 from petlbench.config import available, load_suite
 from petlbench.data.retrieval import TensorSplit
 from petlbench.estimate import FakeTraining, parse_size
-from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, largest_batch, random_batch
-from petlbench.measure.memory import CpuAccountingMeter, allocated_bytes, host_batches, training_state
+from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, largest_batch, predicted_peak, random_batch
+from petlbench.measure.memory import AllocationTrace, CpuAccountingMeter, PhasePeak, allocated_bytes, host_batches, training_state
 from petlbench.measure.phase import training_phase
 from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture, load_architecture, vse_architecture
@@ -218,33 +220,95 @@ def test_cuda_target_costs_attention_dropout_as_the_fused_kernels_do():
 
 
 class Counted:
-    """A peak as a function of the batch size, recording where it was evaluated."""
+    """A peak as a function of the batch size (in bytes, without a trace), recording where it
+    was evaluated."""
 
     def __init__(self, fn):
         self.fn, self.calls = fn, []
 
     def __call__(self, b):
         self.calls.append(b)
-        return self.fn(b)
+        return PhasePeak(self.fn(b), "test")
 
 
 def test_budget_search_on_hand_checked_cases():
     affine = Counted(lambda b: 1000 + 300 * b)
     assert largest_batch(affine, 10_000) == 30  # 1000 + 300 * 30 = 10_000 fits exactly
-    assert affine.calls == [1, 16, 30, 31]  # batch 1, the probe, the line's answer, its neighbour
-    assert largest_batch(lambda b: 1000 + 300 * b, 9_999) == 29
+    assert affine.calls == [2, 16, 30, 31]  # batch 2, the probe, the line's answer, the next batch up
+    assert largest_batch(Counted(lambda b: 1000 + 300 * b), 9_999) == 29
     # 1000 + 300 b + b^2 <= 10_000: b = 27 gives 9_829, b = 28 gives 10_184
-    assert largest_batch(lambda b: 1000 + 300 * b + b * b, 10_000) == 27
+    assert largest_batch(Counted(lambda b: 1000 + 300 * b + b * b), 10_000) == 27
     # the line predicts 30, but every batch above 20 costs 5000 more: 21 gives 12_300
-    assert largest_batch(lambda b: 1000 + 300 * b + (5000 if b > 20 else 0), 10_000) == 20
+    assert largest_batch(Counted(lambda b: 1000 + 300 * b + (5000 if b > 20 else 0)), 10_000) == 20
     # full fine-tuning's shape: a flat optimizer-step peak, then a steep backward peak
     piecewise = Counted(lambda b: max(90_000 + 10 * b, 1000 + 300 * b))
     assert largest_batch(piecewise, 100_000) == 330  # 1000 + 300 * 330 = 100_000
     assert len(piecewise.calls) <= 8
-    assert largest_batch(lambda b: 1000 + 300 * b, 1_299) == 0  # not even batch 1 (1_300)
+    one = Counted(lambda b: 1000 + 300 * b)
+    assert largest_batch(one, 1_599) == 1 and one.calls == [2, 1]  # batch 2 (1_600) exceeds: batch 1 is tried
+    assert largest_batch(Counted(lambda b: 1000 + 300 * b), 1_299) == 0  # not even batch 1 (1_300)
     flat = Counted(lambda b: 1000)
     assert largest_batch(flat, 10_000, limit=64) == 64  # everything fits up to the limit
     assert len(flat.calls) <= 2 * 6 + 2  # bisection steps (with neighbours) over 64
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    pieces=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**4)), min_size=1, max_size=4),
+    steps=st.lists(st.tuples(st.integers(1, 300), st.integers(0, 10**5)), max_size=3),
+    budget=st.integers(0, 5 * 10**6),
+    limit=st.integers(1, 300),
+)
+def test_budget_search_finds_the_largest_batch_that_fits_any_growing_peak(pieces, steps, budget, limit):
+    """Against every batch size tried in turn: a peak that is the largest of affine pieces
+    (where the peak happens moves with the batch) plus jumps at some batch sizes, within
+    O(log limit) evaluations."""
+
+    def peak(b):
+        return max(c + s * b for c, s in pieces) + sum(jump for at, jump in steps if b >= at)
+
+    counted = Counted(peak)
+    expected = max((b for b in range(1, limit + 1) if peak(b) <= budget), default=0)
+    assert largest_batch(counted, budget, limit=limit) == expected
+    assert len(counted.calls) == len(set(counted.calls)) <= 4 * limit.bit_length() + 4
+
+
+def traced_step(b: int) -> PhasePeak:
+    """A step whose peak moves with the batch, as full fine-tuning's does: ten activations
+    of 100 b bytes alive together in forward and released in backward, then a 50,000-byte
+    optimizer temporary; 7,000 bytes of parameters throughout. Its peak by hand: 7,000 +
+    max(1,000 b, 50,000)."""
+    sizes = [100 * b] * 10 + [50_000]
+    order = [*range(10), *(~i for i in range(10)), 10, ~10]
+    transient = max(1000 * b, 50_000)
+    breakdown = {"parameters": 7000, "transient_peak": transient}
+    return PhasePeak(7000 + transient, "test", breakdown=breakdown, trace=AllocationTrace(sizes, order, granularity=1))
+
+
+def test_a_traced_peak_is_replayed_where_it_moves_and_found_in_four_estimates():
+    """At batches 2 and 16 the optimizer temporary is the peak (57,000 bytes both), so the
+    line through them is flat and predicts that every batch fits; replaying the traced
+    allocations with sizes interpolated predicts 7,000 + 1,000 b beyond batch 50."""
+    predict = predicted_peak(2, traced_step(2), 16, traced_step(16))
+    assert [predict(b) for b in (1, 30, 50, 51, 330, 1000)] == [traced_step(b).peak_bytes for b in (1, 30, 50, 51, 330, 1000)]
+    calls = []
+    assert largest_batch(lambda b: calls.append(b) or traced_step(b), 337_000) == 330  # 7,000 + 1,000 x 330
+    assert calls == [2, 16, 330, 331]
+    flat = Counted(lambda b: traced_step(b).peak_bytes)  # the same peaks without their trace: the line
+    assert largest_batch(flat, 337_000) == 330 and len(flat.calls) > 4
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+@pytest.mark.parametrize("method", ["full", "lora", "lst", "unipt", "prompt"])
+def test_the_estimate_replayed_from_two_batch_sizes_equals_the_estimate_at_others(method, target):
+    """The budget search's prediction (`predicted_peak` from the allocation traces at batches
+    2 and 16) against the estimate itself at other batch sizes: equal to the byte."""
+    architecture = TINY["clip"]
+    training = FakeTraining(architecture, SUITE, load_variant(method), architecture.max_text_positions, target=target)
+    assert training.peak(2).trace.order == training.peak(16).trace.order
+    predict = predicted_peak(2, training.peak(2), 16, training.peak(16))
+    for b in (2, 3, 16, 40, 97):
+        assert predict(b) == training.peak(b).peak_bytes
 
 
 def test_parse_size():

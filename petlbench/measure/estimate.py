@@ -16,9 +16,10 @@ saves the whole attention matrix for backward, unlike the CPU and CUDA fused ker
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Callable
+import contextlib
+import gc
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from petlbench.measure.memory import PhasePeak, allocated_bytes
 from petlbench.models.loader import Architecture
 
 MiB = 2**20
@@ -138,43 +140,87 @@ class FusedAttentionDropout(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def largest_batch(peak: Callable[[int], int], budget: int, probe: int = 16, limit: int = 2**16) -> int:
-    """The largest batch size ``b`` in [1, ``limit``] with ``peak(b) <= budget``, 0 when
-    none fits; ``peak`` must grow with ``b``.
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Estimates with the objects alive now out of the garbage collector's scans
+    (`gc.freeze`): every measured phase starts with `gc.collect()`, which otherwise walks
+    all that importing torch and transformers made (0.16 s a phase on 2 cores, a tenth of a
+    fake step). Fake tensors hold no memory, so what this leaves uncollected changes no
+    figure; forked workers inherit the freeze."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
-    Memory is close to affine in the batch size, piecewise: where the peak happens moves
-    with the batch size (full fine-tuning peaks in the optimizer step at small batches and
-    in backward at large ones). So each guess is where the line through the last two
-    evaluated batch sizes meets the budget, followed by its neighbour: an exact line ends
-    the search there (four evaluations in all). After two guesses in a row that fail to
-    halve the bracket, a bisection step follows: O(log limit) evaluations at worst."""
-    peak = functools.cache(peak)
-    if peak(1) > budget:
-        return 0
-    fits, exceeds = 1, limit + 1  # peak(fits) <= budget < peak(exceeds); limit + 1: beyond the search
-    tried = [1]
 
-    def evaluate(b: int) -> None:
+def predicted_peak(a: int, at_a: PhasePeak, b: int, at_b: PhasePeak) -> Callable[[int], float]:
+    """The peak at any batch size as predicted from the peaks at batch sizes ``a`` and ``b``.
+
+    A peak is the most the storages alive at once ever hold, and each storage's size is close
+    to affine in the batch size, so the peak is close to the largest of affine functions,
+    one per moment of the step: where it happens moves with the batch (full fine-tuning
+    peaks in the optimizer step at small batches and in backward at large ones). Where the
+    two phases created and released their storages in the same order (their
+    `AllocationTrace`), the step is replayed with every storage's size interpolated, which
+    follows those moves; otherwise the line through the two peaks."""
+    ta, tb = at_a.trace, at_b.trace
+    if ta is None or tb is None or ta.order != tb.order:
+        slope = (at_b.peak_bytes - at_a.peak_bytes) / (b - a)
+        return lambda n: at_a.peak_bytes + slope * (n - a)
+    constant = at_a.peak_bytes - at_a.breakdown["transient_peak"]  # what was alive from the start: no batch in it
+
+    def replayed(n: int) -> int:
+        sizes = [allocated_bytes(x + (y - x) * (n - a) // (b - a), ta.granularity) for x, y in zip(ta.sizes, tb.sizes, strict=True)]
+        return constant + max(itertools.accumulate((sizes[e] if e >= 0 else -sizes[~e] for e in ta.order), initial=0))
+
+    return replayed
+
+
+def largest_batch(peak: Callable[[int], PhasePeak], budget: int, probe: int = 16, limit: int = 2**16) -> int:
+    """The largest batch size ``b`` in [1, ``limit``] with ``peak(b).peak_bytes <= budget``,
+    0 when none fits; the peak must grow with ``b``.
+
+    Batch 2 first (batch 1 only when 2 does not fit: a dimension of size 1 can change what
+    a step allocates, so it would not replay like the others), then ``probe``; each guess is
+    where the peak `predicted_peak` from the last two evaluated batch sizes meets the budget,
+    followed by its neighbour (the next batch up where the guess fits, else the one below:
+    the peak's local slope for the next prediction): an exact prediction ends the search
+    there (four evaluations in all). After two guesses in a row that fail to halve
+    the bracket, a bisection step follows: O(log limit) evaluations at worst."""
+    tried: list[tuple[int, PhasePeak]] = []
+    fits, exceeds = 0, limit + 1  # peak(fits) <= budget < peak(exceeds); 0 and limit + 1: beyond the search
+
+    def evaluate(n: int) -> None:
         nonlocal fits, exceeds
-        if peak(b) <= budget:
-            fits = b
+        result = peak(n)
+        tried.append((n, result))
+        if result.peak_bytes <= budget:
+            fits = n
         else:
-            exceeds = b
-        tried.append(b)
+            exceeds = n
 
-    if min(probe, limit) > 1:
+    evaluate(min(2, limit))
+    if fits == 0:
+        if exceeds > 1:
+            evaluate(1)
+        return fits
+    if min(probe, limit) > fits:
         evaluate(min(probe, limit))
     stalled = 0  # guesses in a row that did not halve the bracket
     while exceeds - fits > 1:
         width = exceeds - fits
-        a, b = tried[-2:] if len(tried) > 1 else (1, 1)
-        slope = (peak(b) - peak(a)) / (b - a) if b != a else 0
-        if stalled >= 2 or slope <= 0:
+        if stalled >= 2:
             guess = (fits + exceeds) // 2
         else:
-            guess = min(max(fits + 1, b + math.floor((budget - peak(b)) / slope)), exceeds - 1)
+            predict = predicted_peak(*tried[-2], *tried[-1])
+            lo, hi = fits + 1, exceeds - 1  # the largest n in [lo, hi] predicted to fit, else lo
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if predict(mid) <= budget else (lo, mid - 1)
+            guess = lo
         evaluate(guess)
-        neighbour = guess + 1 if guess == fits else guess - 1
+        neighbour = guess + 1 if guess == fits else guess - 1  # an exact prediction: the next batch up exceeds
         if fits < neighbour < exceeds:
             evaluate(neighbour)
         stalled = stalled + 1 if exceeds - fits > width // 2 else 0

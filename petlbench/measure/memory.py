@@ -33,6 +33,19 @@ class PhasePeak:
     source: str  # "cuda" or "cpu-accounting"
     reserved_peak_bytes: int | None = None
     breakdown: dict[str, int] = field(default_factory=dict)
+    trace: AllocationTrace | None = field(default=None, repr=False, compare=False)  # the CPU accounting's
+
+
+@dataclass
+class AllocationTrace:
+    """The storages the CPU accounting counted in a phase, in order, so that the phase can
+    be replayed with other sizes (`petlbench.measure.estimate.predicted_peak`): ``sizes[i]``
+    the bytes of the i-th storage created (before rounding to ``granularity``); ``order``
+    the events, ``i`` for the creation of storage i and ``~i`` for its release."""
+
+    sizes: list[int]
+    order: list[int]
+    granularity: int
 
 
 def allocated_bytes(nbytes: int, granularity: int = 1) -> int:
@@ -75,27 +88,32 @@ def host_batches(batches: Iterable) -> Iterator:
 class _LiveStorages(TorchDispatchMode):
     """Counts the bytes of every storage an operator returns, from its creation until it
     is freed (weak-reference callback on the storage), and the peak of their sum; each
-    storage counts as `allocated_bytes` with ``granularity``."""
+    storage counts as `allocated_bytes` with ``granularity``; ``trace`` records them."""
 
     def __init__(self, known: Iterable[torch.Tensor], granularity: int = 1):
         super().__init__()
         self._known = {id(t.untyped_storage()) for t in known}
         self._granularity = granularity
-        self._tracked: dict[int, tuple[weakref.ref, int]] = {}
+        self._tracked: dict[int, tuple[weakref.ref, int, int]] = {}
+        self.trace = AllocationTrace([], [], granularity)
         self.live = 0
         self.peak = 0
 
     def _free(self, key: int, _ref: weakref.ref) -> None:
-        _, nbytes = self._tracked.pop(key)
+        _, nbytes, index = self._tracked.pop(key)
         self.live -= nbytes
+        self.trace.order.append(~index)
 
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key = id(storage)
         if key in self._known or key in self._tracked:
             return
-        nbytes = allocated_bytes(storage.nbytes(), self._granularity)
-        self._tracked[key] = (weakref.ref(storage, lambda ref, key=key: self._free(key, ref)), nbytes)
+        raw, index = storage.nbytes(), len(self.trace.sizes)
+        nbytes = allocated_bytes(raw, self._granularity)
+        self._tracked[key] = (weakref.ref(storage, lambda ref, key=key: self._free(key, ref)), nbytes, index)
+        self.trace.sizes.append(raw)
+        self.trace.order.append(index)
         self.live += nbytes
         self.peak = max(self.peak, self.live)
 
@@ -164,6 +182,9 @@ class CpuAccountingMeter:
             gc.enable()
         breakdown["transient_peak"] = mode.peak
         result.breakdown = breakdown
+        result.trace = AllocationTrace(
+            list(mode.trace.sizes), list(mode.trace.order), self.granularity
+        )  # releases after the phase left out
         result.peak_bytes = sum(breakdown.values())
 
 
