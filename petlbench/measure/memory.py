@@ -54,6 +54,9 @@ def allocated_bytes(nbytes: int, granularity: int = 1) -> int:
     return -(-nbytes // granularity) * granularity
 
 
+# Asked of a fake tensor for its device (most dispatches of a fake step): it makes no tensor.
+_DEVICE = torch.ops.prim.device.default
+
 # Set while the host prepares data (`host_side`): what it creates is not device memory.
 _HOST_SIDE = contextvars.ContextVar("host_side", default=False)
 
@@ -119,9 +122,9 @@ class _LiveStorages(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if _HOST_SIDE.get():
+        if func is _DEVICE or _HOST_SIDE.get():
             return out
-        for leaf in tree_leaves(out):
+        for leaf in (out,) if isinstance(out, torch.Tensor) else tree_leaves(out):
             if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
                 self._track(leaf)
         return out
