@@ -96,14 +96,14 @@ class Estimates:
     def applies(self, checkpointing: bool) -> bool:
         return self._training(checkpointing) is not None
 
-    def train_phase(self, checkpointing: bool, batch_size: int) -> PhasePeak:
+    def train_estimate(self, checkpointing: bool, batch_size: int) -> PhasePeak:
         key = (checkpointing, batch_size)
         if key not in self._train:
             self._train[key] = self._training(checkpointing).peak(batch_size)
         return self._train[key]
 
     def train_peak(self, checkpointing: bool, batch_size: int) -> int:
-        return self.train_phase(checkpointing, batch_size).peak_bytes
+        return self.train_estimate(checkpointing, batch_size).peak_bytes
 
     def eval_peak(self, batch_size: int, images: int, captions_per_image: int) -> int:
         if batch_size not in self._eval:
@@ -144,7 +144,7 @@ def choose(estimates: Estimates, suite: SuiteConfig, n_train: int, eval_images: 
     options = [suite.train.grad_checkpointing]
     if "grad_checkpointing" in rules.knobs and not suite.train.grad_checkpointing and estimates.applies(True):
         options.append(True)
-    found = {c: largest_batch(lambda k, c=c: estimates.train_phase(c, k * multiple), available, limit=limit) for c in options}
+    found = {c: largest_batch(lambda k, c=c: estimates.train_estimate(c, k * multiple), available, limit=limit) for c in options}
     checkpointing = max(options, key=lambda c: found[c])  # ties: the first, without checkpointing (faster)
     batch = found[checkpointing] * multiple
     if batch < lowest * multiple:

@@ -270,6 +270,7 @@ def _estimate(job: Job, variant: Variant, batch_size: int | None, budget: int | 
 
         largest = largest_batch(peak, budget)
         batch_size, peak = max(largest, 1), peaks[max(largest, 1)]
+    peak = dataclasses.replace(peak, trace=None)  # the search's alone
     return Row(variant, batch_size, peak, training.params, time.perf_counter() - t0, budget, largest)
 
 

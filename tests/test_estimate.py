@@ -270,7 +270,8 @@ def test_budget_search_finds_the_largest_batch_that_fits_any_growing_peak(pieces
     counted = Counted(peak)
     expected = max((b for b in range(1, limit + 1) if peak(b) <= budget), default=0)
     assert largest_batch(counted, budget, limit=limit) == expected
-    assert len(counted.calls) == len(set(counted.calls)) <= 4 * limit.bit_length() + 4
+    # per halving of the bracket at worst: two guesses that fail to halve it, then a bisection, each with its neighbour
+    assert len(counted.calls) == len(set(counted.calls)) <= 6 * limit.bit_length() + 4
 
 
 def traced_step(b: int) -> PhasePeak:
@@ -328,8 +329,10 @@ def test_every_variant_is_found_within_a_budget_in_four_estimates(monkeypatch, t
 
     monkeypatch.setattr(FakeTraining, "peak", counted)
     rows = estimate.within_budget(job, 70 * 2**20)
-    batches = [sorted(set(b)) for b in tried.values()]  # a re-measured first step repeats its batch
-    assert [[2, 16, r.max_batch_size, r.max_batch_size + 1] for r in rows] == [sorted(b) for b in batches]
+    assert all(r.max_batch_size > 16 for r in rows)
+    # a first step measured again (a parameter no gradient reached) repeats its batch at once
+    batches = [[b for i, b in enumerate(calls) if i == 0 or calls[i - 1] != b] for calls in tried.values()]
+    assert batches == [[2, 16, r.max_batch_size, r.max_batch_size + 1] for r in rows]
 
 
 def test_parse_size():

@@ -146,7 +146,10 @@ def frozen_heap() -> Iterator[None]:
     (`gc.freeze`): every measured phase starts with `gc.collect()`, which otherwise walks
     all that importing torch and transformers made (0.16 s a phase on 2 cores, a tenth of a
     fake step). Fake tensors hold no memory, so what this leaves uncollected changes no
-    figure; forked workers inherit the freeze."""
+    figure; forked workers inherit the freeze. Inside a freeze already: nothing more."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield
@@ -154,8 +157,9 @@ def frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-def predicted_peak(a: int, at_a: PhasePeak, b: int, at_b: PhasePeak) -> Callable[[int], float]:
-    """The peak at any batch size as predicted from the peaks at batch sizes ``a`` and ``b``.
+def predicted_peak(a: int, at_a: PhasePeak, b: int, at_b: PhasePeak) -> Callable[[int], int | float] | None:
+    """The peak at any batch size as predicted from the peaks at batch sizes ``a`` and ``b``;
+    None where nothing can be predicted (two untraced peaks that do not grow).
 
     A peak is the most the storages alive at once ever hold, and each storage's size is close
     to affine in the batch size, so the peak is close to the largest of affine functions,
@@ -167,12 +171,13 @@ def predicted_peak(a: int, at_a: PhasePeak, b: int, at_b: PhasePeak) -> Callable
     ta, tb = at_a.trace, at_b.trace
     if ta is None or tb is None or ta.order != tb.order:
         slope = (at_b.peak_bytes - at_a.peak_bytes) / (b - a)
-        return lambda n: at_a.peak_bytes + slope * (n - a)
+        return (lambda n: at_a.peak_bytes + slope * (n - a)) if slope > 0 else None
     constant = at_a.peak_bytes - at_a.breakdown["transient_peak"]  # what was alive from the start: no batch in it
+    sizes = [(x, y - x) for x, y in zip(ta.sizes, tb.sizes, strict=True)]  # (size at a, growth from a to b)
 
     def replayed(n: int) -> int:
-        sizes = [allocated_bytes(x + (y - x) * (n - a) // (b - a), ta.granularity) for x, y in zip(ta.sizes, tb.sizes, strict=True)]
-        return constant + max(itertools.accumulate((sizes[e] if e >= 0 else -sizes[~e] for e in ta.order), initial=0))
+        at_n = [allocated_bytes(x + dx * (n - a) // (b - a), ta.granularity) for x, dx in sizes]
+        return constant + max(itertools.accumulate((at_n[e] if e >= 0 else -at_n[~e] for e in ta.order), initial=0))
 
     return replayed
 
@@ -186,8 +191,8 @@ def largest_batch(peak: Callable[[int], PhasePeak], budget: int, probe: int = 16
     where the peak `predicted_peak` from the last two evaluated batch sizes meets the budget,
     followed by its neighbour (the next batch up where the guess fits, else the one below:
     the peak's local slope for the next prediction): an exact prediction ends the search
-    there (four evaluations in all). After two guesses in a row that fail to halve
-    the bracket, a bisection step follows: O(log limit) evaluations at worst."""
+    there (four evaluations in all). Without a prediction, or after two guesses in a row
+    that fail to halve the bracket, a bisection step: O(log limit) evaluations at worst."""
     tried: list[tuple[int, PhasePeak]] = []
     fits, exceeds = 0, limit + 1  # peak(fits) <= budget < peak(exceeds); 0 and limit + 1: beyond the search
 
@@ -210,10 +215,10 @@ def largest_batch(peak: Callable[[int], PhasePeak], budget: int, probe: int = 16
     stalled = 0  # guesses in a row that did not halve the bracket
     while exceeds - fits > 1:
         width = exceeds - fits
-        if stalled >= 2:
+        predict = predicted_peak(*tried[-2], *tried[-1]) if stalled < 2 and len(tried) > 1 else None
+        if predict is None:
             guess = (fits + exceeds) // 2
         else:
-            predict = predicted_peak(*tried[-2], *tried[-1])
             lo, hi = fits + 1, exceeds - 1  # the largest n in [lo, hi] predicted to fit, else lo
             while lo < hi:
                 mid = (lo + hi + 1) // 2

@@ -185,9 +185,8 @@ class CpuAccountingMeter:
             gc.enable()
         breakdown["transient_peak"] = mode.peak
         result.breakdown = breakdown
-        result.trace = AllocationTrace(
-            list(mode.trace.sizes), list(mode.trace.order), self.granularity
-        )  # releases after the phase left out
+        # the order as the phase ends: releases after it go on being appended to the mode's
+        result.trace = AllocationTrace(mode.trace.sizes, list(mode.trace.order), self.granularity)
         result.peak_bytes = sum(breakdown.values())
 
 
