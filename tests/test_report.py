@@ -15,10 +15,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.legend import Legend
 from matplotlib.text import Text
 
-from petlbench import records
+from petlbench import config, records
 from petlbench.methods import registered
 from petlbench.report import MIB, WIDTHS, plots
-from petlbench.report.tables import report
+from petlbench.report.tables import budget_table, report
 from petlbench.schema import RECALLS
 from tests.conftest import tiny_args
 
@@ -272,6 +272,29 @@ def test_plot_writes_png_and_pdf(cli, tmp_path):
     assert all((tmp_path / "figs" / n).stat().st_size > 1000 for n in names)
     assert (tmp_path / "figs" / "memory_vs_rsum.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "figs" / "memory_vs_rsum.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_a_budget_family_joins_records_written_before_a_setting_existed():
+    """Records written before `data.target`, `data.shift` and `learning_rates` existed lack
+    them (at their defaults, as the suite hash reads them) and belong to the same budget
+    family as those written after: the 40 MiB cell is the mean of both seeds, (120 + 124) / 2."""
+    suite = config.to_dict(config.load_suite("vl-retrieval"))
+
+    def budgeted(seed: int, nbytes: int, first_recall: float, written_before: bool) -> dict:
+        rec = make_record("lora", seed, recalls=(first_recall, 20, 30, 10, 20, 30))
+        rec["config"]["suite"] = copy.deepcopy({**suite, "budget": {**suite["budget"], "bytes": nbytes}})
+        if written_before:
+            del rec["config"]["suite"]["learning_rates"], rec["config"]["suite"]["data"]["target"], rec["config"]["suite"]["data"]["shift"]
+        rec["budget"] = {"bytes": nbytes, "schedule": "equal_samples", "lr_scaling": "none", "batch_size": 16}
+        return rec
+
+    recs = [budgeted(0, 40 * MIB, 10, True), budgeted(0, 80 * MIB, 12, True), budgeted(1, 40 * MIB, 14, False)]
+    (table,) = markdown_tables(budget_table(recs))
+    assert table == [{"variant": "lora", "rSum at 40MiB": "122.0 (batch 16)", "rSum at 80MiB": "122.0 (batch 16)"}]
+    other = budgeted(1, 40 * MIB, 14, False)
+    other["config"]["suite"]["budget"]["schedule"] = "equal_steps"  # another family: alone at one budget, no curve
+    (table,) = markdown_tables(budget_table([*recs[:2], other]))
+    assert table[0]["rSum at 40MiB"] == "120.0 (batch 16)"
 
 
 @pytest.mark.parametrize("width", ["column", "text"])

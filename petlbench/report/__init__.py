@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from petlbench import config as cfgmod
+from petlbench.config import ConfigError, SuiteConfig
 from petlbench.methods import registered
 from petlbench.registry import GROUPS
 from petlbench.schema import METRICS, STATUSES
@@ -227,16 +229,25 @@ def budget_label(nbytes: int) -> str:
     return f"{nbytes}B"
 
 
-def budget_families(records: list[dict]) -> dict[str, list[dict]]:
-    """Records run under a budget, split by their suite configuration less the budget's
-    size: each family is one curve of rSum against the budget."""
-    families: dict[str, list[dict]] = {}
-    for r in records:
-        if r.get("budget") is None:
-            continue
-        suite = r["config"]["suite"]
-        key = json.dumps(
+def _budget_family(suite: dict) -> str:
+    """What the records of one budget family share: the hash of their suite with the
+    budget's size made equal (one byte), so that, as for `config.suite_hash`, a setting
+    added after some records were written counts only where it is not at its default. A
+    suite this version cannot read shares a family only with suites equal to it."""
+    try:
+        resolved = cfgmod.build(SuiteConfig, suite, "a record's config.suite")
+    except ConfigError:
+        return json.dumps(
             {**suite, "budget": {**suite.get("budget", {}), "bytes": None}, "seeds": None, "description": None}, sort_keys=True, default=str
         )
-        families.setdefault(key, []).append(r)
+    return cfgmod.suite_hash(dataclasses.replace(resolved, budget=dataclasses.replace(resolved.budget, bytes=1)))
+
+
+def budget_families(records: list[dict]) -> dict[str, list[dict]]:
+    """Records run under a budget, split by their suite configuration less the budget's
+    size (`_budget_family`): each family is one curve of rSum against the budget."""
+    families: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("budget") is not None:
+            families.setdefault(_budget_family(r["config"]["suite"]), []).append(r)
     return {key: rs for key, rs in families.items() if len({r["budget"]["bytes"] for r in rs}) > 1}
