@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from petlbench import config as cfgmod
 from petlbench.config import BudgetConfig, ConfigError, RunSettings, SuiteConfig
-from petlbench.estimate import FakeTraining, parse_size, unvalidated
+from petlbench.estimate import FakeTraining, unvalidated
 from petlbench.measure.estimate import Target, frozen_heap, largest_batch
 from petlbench.measure.memory import PhasePeak
 from petlbench.models.loader import Architecture
-from petlbench.report import budget_label as label
 from petlbench.schema import Budget
+from petlbench.units import parse_size, size_label
 from petlbench.variants import Variant
 
 LR_EXPONENT = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -36,7 +36,7 @@ UNCHECKED_CUDA_BUDGET = (
 
 
 def parse_budgets(text: str) -> list[int]:
-    """``40MiB,80MiB,160MiB`` -> bytes, each distinct (`estimate.parse_size` for each)."""
+    """``40MiB,80MiB,160MiB`` -> bytes, each distinct (`units.parse_size` for each)."""
     sizes = [parse_size(part) for part in re.split(r"\s*,\s*", text.strip())]
     if len(set(sizes)) < len(sizes):
         raise ValueError(f"{text!r}: a budget is named twice")
@@ -84,9 +84,7 @@ class Estimates:
         if checkpointing not in self._trainings:
             train = dataclasses.replace(self.suite.train, grad_checkpointing=checkpointing)
             try:
-                self._trainings[checkpointing] = FakeTraining(
-                    self.architecture, self.suite, self.variant, self.suite.data.text_length, self.target, train
-                )
+                self._trainings[checkpointing] = FakeTraining(self.architecture, self.suite, self.variant, self.target, train)
             except ConfigError:
                 if not checkpointing:
                     raise
@@ -105,14 +103,14 @@ class Estimates:
     def train_peak(self, checkpointing: bool, batch_size: int) -> int:
         return self.train_estimate(checkpointing, batch_size).peak_bytes
 
-    def eval_peak(self, batch_size: int, images: int, captions_per_image: int) -> int:
+    def eval_peak(self, batch_size: int, items: int) -> int:
         if batch_size not in self._eval:
             training = self._training(self.suite.train.grad_checkpointing)  # checkpointing does nothing without gradients
-            self._eval[batch_size] = training.eval_peak(batch_size, images, captions_per_image).peak_bytes
+            self._eval[batch_size] = training.eval_peak(batch_size, items).peak_bytes
         return self._eval[batch_size]
 
 
-def choose(estimates: Estimates, suite: SuiteConfig, n_train: int, eval_images: int, captions_per_image: int) -> Budget:
+def choose(estimates: Estimates, suite: SuiteConfig, n_train: int, n_eval: int) -> Budget:
     """What ``suite.budget`` gives the variant of ``estimates``: its largest training batch
     (a multiple of `budget.batch_multiple` in [`min_batch_size`, `max_batch_size`], at most
     the training split) whose estimated peak fits, with activation checkpointing where it
@@ -140,7 +138,7 @@ def choose(estimates: Estimates, suite: SuiteConfig, n_train: int, eval_images: 
         unvalidated=[] if target == "cpu" else [UNCHECKED_CUDA_BUDGET, *unvalidated(suite.train)],
     )
     if available < 1:
-        return dataclasses.replace(base, reason=f"the budget is not above the CUDA headroom of {label(base.headroom_bytes)}")
+        return dataclasses.replace(base, reason=f"the budget is not above the CUDA headroom of {size_label(base.headroom_bytes)}")
     options = [suite.train.grad_checkpointing]
     if "grad_checkpointing" in rules.knobs and not suite.train.grad_checkpointing and estimates.applies(True):
         options.append(True)
@@ -156,7 +154,7 @@ def choose(estimates: Estimates, suite: SuiteConfig, n_train: int, eval_images: 
             f"above the {available:,} bytes available",
         )
     eval_batch = suite.eval.batch_size
-    while (eval_peak := estimates.eval_peak(eval_batch, eval_images, captions_per_image)) > available and eval_batch > 1:
+    while (eval_peak := estimates.eval_peak(eval_batch, n_eval)) > available and eval_batch > 1:
         eval_batch //= 2
     train_peak = estimates.train_peak(checkpointing, batch)
     if eval_peak > available:
@@ -192,13 +190,13 @@ def choices(
     """`choose` for each variant (by name), with a progress bar: the estimates take seconds each."""
     unbudgeted = dataclasses.replace(suite, budget=BudgetConfig())
     out = {}
-    bar = tqdm(variants, desc=f"budget {label(suite.budget.bytes)}", unit="variant", leave=False, disable=None)
+    bar = tqdm(variants, desc=f"budget {size_label(suite.budget.bytes)}", unit="variant", leave=False, disable=None)
     with frozen_heap():
         for variant in bar:
             key = (cfgmod.run_hash(unbudgeted, variant, 0), target)
             if key not in _ESTIMATES:
                 _ESTIMATES[key] = Estimates(architecture, unbudgeted, variant, target)
-            out[variant.name] = choose(_ESTIMATES[key], suite, n_train, n_eval, suite.data.captions_per_image)
+            out[variant.name] = choose(_ESTIMATES[key], suite, n_train, n_eval)
     return out
 
 

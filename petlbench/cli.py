@@ -70,7 +70,7 @@ def _shard(text: str) -> Shard:
 
 
 def _size(text: str) -> int:
-    from petlbench.estimate import parse_size
+    from petlbench.units import parse_size
 
     try:
         return parse_size(text)
@@ -372,7 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--tolerance", type=_fraction, default=0.02, help="allowed relative growth of a memory or parameter figure (default 0.02)"
     )
-    cmp.add_argument("--metric-tolerance", type=_fraction, help="allowed relative drop of rSum (default: not checked)")
+    cmp.add_argument(
+        "--metric-tolerance",
+        type=_fraction,
+        help="allowed relative worsening of the primary metric (rSum for retrieval; default: not checked)",
+    )
     cmp.add_argument("--strict", action="store_true", help=STRICT)
     cmp.set_defaults(func=_cmd_compare)
 

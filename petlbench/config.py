@@ -15,11 +15,14 @@ import math
 import operator
 import reprlib
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from petlbench.units import GiB
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,21 +49,35 @@ def rule(
     lt: float | None = None,
     min_items: int | None = None,
     nonempty: bool | None = None,
-    hashed: bool = True,
+    hashed: bool | HashedUnlessDefault = True,
 ) -> dict[str, Any]:
     """Field metadata: the help text and the bounds `build` enforces, declared beside the
     field so that a new field states its own (tests check that every number, list and
     string field does). Numeric bounds apply to a number or to each item of a list;
     ``min_items`` to a list; ``nonempty`` to a string (or to each string of a list).
-    ``hashed=False``: a setting that cannot change a run's result (where the data lives,
-    how many processes load it), left out of `suite_hash` so that records of the same data
-    set from two machines share a table."""
+    ``hashed``: whether `suite_hash` covers the field (`hashed`)."""
     bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt, "min_items": min_items, "nonempty": nonempty}
-    return {"help": help, **{k: v for k, v in bounds.items() if v is not None}, **({} if hashed else {"hashed": False})}
+    return {"help": help, **{k: v for k, v in bounds.items() if v is not None}, **({} if hashed is True else {"hashed": hashed})}
 
 
-# A setting that cannot change a run's result (`rule(hashed=False)`).
-NOT_HASHED = {"hashed": False}
+@dataclass(frozen=True)
+class HashedUnlessDefault:
+    """The hash rule of a setting added after records existed: `suite_hash` covers it only
+    while the setting at ``path`` (dotted, from the section holding the field; the field
+    itself by default) is not at its default, so that every earlier record keeps its hash."""
+
+    path: str = ""
+
+
+def hashed(meta: dict[str, Any]) -> bool | HashedUnlessDefault:
+    """A field's hash rule, from its metadata: True (always covered), False (a setting that
+    cannot change a run's result: where the data lives, how many processes load it; left
+    out, so that records of the same data set from two machines share a table) or
+    `HashedUnlessDefault`."""
+    return meta.get("hashed", True)
+
+
+HASHED_UNLESS_DEFAULT = {"hashed": HashedUnlessDefault()}
 
 
 @dataclass
@@ -115,17 +132,17 @@ class DataConfig:
     kind: Literal["scenes", "karpathy", "jsonl"] = field(
         metadata={"help": "'scenes': the embedded generator; 'karpathy': a Karpathy-split JSON (Flickr30K, COCO); 'jsonl': a manifest"}
     )
-    # hashed only when not the default (`suite_hash`)
     target: Literal[SCENE_TARGETS] = field(
         default=SCENE_TARGETS[0],
         metadata={
             "help": "scenes: 'multi-object' (far transfer: 2-3 objects, the source's look) or 'shifted' "
             "(near transfer: single objects under the visual shift data.shift, unseen attribute combinations in val and test)",
-            "hashed": False,
+            **HASHED_UNLESS_DEFAULT,
         },
     )
     shift: ShiftConfig = field(
-        default_factory=ShiftConfig, metadata={"help": "scenes, target 'shifted': the domain shift", "hashed": False}
+        default_factory=ShiftConfig,
+        metadata={"help": "scenes, target 'shifted': the domain shift", "hashed": HashedUnlessDefault("target")},
     )
     root: str = field(
         default="",
@@ -166,7 +183,7 @@ class DataConfig:
             raise ConfigError("only for data.target shifted", key="data.shift")
 
 
-# Training precisions; `objective.autocast` is the one place that maps them to an autocast context.
+# Training precisions; `precision.autocast` is the one place that maps them to an autocast context.
 Precision = Literal["fp32", "bf16"]
 
 
@@ -211,7 +228,6 @@ class EvalConfig:
     )
 
 
-GiB = 2**30
 BUDGET_KNOBS = Literal["batch", "grad_checkpointing"]
 
 
@@ -264,6 +280,10 @@ class BudgetConfig:
             raise ConfigError("a knob is named twice", key="budget.knobs")
 
 
+# The task of a suite that names none: the first one, which every earlier record ran.
+DEFAULT_TASK = "retrieval"
+
+
 @dataclass
 class SuiteConfig:
     name: str = field(metadata=rule("the suite's name (records and tables show it)", nonempty=True))
@@ -271,6 +291,10 @@ class SuiteConfig:
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    task: str = field(
+        default=DEFAULT_TASK,
+        metadata={"help": "what is learned and how it is judged: a registered task (`petlbench list`)", **HASHED_UNLESS_DEFAULT},
+    )
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: list[int] = field(
         default_factory=lambda: [0], metadata=rule("default run seeds", ge=SEED_RANGE[0], le=SEED_RANGE[1], min_items=1, hashed=False)
@@ -289,8 +313,10 @@ class SuiteConfig:
             "hashed": False,
         },
     )
-    # hashed only when a budget is set (`suite_hash`)
-    budget: BudgetConfig = field(default_factory=BudgetConfig, metadata={"help": "memory-budget runs (`run --budget`)", "hashed": False})
+    budget: BudgetConfig = field(
+        default_factory=BudgetConfig,
+        metadata={"help": "memory-budget runs (`run --budget`)", "hashed": HashedUnlessDefault("budget.bytes")},
+    )
 
 
 @dataclass(frozen=True)
@@ -628,26 +654,57 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _default(cls: type, name: str) -> Any:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+def _at_default(obj: Any, path: str) -> bool:
+    """Whether the setting at dotted ``path`` under dataclass ``obj`` is at its default."""
+    *parents, name = path.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    return getattr(obj, name) == _default(type(obj), name)
+
+
 def _hashed(obj: Any) -> Any:
-    """``obj`` as a dict without its `NOT_HASHED` fields, recursively."""
+    """``obj`` as a dict of the fields `suite_hash` covers (each field's `hashed` rule), recursively."""
     if not dataclasses.is_dataclass(obj):
         return obj
-    return {f.name: _hashed(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("hashed", True)}
+    out = {}
+    for f in dataclasses.fields(obj):
+        rule_ = hashed(f.metadata)
+        if rule_ is True or (isinstance(rule_, HashedUnlessDefault) and not _at_default(obj, rule_.path or f.name)):
+            out[f.name] = _hashed(getattr(obj, f.name))
+    return out
 
 
 def suite_hash(suite: SuiteConfig) -> str:
     """Covers everything that must be equal for records to share a table: the resolved
-    suite without what cannot change a result (`NOT_HASHED`: the default seed list, the
-    description, where the data lives and how many workers load it). Settings added after
-    records existed enter only when they are not at their default, so that every earlier
-    hash stays what it was: the generated target and its shift, and the budget and its
-    rules when a budget is set."""
-    hashed = _hashed(suite)
-    if suite.data.target != SCENE_TARGETS[0]:
-        hashed["data"] |= {"target": suite.data.target, "shift": to_dict(suite.data.shift)}
-    if suite.budget.bytes:
-        hashed["budget"] = to_dict(suite.budget)
-    return _digest(hashed)
+    suite as each field's hash rule says (`hashed`): without what cannot change a result
+    (the default seed list, the description, where the data lives and how many workers load
+    it), and with the settings added after records existed only where they are not at their
+    default (the task, the generated target and its shift, the budget)."""
+    return _digest(_hashed(suite))
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, val in data.items():
+        if isinstance(val, dict):
+            out.update(_flatten(val, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = val
+    return out
+
+
+def suite_differences(suites: Iterable[dict]) -> str:
+    """Why records with different `suite_hash` cannot share a table: the resolved suite
+    keys whose values differ, e.g. "train.steps (150 vs 4)"."""
+    flat = [{k: v for k, v in _flatten(s).items() if k not in ("seeds", "description")} for s in suites]
+    keys = sorted(set().union(*flat))
+    diffs = [f"{k} ({' vs '.join(str(f.get(k, '-')) for f in flat)})" for k in keys if len({str(f.get(k)) for f in flat}) > 1]
+    return ", ".join(diffs) or "no recorded key (the hash changed with the code)"
 
 
 def run_hash(suite: SuiteConfig, variant, seed: int) -> str:

@@ -9,11 +9,9 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +23,28 @@ from tqdm.auto import tqdm
 from petlbench import config as cfgmod
 from petlbench import records
 from petlbench.config import ConfigError, Precision, SuiteConfig, TrainConfig
-from petlbench.data.retrieval import TensorSplit
 from petlbench.measure.estimate import (
     CUDA_GRANULARITY,
     CUDA_WORKSPACE_BYTES,
     CpuNormStatistics,
     FusedAttentionDropout,
-    MiB,
     ScalarsAsZero,
     Target,
     frozen_heap,
     largest_batch,
     materialize,
-    random_batch,
 )
 from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, host_batches, training_state
 from petlbench.measure.params import parameter_counts
 from petlbench.measure.phase import training_phase
 from petlbench.methods import get_method, registered
 from petlbench.models.loader import Architecture, load_architecture
-from petlbench.objective import evaluate
-from petlbench.report import memory_unit
 from petlbench.schema import Budget
+from petlbench.tasks import get_task
 from petlbench.train import RunOutcome, make_optimizer, prepare, train_step, trainable_rule
+from petlbench.units import MiB, memory_unit
 from petlbench.variants import Variant, data_free, load_variant, shipped
 
-UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 # The breakdown of a peak, in table order, with column names.
 PARTS = {"parameters": "parameters", "optimizer_state": "optimizer state", "transient_peak": "transient peak", "workspace": "workspace"}
 # An estimate depends on no seed; records still name one (`records.record_path`).
@@ -63,39 +57,24 @@ UNCHECKED_BF16 = (
 )
 
 
-def parse_size(text: str) -> int:
-    """Bytes in ``text``: a number with a binary unit ('24GiB', '1.5 GiB', '512MiB') or a
-    plain byte count. Decimal units ('24GB') are refused rather than guessed: the two
-    readings differ by 7% (measurement.md never writes GB for a binary quantity)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB)?\s*", text)
-    nbytes = int(Decimal(match[1]) * UNITS[match[2] or "B"]) if match else 0
-    if nbytes < 1:
-        raise ValueError(f"{text!r} is not a memory size: write a positive number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. 24GiB")
-    return nbytes
-
-
 class FakeTraining:
     """One variant's model and optimizer on fake tensors, for the suite's training step
-    (`train.train_step`: same loss, same AdamW implementation) on ``architecture``; `peak`
-    measures a steady-state step at any batch size through the one measured phase, and
-    `eval_peak` the evaluation phase, under the CPU accounting (``target`` ``cpu``: exactly a
-    real CPU run's figure; ``cuda``: shaped like `max_memory_allocated`,
-    `petlbench.measure.estimate`). ``train``: the training rules (default: the suite's)."""
+    (`train.train_step`: the suite's task's loss, same AdamW implementation) on
+    ``architecture``, with the suite's data shapes; `peak` measures a steady-state step at
+    any batch size through the one measured phase, and `eval_peak` the evaluation phase,
+    under the CPU accounting (``target`` ``cpu``: exactly a real CPU run's figure; ``cuda``:
+    shaped like `max_memory_allocated`, `petlbench.measure.estimate`). ``train``: the
+    training rules (default: the suite's)."""
 
     def __init__(
-        self,
-        architecture: Architecture,
-        suite: SuiteConfig,
-        variant: Variant,
-        text_length: int,
-        target: Target = "cuda",
-        train: TrainConfig | None = None,
+        self, architecture: Architecture, suite: SuiteConfig, variant: Variant, target: Target = "cuda", train: TrainConfig | None = None
     ):
-        self.architecture, self.suite, self.text_length, self.target = architecture, suite, text_length, target
+        self.architecture, self.suite, self.target = architecture, suite, target
+        self.task = get_task(suite.task).implementation
         self.train = train or suite.train
         with torch.device("meta"):
             backbone = architecture.build(suite.model.attn_implementation)
-        self.model = prepare(backbone, self.train, data_free(variant))
+        self.model = prepare(backbone, self.train, data_free(variant), task=suite.task)
         self.params = parameter_counts(self.model)
         self.fake_mode = FakeTensorMode()
         self.lr = variant.config.lr
@@ -137,9 +116,9 @@ class FakeTraining:
         cuda = self.target == "cuda"
 
         def step(batch: dict[str, torch.Tensor]) -> None:
-            train_step(self.model, batch, self.opt, self.train.precision)
+            train_step(self.model, batch, self.opt, self.train.precision, self.suite.task)
 
-        batches = iter(lambda: random_batch(self.architecture, batch_size, self.text_length), None)
+        batches = iter(lambda: self.task.random_batch(self.architecture, batch_size, self.suite), None)
         steps_on_host = cuda and self.train.optimizer_impl != "fused"
         trainable = [p for group in self.opt.param_groups for p in group["params"]] if self._unchecked else []
         reached: set[int] = set()
@@ -167,25 +146,19 @@ class FakeTraining:
         peak.source = "estimate"
         return peak
 
-    def eval_peak(self, batch_size: int, images: int, captions_per_image: int) -> PhasePeak:
-        """The peak of the evaluation phase (`objective.evaluate` at ``batch_size`` on a split
-        of ``images`` with ``captions_per_image`` each), as `train.run` measures it: after
+    def eval_peak(self, batch_size: int, items: int) -> PhasePeak:
+        """The peak of the evaluation phase (the task's evaluation at ``batch_size`` of a
+        split of ``items``, `Task.random_split`), as `train.run` measures it: after
         training, with the optimizer state gone. The optimizer is made anew for a later
         `peak`. On the CUDA target the ranking that a GPU run does on the host is counted
         too: an upper bound there."""
         self.opt.state.clear()
-        side, channels = self.architecture.image_size, self.architecture.num_channels
         meter = CpuAccountingMeter(granularity=CUDA_GRANULARITY if self.target == "cuda" else 1)
         with self.fake_mode, self._norm_statistics(), ScalarsAsZero():
-            # a fake mask's values are unknown, so transformers builds the attention mask as for padded captions
-            mask = torch.ones(images, captions_per_image, self.text_length, dtype=torch.long)
-            split = TensorSplit(
-                torch.empty(images, channels, side, side),
-                torch.randint(self.architecture.vocab_size, (images, captions_per_image, self.text_length)),
-                mask,
-            )
+            split = self.task.random_split(self.architecture, items, self.suite)
             with meter.phase(*training_state(self.model)) as peak:
-                evaluate(self.model, split, batch_size, torch.device("cpu"), self.suite.eval.folds, self.train.precision, host=host_batches)
+                cpu, folds, precision = torch.device("cpu"), self.suite.eval.folds, self.train.precision
+                self.task.evaluate(self.model, split, batch_size, cpu, folds, precision, host_batches)
         self._new_optimizer()
         peak.source = "estimate"
         return peak
@@ -232,12 +205,12 @@ def make_job(
     max_text = architecture.max_text_positions
     if text_length is not None and not 1 <= text_length <= max_text:
         raise ConfigError(f"--seq-len {text_length}: the model {model!r} has 1 to {max_text} text positions")
-    suite_cfg = cfgmod.load_suite(suite)
+    suite_cfg = at_text_length(cfgmod.load_suite(suite), text_length or max_text)
+    get_task(suite_cfg.task, f"{cfgmod.find('suites', suite)}: key 'task'")
     suite_cfg = dataclasses.replace(
         suite_cfg,
         description=f"estimate for {model} under the training rules of suite {suite_cfg.name}",
         model=dataclasses.replace(suite_cfg.model, name=model),
-        data=dataclasses.replace(suite_cfg.data, text_length=text_length or max_text),
         train=dataclasses.replace(
             suite_cfg.train,
             precision=precision or suite_cfg.train.precision,
@@ -254,11 +227,17 @@ def make_job(
     return Job(model, architecture, suite_cfg, supported, [v.name for v in variants if v not in supported])
 
 
+def at_text_length(suite: SuiteConfig, text_length: int) -> SuiteConfig:
+    """``suite`` with its text inputs ``text_length`` tokens long: estimates model a text
+    length of their own (the model's maximum unless asked)."""
+    return dataclasses.replace(suite, data=dataclasses.replace(suite.data, text_length=text_length))
+
+
 def _estimate(job: Job, variant: Variant, batch_size: int | None, budget: int | None) -> Row:
     """One variant's row: its peak at ``batch_size``, or under ``budget`` its largest batch
     size whose peak fits, with the peak there (at batch 1 where none fits)."""
     t0 = time.perf_counter()
-    training = FakeTraining(job.architecture, job.suite, variant, job.suite.data.text_length)
+    training = FakeTraining(job.architecture, job.suite, variant)
     if budget is None:
         peak, largest = training.peak(batch_size), None
     else:

@@ -21,7 +21,6 @@ from typing import Any
 from petlbench import config as cfgmod
 from petlbench import records
 from petlbench.config import ConfigError, SuiteConfig
-from petlbench.report import suite_differences
 from petlbench.variants import Variant
 
 MANIFEST_SCHEMA = 1
@@ -163,7 +162,7 @@ def _conflicts(folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entri
     a shard) another grid than the one its sibling shards split: shards of two grids
     would each leave runs out."""
     if manifest["suite_hash"] != cfgmod.suite_hash(suite):
-        why = suite_differences([manifest["suite_config"], cfgmod.to_dict(suite)])
+        why = cfgmod.suite_differences([manifest["suite_config"], cfgmod.to_dict(suite)])
         return [
             f"it holds suite {manifest['suite']} with suite_hash {manifest['suite_hash']}, this run's is {cfgmod.suite_hash(suite)} (differing in {why})"
         ]

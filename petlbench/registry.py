@@ -7,7 +7,7 @@ the specs (`petlbench.methods.specs`, torch-free); `petlbench.methods` collects 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,19 @@ def last_blocks(option: str) -> Keeps:
 
 Builder = Callable[..., Any]  # (backbone, config[, data]) -> the model to train
 
+
+@dataclass(frozen=True)
+class SetupData:
+    """What the builder of a method whose set-up reads training data receives
+    (`MethodSpec.needs_data`): ``batches(batch_size)``, training batches on the backbone's
+    device from a sampler of their own (the run's training batches stay those of every other
+    method), and ``loss(model, batch)``, the suite's task's training loss, so that a set-up
+    that ranks weights by gradients ranks them for the task being learned."""
+
+    batches: Callable[[int], Iterator[dict[str, Any]]]
+    loss: Callable[[Any, dict[str, Any]], Any]
+
+
 # The kinds of method a paper table groups its rows by (`MethodSpec.group`), in table order.
 GROUPS = {
     "baseline": "Baselines",
@@ -63,7 +76,7 @@ class MethodSpec:
     # every other method follows the suite's `train.head` rule.
     defines_head: bool = False
     # True for methods whose set-up reads training data (LST's Fisher-ranked pruning): a
-    # builder then also receives `data(batch_size)`, an iterator of training batches, and
+    # builder then also receives `SetupData`, and
     # `without_data(config)` gives the config that sets up the same shapes without any
     # (for dry runs and estimates, which have no data).
     needs_data: bool = False
@@ -114,7 +127,7 @@ class MethodSpec:
             return None
         return f"method {self.name!r} does not apply to a {family!r} backbone (supports: {', '.join(self.keeps)}): {self.why_not}"
 
-    def apply(self, backbone, cfg: MethodConfig, data: Callable | None = None):
+    def apply(self, backbone, cfg: MethodConfig, data: SetupData | None = None):
         """The model to train: this method's builder for the backbone's family applied to it;
         raises `UnsupportedError` where there is none. A builder sets ``requires_grad`` on
         what the method trains and returns a module with the backbone's interface

@@ -1,10 +1,12 @@
-"""The result record, field by field (``schema: 2``): one definition that the writer builds
+"""The result record, field by field (``schema: 3``): one definition that the writer builds
 and the reader checks every record against (`petlbench.records`), and that the README's
 record table lists. Records are stored as JSON objects with exactly these keys.
 
-Schema 1 (the first landed form) is read too: it is schema 2 without the fields added
-since, which take their defaults. Optional sections added later keep schema 2; only a
-change in the meaning of a field bumps it.
+Schemas 1 and 2 are read too, as records of the retrieval task: schema 2 held the recalls
+and rSum as the metrics' own keys (`LEGACY_METRICS`), which schema 3 moves under
+``values`` beside the task and its primary metric; schema 1 is schema 2 without the
+fields added since, which take their defaults. Optional sections added later keep the
+schema; only a change in the meaning or place of a field bumps it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-SCHEMA = 2
-READABLE = (1, 2)
+SCHEMA = 3
+READABLE = (1, 2, 3)
 STATUSES = ("ok", "oom", "over_budget", "diverged", "unsupported", "error")
-RECALL_KS = (1, 5, 10)
-DIRECTIONS = ("i2t", "t2i")  # image to text, text to image
-# The metric names, defined once: recalls at each k both ways (`metrics.retrieval_recalls`), then rSum.
-RECALLS = tuple(f"{d}_r{k}" for d in DIRECTIONS for k in RECALL_KS)
-METRICS = (*RECALLS, "rsum")
+# Schemas 1 and 2: the only task was retrieval, its metrics held as these keys of `metrics`
+# (and of `metrics.folds`), its primary metric rsum, and what it ranked as images and captions.
+LEGACY_TASK, LEGACY_PRIMARY = "retrieval", "rsum"
+LEGACY_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
 @dataclass
@@ -90,30 +91,20 @@ class Folds:
     """The mean over equal folds of the evaluated split (COCO's 1K test)."""
 
     count: int  # folds
-    images: int  # images per fold
-    i2t_r1: float | None
-    i2t_r5: float | None
-    i2t_r10: float | None
-    t2i_r1: float | None
-    t2i_r5: float | None
-    t2i_r10: float | None
-    rsum: float | None
+    evaluated: dict[str, int]  # what one fold holds (retrieval: images)
+    values: dict[str, float | None]  # each metric's mean over the folds
 
 
 @dataclass
 class Metrics:
-    """Retrieval recalls in percent (measurement.md: the Flickr30K / COCO protocol); null only
-    in a run that did not end ok (a non-finite value, `records.write_record`)."""
+    """What the evaluation measured, as the suite's task defines it (`petlbench.tasks`: the
+    metric names, their directions and the primary metric); a value is null only in a run
+    that did not end ok (a non-finite value, `records.write_record`)."""
 
-    i2t_r1: float | None  # image to text, recall at 1
-    i2t_r5: float | None
-    i2t_r10: float | None
-    t2i_r1: float | None  # text to image, recall at 1
-    t2i_r5: float | None
-    t2i_r10: float | None
-    rsum: float | None  # the sum of the six recalls (out of 600)
-    images: int  # images evaluated
-    captions: int  # captions evaluated
+    task: str  # the suite's task ("retrieval")
+    primary: str  # the metric that ranks methods (retrieval: rsum)
+    values: dict[str, float | None]  # metric name -> value (retrieval: recalls in percent, and rSum out of 600)
+    evaluated: dict[str, int]  # what was evaluated (retrieval: images, captions)
     folds: Folds | None = None  # with eval.folds > 1
 
 
@@ -224,15 +215,43 @@ def _check_fields(data: Any, cls: type, where: str) -> None:
         _check(data[name], hints[name], path)
 
 
+def _legacy_metrics(metrics: Any) -> Any:
+    """Schema-2 ``metrics`` in schema 3's form (anything else as it is, for `_check` to judge)."""
+    if not isinstance(metrics, dict):
+        return metrics
+    for where, section, keys in (
+        ("metrics", metrics, (*LEGACY_METRICS, "images", "captions")),
+        ("metrics.folds", metrics.get("folds"), ("count", "images", *LEGACY_METRICS)),
+    ):
+        if isinstance(section, dict) and (missing := [key for key in keys if key not in section]):
+            raise OffSchema(f"{where}.{missing[0]} is missing")
+    legacy = {key: metrics[key] for key in LEGACY_METRICS if key in metrics}
+    counts = {key: metrics[key] for key in ("images", "captions") if key in metrics}
+    rest = {key: value for key, value in metrics.items() if key not in legacy and key not in counts and key != "folds"}
+    out = {"task": LEGACY_TASK, "primary": LEGACY_PRIMARY, "values": legacy, "evaluated": counts, **rest}
+    if (folds := metrics.get("folds")) is not None:
+        out["folds"] = folds
+        if isinstance(folds, dict):
+            out["folds"] = {
+                "count": folds.get("count"),
+                "evaluated": {key: folds[key] for key in ("images",) if key in folds},
+                "values": {key: folds[key] for key in LEGACY_METRICS if key in folds},
+                **{key: value for key, value in folds.items() if key not in ("count", "images", *LEGACY_METRICS)},
+            }
+    return out
+
+
 def check(data: Any) -> dict[str, Any]:
-    """``data`` as a schema-2 record (a schema-1 one takes the defaults of the fields added
-    since); raises `OffSchema` naming the first field at fault. The rules across fields: a
-    record's status is one of STATUSES, and an ok run has its cost and, unless it is an
-    estimate, its metrics."""
+    """``data`` as a schema-3 record (one of schema 1 or 2 read as a retrieval record,
+    `_legacy_metrics`); raises `OffSchema` naming the first field at fault. The rules across
+    fields: a record's status is one of STATUSES, an ok run has its cost and, unless it is
+    an estimate, its metrics, every one of them a number, the primary one among them."""
     if not isinstance(data, dict):
         raise OffSchema(f"a JSON {type(data).__name__}, not a record object")
     if data.get("schema") not in READABLE:
         raise OffSchema(f"schema {data.get('schema')!r}, not one of {', '.join(map(str, READABLE))}")
+    if data["schema"] < 3 and data.get("metrics") is not None:
+        data = {**data, "metrics": _legacy_metrics(data["metrics"])}
     _check_fields(data, Record, "")
     run = data["run"]
     if run["status"] not in STATUSES:
@@ -243,15 +262,17 @@ def check(data: Any) -> dict[str, Any]:
         metrics = data["metrics"]
         if metrics is None and data["cost"]["memory"]["source"] != "estimate":
             raise OffSchema("an ok run without metrics")
-        if metrics is not None and (missing := [m for m in METRICS if metrics[m] is None]):
-            raise OffSchema(f"an ok run with metrics.{missing[0]} null")
+        if metrics is not None and (missing := [m for m, v in metrics["values"].items() if v is None]):
+            raise OffSchema(f"an ok run with metrics.values.{missing[0]} null")
+    if data["metrics"] is not None and data["metrics"]["primary"] not in data["metrics"]["values"]:
+        raise OffSchema(f"metrics.primary {data['metrics']['primary']!r} is not among metrics.values")
     if data["cost"] is not None and data["cost"]["params_total"] < 1:
         raise OffSchema("cost.params_total is below 1")
     return {**data, "schema": SCHEMA}
 
 
 def build(**sections: Any) -> dict[str, Any]:
-    """A schema-2 record from its sections (plain data), checked before it is written, so
+    """A schema-3 record from its sections (plain data), checked before it is written, so
     that the writer cannot drift from the schema."""
     return check({"schema": SCHEMA, **sections})
 

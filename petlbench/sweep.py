@@ -26,13 +26,13 @@ from petlbench import budget as budgeting
 from petlbench import config as cfgmod
 from petlbench import faults, folder, records
 from petlbench.config import ConfigError, RunSettings, SuiteConfig, clip
-from petlbench.data import scenes
-from petlbench.data.files import validate as validate_data
 from petlbench.methods import get_method
-from petlbench.models.loader import Architecture, check_weights, load_architecture, load_preprocessors
+from petlbench.models.loader import Architecture, check_weights, load_architecture
 from petlbench.registry import UnsupportedError
 from petlbench.schema import Budget
+from petlbench.tasks import get_task
 from petlbench.train import DivergedError, RunOutcome, prepare, run
+from petlbench.units import size_label
 from petlbench.variants import Variant, data_free, default_variants, load_variant, shipped
 
 
@@ -104,32 +104,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _check_data(suite: SuiteConfig) -> tuple[int, int]:
-    """Data read from files is checked whole (every image) before the first run, and so is
-    the model's image processor that reads it; the evaluation folds must split the
-    evaluated images equally, and a training batch must fit in the training split.
-    Returns the number of training and of evaluated images."""
-    data = suite.data
-    if data.kind == "scenes":
-        n_train, n_eval = data.train_images, getattr(data, f"{suite.eval.split}_images")
-        if data.target == "shifted" and data.test_images + data.val_images >= (n := len(scenes.single_object_scenes())):
-            raise ConfigError(
-                f"key 'data.test_images': {data.test_images} test + {data.val_images} val images leave none of the {n} "
-                "single-object scenes for training (the shifted target's splits share no scene)"
-            )
-    else:
-        if load_preprocessors(suite.model.name)[1] is None:
-            raise ConfigError(
-                f"model {suite.model.name!r} has no image processor (preprocessor_config.json), which data.kind {data.kind!r} needs: "
-                "save one next to the checkpoint (e.g. CLIPProcessor.save_pretrained)"
-            )
-        splits = validate_data(data)
-        n_train, n_eval = len(splits["train"]), len(splits[suite.eval.split])
+    """The suite's task checks its data (files whole, before the first run); the evaluation
+    folds must split the evaluated items equally, and a training batch must fit in the
+    training split. Returns the number of training and of evaluated items."""
+    task = get_task(suite.task)
+    n_train, n_eval = task.implementation.check_data(suite)
     if n_eval % suite.eval.folds:
         raise ConfigError(
-            f"key 'eval.folds': {suite.eval.folds} folds do not split the {n_eval} images of the {suite.eval.split} split equally"
+            f"key 'eval.folds': {suite.eval.folds} folds do not split the {n_eval} {task.unit} of the {suite.eval.split} split equally"
         )
     if suite.train.batch_size > n_train:
-        raise ConfigError(f"key 'train.batch_size': {suite.train.batch_size} exceeds the {n_train} images of the training split")
+        raise ConfigError(f"key 'train.batch_size': {suite.train.batch_size} exceeds the {n_train} {task.unit} of the training split")
     return n_train, n_eval
 
 
@@ -144,7 +129,7 @@ def _dry_prepare(architecture: Architecture, suite: SuiteConfig, variants: list[
         with torch.device("meta"):
             backbone = architecture.build(suite.model.attn_implementation)
         try:
-            prepare(backbone, suite.train, data_free(variant))
+            prepare(backbone, suite.train, data_free(variant), task=suite.task)
         except UnsupportedError as exc:
             unsupported[variant.name] = str(exc)
         except ConfigError as exc:
@@ -184,6 +169,7 @@ def make_plan(
             f"--shard {shard}: needs --output DIR, the one folder all shards write into (the default folder is named after each process's start time)"
         )
     suite_cfg = cfgmod.load_suite(suite, overrides)
+    get_task(suite_cfg.task, f"{cfgmod.find('suites', suite)}: key 'task'")
     if budget is not None:
         suite_cfg = dataclasses.replace(suite_cfg, budget=dataclasses.replace(suite_cfg.budget, bytes=budget))
     # with weights: a shipped architecture (config only) is an error here
@@ -214,7 +200,7 @@ def make_plan(
             )
     output = output or Path("results") / suite_cfg.name / datetime.now().strftime("%Y%m%d-%H%M%S")
     if budget is not None:
-        output = output / f"budget-{budgeting.label(budget)}"
+        output = output / f"budget-{size_label(budget)}"
     plan = Plan(suite_cfg, variants, list(seeds), list(overrides), output, shard, unsupported=unsupported)
     folder.check_writable(output, create=False)
     folder.check_manifest(output, suite_cfg, plan.grid(), sharded=shard is not None)
@@ -473,10 +459,14 @@ def _run_one(plan: Plan, variant: Variant, seed: int, device: torch.device, isol
     record = records.write_record(path, record)
     faults.inject("sweep.recorded", variant.name)
     status, error = record["run"]["status"], record["run"]["error"]
-    rsum = f", rSum {record['metrics']['rsum']:.1f}" if status == "ok" else f": {error}"
+    if status == "ok":
+        metrics = record["metrics"]
+        said = f", {get_task(metrics['task']).primary_metric.label} {metrics['values'][metrics['primary']]:.1f}"
+    else:
+        said = f": {error}"
     if choice is not None and choice.batch_size is not None:
-        rsum += f", batch {choice.batch_size} x {choice.steps} steps"
+        said += f", batch {choice.batch_size} x {choice.steps} steps"
         if choice.exceeded:
-            rsum += f"; measured above the budget: {', '.join(choice.exceeded)}"
-    print(f"{label}: {status} in {time.perf_counter() - t0:.0f}s{rsum}")
+            said += f"; measured above the budget: {', '.join(choice.exceeded)}"
+    print(f"{label}: {status} in {time.perf_counter() - t0:.0f}s{said}")
     return record

@@ -1,6 +1,6 @@
 """The one training and evaluation loop every method goes through.
 
-Step protocol (measurement.md): step 0 is the warm-up (it creates the optimizer state);
+Step protocol: step 0 is the warm-up (it creates the optimizer state);
 the next `train.measure_steps` steps are the memory-measured window; the remaining steps
 are timed. Evaluation is a separate measured phase.
 """
@@ -22,8 +22,7 @@ from transformers import PreTrainedModel
 
 from petlbench import config as cfgmod
 from petlbench import faults
-from petlbench.config import ConfigError, Precision, RunSettings, SuiteConfig, TrainConfig
-from petlbench.data.retrieval import RetrievalSplit, suite_splits
+from petlbench.config import DEFAULT_TASK, ConfigError, Precision, RunSettings, SuiteConfig, TrainConfig
 from petlbench.measure.kernels import AttentionKernels
 from petlbench.measure.memory import host_batches, meter_for, training_state
 from petlbench.measure.nvml import NvmlPeak, NvmlSampler
@@ -32,11 +31,11 @@ from petlbench.measure.phase import to_device, training_phase
 from petlbench.methods import get_method
 from petlbench.models.backbone import DualEncoder
 from petlbench.models.loader import load_backbone
-from petlbench.objective import autocast, contrastive_loss, evaluate, warmup_cosine
+from petlbench.precision import autocast
+from petlbench.registry import SetupData
+from petlbench.tasks import get_task
+from petlbench.tasks.base import Batch, Split
 from petlbench.variants import Variant
-
-# `MethodSpec.needs_data`: training batches of a given size, for a method's set-up.
-SetupData = Callable[[int], Iterator[dict[str, torch.Tensor]]]
 
 
 class DivergedError(RuntimeError):
@@ -57,23 +56,36 @@ class RunOutcome:
     trainable_rule: dict[str, str] = field(default_factory=dict)
 
 
-_SPLITS_CACHE: dict[tuple, dict[str, RetrievalSplit]] = {}
+_SPLITS_CACHE: dict[tuple, dict[str, Split]] = {}
 
 
-def _splits(suite: SuiteConfig, tokenizer, image_processor, device: torch.device) -> dict[str, RetrievalSplit]:
+def _splits(suite: SuiteConfig, tokenizer, image_processor, device: torch.device) -> dict[str, Split]:
     """The suite's data, built once per process and shared by every run of a sweep (the
     model's preprocessors were checked by `sweep.make_plan`)."""
-    key = (suite.model.name, json.dumps(cfgmod.to_dict(suite.data), sort_keys=True), device.type)
+    key = (suite.task, suite.model.name, json.dumps(cfgmod.to_dict(suite.data), sort_keys=True), device.type)
     if key not in _SPLITS_CACHE:
-        _SPLITS_CACHE[key] = suite_splits(suite.data, tokenizer, image_processor, pin_memory=device.type == "cuda")
+        task = get_task(suite.task).implementation
+        _SPLITS_CACHE[key] = task.splits(suite, tokenizer, image_processor, pin_memory=device.type == "cuda")
     return _SPLITS_CACHE[key]
 
 
-def setup_batches(split: RetrievalSplit, batch_size: int, seed: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+def setup_batches(split: Split, batch_size: int, seed: int, device: torch.device) -> Iterator[Batch]:
     """Training batches for a method's set-up, from a sampler of their own, so that the
     training batches stay identical for every method."""
     for batch in split.training_batches(batch_size, torch.Generator().manual_seed(seed + 7919)):
         yield to_device(batch, device)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear warm-up, then cosine decay to zero (for `LambdaLR`)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
 
 
 def make_optimizer(params: list[torch.nn.Parameter], train: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -89,19 +101,33 @@ def make_optimizer(params: list[torch.nn.Parameter], train: TrainConfig, lr: flo
     )
 
 
-def prepare(backbone: DualEncoder, train: TrainConfig, variant: Variant, data: SetupData | None = None) -> nn.Module:
+def prepare(
+    backbone: DualEncoder,
+    train: TrainConfig,
+    variant: Variant,
+    data: Callable[[int], Iterator[Batch]] | None = None,
+    task: str = DEFAULT_TASK,
+) -> nn.Module:
     """``variant``'s method applied to ``backbone``, then the training rules ``train`` (the
     suite's, or what a budget derived from them: `RunSettings`) for the projections, the
-    logit scale and activation checkpointing: the model that `run` and the
-    estimate both train, wholly on the backbone's device (checked, `PlacementError`).
-    ``data`` feeds the set-up of methods that read training data (`MethodSpec.needs_data`)."""
-    device, spec = backbone.device, get_method(variant.method)
-    model = spec.apply(backbone, variant.config, data)
+    logit scale and activation checkpointing, and ``task``'s head (`Task.new_head`, as
+    ``model.task_head``): the model that `run` and the estimate both train, wholly on the
+    backbone's device (checked, `PlacementError`). ``data(batch_size)`` feeds the set-up of
+    methods that read training data (`MethodSpec.needs_data`), with the task's loss
+    (`registry.SetupData`)."""
+    device, spec, implementation = backbone.device, get_method(variant.method), get_task(task).implementation
+    head = implementation.new_head(backbone)
+    if head is not None:  # made first, so that a set-up running the task's loss on the backbone reaches it
+        backbone.task_head = head
+    model = spec.apply(backbone, variant.config, None if data is None else SetupData(data, implementation.loss))
     if not spec.defines_head:
         for projection in backbone.projections():
             projection.requires_grad_(train.head == "trainable")
     backbone.logit_scale.requires_grad_(train.temperature == "trainable")
-    if not any(p.requires_grad for p in model.parameters()):
+    if head is not None:  # on the trained model, trained whatever the method froze
+        del backbone.task_head
+        model.task_head = head.requires_grad_(True)
+    if not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("task_head.")):
         raise ConfigError(f"method {variant.name!r} leaves no trainable parameter")
     if train.grad_checkpointing:
         checkpoint_blocks(model)  # after the method: PEFT and adapters have changed the blocks by now
@@ -150,24 +176,25 @@ def checkpoint_blocks(model: nn.Module) -> list[str]:
 
 
 def trainable_rule(suite: SuiteConfig, variant: Variant) -> dict[str, str]:
-    """The rules `prepare` applied to the projections and the logit scale, for the record."""
-    return {
+    """The rules `prepare` applied to the projections and the logit scale (and the task's
+    head, where the task has one), for the record."""
+    rule = {
         "head": "defined by the method" if get_method(variant.method).defines_head else suite.train.head,
         "temperature": suite.train.temperature,
     }
+    return rule | ({"task_head": "trainable"} if get_task(suite.task).head else {})
 
 
-def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer, precision: Precision = "fp32") -> torch.Tensor:
-    """One training step exactly as measurement.md defines it, for `run` and the estimate
-    alike: forward, contrastive loss, backward, optimizer step, ``zero_grad(set_to_none=True)``;
-    forward and loss under the suite's ``precision`` (`objective.autocast`).
-    Returns the loss tensor (reading its value is the caller's: fake tensors have none)."""
-    with autocast(precision, batch["pixel_values"].device.type):
-        loss = contrastive_loss(
-            model.encode_image(batch["pixel_values"]),
-            model.encode_text(batch["input_ids"], batch["attention_mask"]),
-            model.logit_scale,
-        )
+def train_step(
+    model: nn.Module, batch: Batch, opt: torch.optim.Optimizer, precision: Precision = "fp32", task: str = DEFAULT_TASK
+) -> torch.Tensor:
+    """One training step exactly as the protocol defines it, for `run` and the estimate
+    alike: forward and ``task``'s loss, backward, optimizer step,
+    ``zero_grad(set_to_none=True)``; forward and loss under the suite's ``precision``
+    (`precision.autocast`). Returns the loss tensor (reading its value is the caller's: fake
+    tensors have none)."""
+    with autocast(precision, next(iter(batch.values())).device.type):
+        loss = get_task(task).implementation.loss(model, batch)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -197,10 +224,12 @@ def run(
     backbone, tokenizer, image_processor = load_backbone(
         suite.model.name, suite.model.attn_implementation, device, suite.model.allow_pickle
     )
+    task_spec = get_task(suite.task)
+    task = task_spec.implementation
     splits = _splits(suite, tokenizer, image_processor, device)
     train_split, eval_split = splits["train"], splits[suite.eval.split]
 
-    model = prepare(backbone, train, variant, data=lambda batch_size: setup_batches(train_split, batch_size, seed, device))
+    model = prepare(backbone, train, variant, lambda batch_size: setup_batches(train_split, batch_size, seed, device), suite.task)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     steps, bs = train.steps, train.batch_size
@@ -210,7 +239,7 @@ def run(
     model.train()
 
     def step(batch: dict[str, torch.Tensor]) -> None:
-        loss = train_step(model, batch, opt, train.precision).item()
+        loss = train_step(model, batch, opt, train.precision, suite.task).item()
         sched.step()
         if not math.isfinite(loss):
             raise DivergedError(f"loss became {loss}")
@@ -248,12 +277,15 @@ def run(
     opt.state.clear()
     if hasattr(batches, "close"):
         batches.close()  # drops the training DataLoader: its workers stop, their prefetched batches go
+
+    def evaluate() -> dict[str, Any]:
+        return task.evaluate(model, eval_split, settings.eval_batch_size, device, suite.eval.folds, train.precision, host_batches)
+
     t_eval = time.perf_counter()
-    metrics = evaluate(model, eval_split, settings.eval_batch_size, device, suite.eval.folds, train.precision, host=host_batches)
+    metrics = {"task": task_spec.name, "primary": task_spec.primary, **evaluate()}
     eval_s = time.perf_counter() - t_eval
     with meter.phase(*training_state(model)) as eval_peak:
-        evaluate(model, eval_split, settings.eval_batch_size, device, suite.eval.folds, train.precision, host=host_batches)
-    n_eval_items = eval_split.n_images * (1 + eval_split.captions_per_image)
+        evaluate()
 
     median_step = statistics.median(step_times) if step_times else None
     cost = {
@@ -274,7 +306,7 @@ def run(
         "data_workers": train_split.workers,
         "timed_steps": [n_measured + 1, steps - 1] if step_times else [],
         "train_samples_per_s": bs / statistics.median(map(sum, zip(data_waits, step_times, strict=True))) if step_times else None,
-        "eval_samples_per_s": n_eval_items / eval_s,
+        "eval_samples_per_s": task.eval_items(eval_split) / eval_s,
         "train_s": train_s,
         "eval_s": eval_s,
     }

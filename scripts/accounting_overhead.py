@@ -17,10 +17,10 @@ import statistics
 import torch
 
 from petlbench.config import load_suite
-from petlbench.data.retrieval import suite_splits
 from petlbench.measure.memory import CpuAccountingMeter, training_state
 from petlbench.measure.phase import training_phase
 from petlbench.models.loader import load_backbone
+from petlbench.tasks.retrieval.data import suite_splits
 from petlbench.train import make_optimizer, prepare, train_step
 from petlbench.variants import load_variant
 

@@ -22,11 +22,11 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from petlbench.config import load_suite
-from petlbench.estimate import FakeTraining
-from petlbench.measure.estimate import random_batch
+from petlbench.estimate import FakeTraining, at_text_length
 from petlbench.measure.memory import PhasePeak, storage_bytes, training_state
 from petlbench.measure.phase import training_phase
 from petlbench.models.loader import load_architecture
+from petlbench.tasks.retrieval.task import random_batch
 from petlbench.train import make_optimizer, prepare, train_step
 from petlbench.variants import data_free, load_variant
 
@@ -85,7 +85,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     architecture = load_architecture(args.model)
-    estimate = FakeTraining(architecture, load_suite(args.suite), load_variant(args.method), architecture.max_text_positions, target="cpu")
+    estimate = FakeTraining(
+        architecture, at_text_length(load_suite(args.suite), architecture.max_text_positions), load_variant(args.method), target="cpu"
+    )
     peak = estimate.peak(args.batch_size)
     t_estimate = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -15,9 +15,9 @@ import argparse
 import torch
 
 from petlbench.config import load_suite
-from petlbench.data.retrieval import suite_splits
 from petlbench.models.loader import load_backbone
-from petlbench.objective import evaluate
+from petlbench.tasks.retrieval.data import suite_splits
+from petlbench.tasks.retrieval.task import evaluate
 from petlbench.train import prepare, setup_batches
 from petlbench.variants import default_variants, load_variant
 

@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 
 from petlbench.config import available, load_suite
-from petlbench.estimate import FakeTraining
-from petlbench.measure.estimate import random_batch
+from petlbench.estimate import FakeTraining, at_text_length
 from petlbench.measure.memory import meter_for, training_state
 from petlbench.measure.phase import training_phase
 from petlbench.models.loader import load_architecture
 from petlbench.records import write_atomic
+from petlbench.tasks.retrieval.task import random_batch
 from petlbench.train import make_optimizer, prepare, train_step
 from petlbench.variants import data_free, load_variant
 
@@ -69,7 +69,7 @@ def measure(model_name: str, suite_name: str, overrides: list[str], variant_name
     except torch.OutOfMemoryError:
         return {**row, "status": "oom"}
     target = "cuda" if device.type == "cuda" else "cpu"
-    estimate = FakeTraining(architecture, suite, load_variant(variant_name), text_length, target).peak(batch_size)
+    estimate = FakeTraining(architecture, at_text_length(suite, text_length), load_variant(variant_name), target).peak(batch_size)
     return {
         **row,
         "status": "ok",

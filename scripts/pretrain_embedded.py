@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from transformers import CLIPModel
 
-from petlbench.data import retrieval, scenes
+from petlbench.data import scenes
 from petlbench.models import embedded
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.resolve import EMBEDDED
-from petlbench.objective import contrastive_loss, evaluate, warmup_cosine
+from petlbench.tasks.retrieval import data as retrieval
+from petlbench.tasks.retrieval.task import contrastive_loss, evaluate
+from petlbench.train import warmup_cosine
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from tests.conftest import TINY, tiny_args
 
 ARCHITECTURE = load_architecture("embedded-clip")
 MiB = 2**20
-N_TRAIN, N_EVAL, CAPTIONS = 48, 12, 5  # conftest.TINY's splits: train 48, test 12
+N_TRAIN, N_EVAL = 48, 12  # conftest.TINY's splits: train 48, test 12
 SWEPT = ("full", "linear", "lora", "unipt", "prompt", "dtl")  # baselines, backward through the backbone, side networks
 BASELINE = Path(__file__).parent.parent / "results" / "baselines" / "vl-retrieval-ci"
 
@@ -51,15 +51,15 @@ def brute_force(suite, method: str) -> tuple[int | None, int | None, bool | None
     best = (0, False)
     for checkpointing in [False, True] if "grad_checkpointing" in rules.knobs else [False]:
         train = dataclasses.replace(suite.train, grad_checkpointing=checkpointing)
-        training = FakeTraining(ARCHITECTURE, suite, variant, suite.data.text_length, "cpu", train)
+        training = FakeTraining(ARCHITECTURE, suite, variant, "cpu", train)
         for batch in range(rules.batch_multiple, min(rules.max_batch_size, N_TRAIN) + 1, rules.batch_multiple):
             if batch >= rules.min_batch_size and training.peak(batch).peak_bytes <= rules.bytes and batch > best[0]:
                 best = (batch, checkpointing)
     if not best[0]:
         return None, None, None
-    training = FakeTraining(ARCHITECTURE, suite, variant, suite.data.text_length, "cpu")
+    training = FakeTraining(ARCHITECTURE, suite, variant, "cpu")
     eval_batch = suite.eval.batch_size
-    while training.eval_peak(eval_batch, N_EVAL, CAPTIONS).peak_bytes > rules.bytes:
+    while training.eval_peak(eval_batch, N_EVAL).peak_bytes > rules.bytes:
         eval_batch //= 2
         if eval_batch == 0:
             return None, None, None
@@ -67,7 +67,7 @@ def brute_force(suite, method: str) -> tuple[int | None, int | None, bool | None
 
 
 def choose(suite, method: str, target: str = "cpu"):
-    return budgeting.choose(budgeting.Estimates(ARCHITECTURE, suite, load_variant(method), target), suite, N_TRAIN, N_EVAL, CAPTIONS)
+    return budgeting.choose(budgeting.Estimates(ARCHITECTURE, suite, load_variant(method), target), suite, N_TRAIN, N_EVAL)
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from PIL import Image
 
 from petlbench import config as cfgmod
 from petlbench.data import files
-from petlbench.data.retrieval import suite_splits
 from petlbench.models.loader import load_backbone
 from petlbench.models.resolve import ASSETS
+from petlbench.tasks.retrieval.data import suite_splits
 from tests.conftest import tiny_args
 from tests.datasets import SIZES, jsonl_args, karpathy_args, write_jsonl, write_karpathy
 
@@ -89,8 +89,8 @@ def test_karpathy_run_evaluates_the_test_split_with_folds_and_matches_the_in_mem
     record = _records(tmp_path / "files")["lora--seed0"]
     assert record["run"]["status"] == "ok", record["run"]["error"]
     metrics = record["metrics"]
-    assert (metrics["images"], metrics["captions"]) == (SIZES["test"], 5 * SIZES["test"])
-    assert metrics["folds"]["count"] == 2 and metrics["folds"]["images"] == SIZES["test"] // 2
+    assert metrics["evaluated"] == {"images": SIZES["test"], "captions": 5 * SIZES["test"]}
+    assert metrics["folds"]["count"] == 2 and metrics["folds"]["evaluated"] == {"images": SIZES["test"] // 2}
     assert record["cost"]["data_workers"] == 2 and record["cost"]["data_wait_s_median"] >= 0
 
     sizes = [f"data.{split}_images={n}" for split, n in SIZES.items()]
@@ -101,7 +101,7 @@ def test_karpathy_run_evaluates_the_test_split_with_folds_and_matches_the_in_mem
     reference = _records(tmp_path / "memory")["lora--seed0"]
     assert record["cost"]["memory"]["train_peak_bytes"] == reference["cost"]["memory"]["train_peak_bytes"]
     assert record["cost"]["memory"]["eval_peak_bytes"] == reference["cost"]["memory"]["eval_peak_bytes"]
-    assert metrics["rsum"] == pytest.approx(reference["metrics"]["rsum"], abs=1e-6)
+    assert metrics["values"]["rsum"] == pytest.approx(reference["metrics"]["values"]["rsum"], abs=1e-6)
 
 
 def test_jsonl_run_counts(cli, jsonl, tmp_path):
@@ -117,8 +117,8 @@ def test_jsonl_run_counts(cli, jsonl, tmp_path):
     )
     assert code == 0, err
     metrics = _records(tmp_path)["linear--seed0"]["metrics"]
-    assert (metrics["images"], metrics["captions"]) == (SIZES["val"], 5 * SIZES["val"])
-    assert "folds" not in metrics
+    assert metrics["evaluated"] == {"images": SIZES["val"], "captions": 5 * SIZES["val"]}
+    assert metrics["folds"] is None
 
 
 def test_folds_must_divide_the_split(cli, karpathy, tmp_path):

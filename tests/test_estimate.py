@@ -16,17 +16,18 @@ from transformers import CLIPConfig, CLIPModel
 from petlbench import estimate, records
 from petlbench.cli import main
 from petlbench.config import available, load_suite
-from petlbench.data.retrieval import TensorSplit
-from petlbench.estimate import FakeTraining, parse_size
-from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, largest_batch, predicted_peak, random_batch
+from petlbench.estimate import FakeTraining, at_text_length
+from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, largest_batch, predicted_peak
 from petlbench.measure.memory import AllocationTrace, CpuAccountingMeter, PhasePeak, allocated_bytes, host_batches, training_state
 from petlbench.measure.phase import training_phase
 from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture, load_architecture, vse_architecture
 from petlbench.models.vse import tiny_vse
-from petlbench.objective import evaluate
 from petlbench.registry import METHODS, MethodSpec
+from petlbench.tasks.retrieval.data import TensorSplit
+from petlbench.tasks.retrieval.task import evaluate, random_batch
 from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.units import parse_size
 from petlbench.variants import data_free, load_variant
 
 SUITE = load_suite("vl-retrieval")
@@ -90,7 +91,7 @@ def test_fake_estimate_equals_real_cpu_accounting(family, method, options):
     suite = dataclasses.replace(SUITE, train=dataclasses.replace(SUITE.train, **TRAIN_OPTIONS[options]))
     text_length = architecture.max_text_positions
     real, _ = real_accounting(architecture, method, text_length, suite)
-    estimate = FakeTraining(architecture, suite, load_variant(method), text_length, target="cpu").peak(BATCH)
+    estimate = FakeTraining(architecture, at_text_length(suite, text_length), load_variant(method), target="cpu").peak(BATCH)
     assert real.breakdown["transient_peak"] > 0
     assert estimate.breakdown == real.breakdown
     assert estimate.peak_bytes == real.peak_bytes
@@ -113,7 +114,9 @@ def test_a_trainable_parameter_no_gradient_reaches_gets_no_optimizer_state(monke
     monkeypatch.setitem(METHODS, "linear", spec)
     architecture = TINY["clip"]
     real, _ = real_accounting(architecture, "linear", architecture.max_text_positions)
-    estimate = FakeTraining(architecture, SUITE, load_variant("linear"), architecture.max_text_positions, target="cpu").peak(BATCH)
+    estimate = FakeTraining(
+        architecture, at_text_length(SUITE, architecture.max_text_positions), load_variant("linear"), target="cpu"
+    ).peak(BATCH)
     assert estimate.breakdown == real.breakdown and estimate.peak_bytes == real.peak_bytes
 
 
@@ -138,9 +141,9 @@ def test_fake_eval_peak_equals_real_cpu_accounting(family, method, precision):
     )
     with CpuAccountingMeter().phase(*training_state(model)) as real:
         evaluate(model, split, batch, torch.device("cpu"), 1, precision, host=host_batches)
-    training = FakeTraining(architecture, suite, load_variant(method), text_length, target="cpu")
+    training = FakeTraining(architecture, at_text_length(suite, text_length), load_variant(method), target="cpu")
     training.peak(BATCH)  # a training step first, as in a run: the optimizer state it creates must not count
-    estimate = training.eval_peak(batch, images, captions)
+    estimate = training.eval_peak(batch, images)
     assert real.breakdown["transient_peak"] > 0
     assert estimate.breakdown == real.breakdown and estimate.peak_bytes == real.peak_bytes
     assert training.peak(BATCH).peak_bytes == real_accounting(architecture, method, text_length, suite)[0].peak_bytes  # still exact after
@@ -156,7 +159,7 @@ def estimate_ratios(fixture: dict) -> dict[tuple[str, int, tuple[str, ...]], flo
     for m in fixture["measurements"]:
         if m["status"] == "ok":
             suite = load_suite(fixture["suite"], m["overrides"])
-            training = FakeTraining(architecture, suite, load_variant(m["method"]), fixture["text_length"], target)
+            training = FakeTraining(architecture, at_text_length(suite, fixture["text_length"]), load_variant(m["method"]), target)
             ratios[m["method"], m["batch_size"], tuple(m["overrides"])] = training.peak(m["batch_size"]).peak_bytes / m["peak_bytes"]
     return ratios
 
@@ -193,7 +196,7 @@ def test_meter_rounds_every_storage_by_hand():
 
 
 def test_cuda_target_rounds_each_tensor_leaves_step_counters_on_the_host_and_adds_the_workspace():
-    estimate = FakeTraining(TINY["clip"], SUITE, load_variant("full"), 12, target="cuda").peak(BATCH)
+    estimate = FakeTraining(TINY["clip"], at_text_length(SUITE, 12), load_variant("full"), target="cuda").peak(BATCH)
     _, model = real_accounting(TINY["clip"], "full", 12)
     weights = [*model.parameters(), *model.buffers()]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -209,7 +212,9 @@ def test_cuda_target_costs_attention_dropout_as_the_fused_kernels_do():
     CPU takes the math path, which saves them and the mask. The CUDA target follows CUDA.
     Long captions and small images, so that the text tower's attention sets the peak."""
     peaks = {
-        (target, dropout): FakeTraining(tiny_vse_architecture(128, 32, dropout), SUITE, load_variant("lora"), 128, target=target)
+        (target, dropout): FakeTraining(
+            tiny_vse_architecture(128, 32, dropout), at_text_length(SUITE, 128), load_variant("lora"), target=target
+        )
         .peak(BATCH)
         .peak_bytes
         for target in ("cpu", "cuda")
@@ -305,7 +310,7 @@ def test_the_estimate_replayed_from_two_batch_sizes_equals_the_estimate_at_other
     """The budget search's prediction (`predicted_peak` from the allocation traces at batches
     2 and 16) against the estimate itself at other batch sizes: equal to the byte."""
     architecture = TINY["clip"]
-    training = FakeTraining(architecture, SUITE, load_variant(method), architecture.max_text_positions, target=target)
+    training = FakeTraining(architecture, at_text_length(SUITE, architecture.max_text_positions), load_variant(method), target=target)
     at_2, at_16 = training.peak(2), training.peak(16)
     assert at_2.trace.order == at_16.trace.order and at_2.trace.sizes != at_16.trace.sizes
     predict = predicted_peak(2, at_2, 16, at_16)

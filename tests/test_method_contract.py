@@ -19,7 +19,7 @@ from petlbench.measure.phase import training_phase
 from petlbench.methods import registered
 from petlbench.models.loader import load_backbone
 from petlbench.models.vse import tiny_vse
-from petlbench.objective import contrastive_loss
+from petlbench.tasks.retrieval.task import contrastive_loss
 from petlbench.train import make_optimizer, prepare, train_step
 from petlbench.variants import load_variant
 from tests.frozen import assert_unchanged_except, snapshot

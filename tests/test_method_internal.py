@@ -13,7 +13,7 @@ from petlbench.config import ConfigError
 from petlbench.measure.params import parameter_counts
 from petlbench.methods import get_method
 from petlbench.models.loader import load_backbone
-from petlbench.objective import contrastive_loss
+from petlbench.tasks.retrieval.task import contrastive_loss
 from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 

@@ -83,7 +83,7 @@ def test_fisher_importance_is_the_sum_of_squared_gradients_per_batch():
     for batch in batches:  # independent route: .backward() and .grad, one batch at a time
         backbone.zero_grad(set_to_none=True)
         backbone.requires_grad_(True)
-        from petlbench.objective import contrastive_loss
+        from petlbench.tasks.retrieval.task import contrastive_loss
 
         contrastive_loss(
             backbone.encode_image(batch["pixel_values"]),

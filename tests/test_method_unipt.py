@@ -16,7 +16,7 @@ from petlbench.methods.unipt import LayerConfidence, UniPTTower
 from petlbench.models.clip import TOWERS, ClipDualEncoder, TowerStates
 from petlbench.models.loader import load_backbone
 from petlbench.models.pooling import masked_mean
-from petlbench.objective import contrastive_loss
+from petlbench.tasks.retrieval.task import contrastive_loss
 from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 from tests.saved import saved_bytes

@@ -12,7 +12,7 @@ from transformers import BertTokenizer
 
 from petlbench.config import ConfigError
 from petlbench.data import scenes
-from petlbench.data.retrieval import to_pixels
+from petlbench.data.pixels import to_pixels
 from petlbench.models.loader import RESNET_IMAGE_SIZE, load_architecture, load_backbone
 from petlbench.models.resolve import ModelNotFoundError
 from petlbench.models.vse import VseDualEncoder, tiny_vse

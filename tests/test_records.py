@@ -114,13 +114,13 @@ def test_compare_refuses_folders_of_different_suites(cli, tmp_path):
 
 def test_a_non_finite_metric_is_recorded_as_null_and_the_run_as_diverged(tmp_path):
     record = make_record("full")
-    record["metrics"]["rsum"] = float("nan")
-    record["metrics"]["i2t_r1"] = float("inf")
+    record["metrics"]["values"]["rsum"] = float("nan")
+    record["metrics"]["values"]["i2t_r1"] = float("inf")
     written = records.write_record(tmp_path / "full--seed0.json", record)
     on_disk = json.loads((tmp_path / "full--seed0.json").read_text())
-    assert on_disk == written and on_disk["metrics"]["rsum"] is None and on_disk["metrics"]["i2t_r1"] is None
+    assert on_disk == written and on_disk["metrics"]["values"]["rsum"] is None and on_disk["metrics"]["values"]["i2t_r1"] is None
     assert on_disk["run"]["status"] == "diverged"
-    assert on_disk["run"]["error"] == "non-finite values, recorded as null: metrics.i2t_r1, metrics.rsum"
+    assert on_disk["run"]["error"] == "non-finite values, recorded as null: metrics.values.i2t_r1, metrics.values.rsum"
 
 
 def test_a_non_finite_cost_makes_an_error_record(tmp_path):

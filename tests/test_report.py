@@ -17,9 +17,10 @@ from matplotlib.text import Text
 
 from petlbench import config, records
 from petlbench.methods import registered
-from petlbench.report import MIB, WIDTHS, plots
+from petlbench.report import WIDTHS, plots
 from petlbench.report.tables import budget_table, report
-from petlbench.schema import RECALLS
+from petlbench.tasks.retrieval import RECALLS
+from petlbench.units import MiB
 from tests.conftest import tiny_args
 
 SUITE = {
@@ -43,8 +44,8 @@ def make_record(
     recalls: tuple[float, ...] = (10, 20, 30, 10, 20, 30),
     params: int = 1000,
     params_total: int = 100_000,
-    peak: int = 100 * MIB,
-    eval_peak: int = 50 * MIB,
+    peak: int = 100 * MiB,
+    eval_peak: int = 50 * MiB,
     step_time: float = 0.02,
     source: str = "cpu-accounting",
     torch: str = "2.13.0+cpu",
@@ -71,7 +72,14 @@ def make_record(
         },
         "config": {"suite": {**SUITE, "train": {**SUITE["train"], "steps": steps}}, "method": {"name": method or variant, "lr": 1e-3}},
         "trainable_rule": {"head": "frozen", "temperature": "frozen"} if ok else None,
-        "metrics": {**dict(zip(names, recalls, strict=True)), "rsum": sum(recalls), "images": 1000, "captions": 5000} if ok else None,
+        "metrics": {
+            "task": "retrieval",
+            "primary": "rsum",
+            "values": {**dict(zip(names, recalls, strict=True)), "rsum": sum(recalls)},
+            "evaluated": {"images": 1000, "captions": 5000},
+        }
+        if ok
+        else None,
         "cost": {
             "params_trainable": params,
             "params_total": params_total,
@@ -116,15 +124,15 @@ def markdown_tables(text: str) -> list[list[dict[str, str]]]:
 
 # Suite "aaaa": linear over two seeds, full out of memory, lora ok on seed 0 and an error
 # on seed 1. Suite "bbbb" (4 steps instead of 150): one run at 2 GiB.
-LINEAR_0 = make_record("linear", 0, recalls=(20, 50, 60, 30, 60, 80), peak=100 * MIB, step_time=0.010)
-LINEAR_1 = make_record("linear", 1, recalls=(30, 50, 70, 40, 60, 90), peak=100 * MIB, step_time=0.014)
+LINEAR_0 = make_record("linear", 0, recalls=(20, 50, 60, 30, 60, 80), peak=100 * MiB, step_time=0.010)
+LINEAR_1 = make_record("linear", 1, recalls=(30, 50, 70, 40, 60, 90), peak=100 * MiB, step_time=0.014)
 RECORDS = [
     LINEAR_0,
     LINEAR_1,
     make_record("full", 0, status="oom"),
-    make_record("lora", 0, params=2000, peak=300 * MIB),
+    make_record("lora", 0, params=2000, peak=300 * MiB),
     make_record("lora", 1, status="error"),
-    make_record("linear", 0, suite_hash="bbbb", steps=4, peak=2 * 1024 * MIB),
+    make_record("linear", 0, suite_hash="bbbb", steps=4, peak=2 * 1024 * MiB),
 ]
 
 
@@ -173,7 +181,7 @@ def test_report_by_seed_has_one_row_per_run():
 
 
 def test_report_never_averages_memory_from_different_sources():
-    cuda = make_record("linear", 1, source="cuda", peak=200 * MIB)
+    cuda = make_record("linear", 1, source="cuda", peak=200 * MiB)
     (table,) = markdown_tables(report([LINEAR_0, cuda], by="variant"))
     assert [(r["variant"], r["runs"], r["memory source"], r["train peak (MiB)"]) for r in table] == [
         ("linear", "1 ok", "CPU accounting", "100.00"),
@@ -204,8 +212,8 @@ def test_report_leaves_out_figures_no_run_recorded():
 
 def test_latex_is_booktabs_with_the_best_value_per_column_in_bold():
     recs = [
-        make_record("linear", recalls=(20, 50, 60, 30, 60, 80), params=1000, peak=100 * MIB),
-        make_record("lora", recalls=(40, 70, 80, 40, 70, 90), params=3000, peak=300 * MIB),
+        make_record("linear", recalls=(20, 50, 60, 30, 60, 80), params=1000, peak=100 * MiB),
+        make_record("lora", recalls=(40, 70, 80, 40, 70, 90), params=3000, peak=300 * MiB),
         make_record("full", status="oom"),
     ]
     text = report(recs, fmt="latex")
@@ -288,10 +296,10 @@ def test_a_budget_family_joins_records_written_before_a_setting_existed():
         rec["budget"] = {"bytes": nbytes, "schedule": "equal_samples", "lr_scaling": "none", "batch_size": 16}
         return rec
 
-    recs = [budgeted(0, 40 * MIB, 10, True), budgeted(0, 80 * MIB, 12, True), budgeted(1, 40 * MIB, 14, False)]
+    recs = [budgeted(0, 40 * MiB, 10, True), budgeted(0, 80 * MiB, 12, True), budgeted(1, 40 * MiB, 14, False)]
     (table,) = markdown_tables(budget_table(recs))
     assert table == [{"variant": "lora", "rSum at 40MiB": "122.0 (batch 16)", "rSum at 80MiB": "122.0 (batch 16)"}]
-    other = budgeted(1, 40 * MIB, 14, False)
+    other = budgeted(1, 40 * MiB, 14, False)
     other["config"]["suite"]["budget"]["schedule"] = "equal_steps"  # another family: alone at one budget, no curve
     (table,) = markdown_tables(budget_table([*recs[:2], other]))
     assert table[0]["rSum at 40MiB"] == "120.0 (batch 16)"
@@ -307,7 +315,7 @@ def test_every_figure_fits_its_canvas_at_a_paper_width_in_7pt_text_or_larger(mon
     monkeypatch.setattr(plots, "write_plots", functools.partial(plots.write_plots, width=width))
     recs = []
     for i, name in enumerate(sorted(registered())):
-        rec = make_record(name, params=1000 * (i + 1), peak=(40 + 10 * i) * MIB, recalls=(10 + i, 20, 30, 10, 20, 30))
+        rec = make_record(name, params=1000 * (i + 1), peak=(40 + 10 * i) * MiB, recalls=(10 + i, 20, 30, 10, 20, 30))
         breakdown = rec["cost"]["memory"]["train_breakdown"]
         breakdown["gradients"] = 4 * 1000 * (i + 1)
         breakdown["transient_peak"] -= 2 * breakdown["gradients"]  # the rest is drawn as "other"
@@ -316,7 +324,7 @@ def test_every_figure_fits_its_canvas_at_a_paper_width_in_7pt_text_or_larger(mon
     # and rSum against the budget, every method at two budgets
     budgeted = []
     for rec in recs:
-        for nbytes in (40 * MIB, 80 * MIB):
+        for nbytes in (40 * MiB, 80 * MiB):
             budget = {"bytes": nbytes, "schedule": "equal_samples", "lr_scaling": "none", "batch_size": 16}
             budgeted.append({**rec, "run": {**rec["run"], "suite_hash": f"b{nbytes}"}, "budget": budget})
     plots.write_plots(budgeted, tmp_path, per_suite=False)
@@ -362,15 +370,15 @@ def _on_suite(record: dict, suite: str, suite_hash: str, rsum_shift: float = 0.0
     out = copy.deepcopy(record)
     out["run"].update(suite=suite, suite_hash=suite_hash)
     if out["metrics"]:
-        out["metrics"]["i2t_r1"] += rsum_shift
-        out["metrics"]["rsum"] += rsum_shift
+        out["metrics"]["values"]["i2t_r1"] += rsum_shift
+        out["metrics"]["values"]["rsum"] += rsum_shift
         out["cost"]["memory"]["train_peak_bytes"] = int(peak_factor * out["cost"]["memory"]["train_peak_bytes"])
     return out
 
 
 def test_records_of_two_suites_get_a_table_of_rsum_on_each():
     far = [make_record("linear", 0, recalls=(10, 20, 30, 10, 20, 30)), make_record("linear", 1, recalls=(12, 20, 30, 10, 20, 30)),
-           make_record("lora", 0, params=2_000_000, peak=200 * MIB)]  # fmt: skip
+           make_record("lora", 0, params=2_000_000, peak=200 * MiB)]  # fmt: skip
     near = [_on_suite(far[0], "vl-retrieval-near", "cccc", 100.0), _on_suite(far[1], "vl-retrieval-near", "cccc", 104.0)]
     (table, *_) = markdown_tables(report(far + near))
     # linear: far rSum 120 and 122 (mean 121, sample std 1.4142), near 220 and 226 (223, std 4.2426)
@@ -481,7 +489,7 @@ def test_compare_refuses_cuda_figures_from_another_gpu_and_estimates_from_other_
 @pytest.mark.parametrize(("command", "folders"), [("report", 1), ("plot", 1), ("compare", 2)])
 def test_a_folder_without_records_is_a_usage_error(cli, tmp_path, command, folders):
     code, out, err = cli(command, *[str(tmp_path)] * folders)
-    assert code == 2 and err == f"petlbench: error: {tmp_path}: no result records (*.json of schema 1, 2)\n"
+    assert code == 2 and err == f"petlbench: error: {tmp_path}: no result records (*.json of schema 1, 2, 3)\n"
 
 
 def test_run_writes_the_report_and_plots_into_its_folder(cli, tmp_path):

@@ -8,12 +8,12 @@ import torch
 
 from petlbench import config, records, sweep, train
 from petlbench.methods import registered
-from petlbench.schema import METRICS
+from petlbench.tasks import get_task
 from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 
 VARIANTS = [p.stem for p in config.available("methods")]
-RECALLS = set(METRICS)
+RETRIEVAL = get_task("retrieval")
 
 
 def _run(cli, out_dir, *extra):
@@ -31,8 +31,10 @@ def test_short_end_to_end_run(cli, tmp_path, variant):
     rec = json.loads(records.record_path(tmp_path, variant, 0).read_text())
     run = rec["run"]
     assert (run["variant"], run["method"], run["seed"], run["status"]) == (variant, load_variant(variant).method, 0, "ok")
-    assert set(rec["metrics"]) == RECALLS | {"images", "captions"} and 0 <= rec["metrics"]["rsum"] <= 600
-    assert (rec["metrics"]["images"], rec["metrics"]["captions"]) == (12, 60)  # TINY's test split, 5 captions each
+    metrics = rec["metrics"]
+    assert (metrics["task"], metrics["primary"]) == ("retrieval", "rsum")
+    assert list(metrics["values"]) == [m.name for m in RETRIEVAL.metrics] and 0 <= metrics["values"]["rsum"] <= 600
+    assert metrics["evaluated"] == {"images": 12, "captions": 60}  # TINY's test split, 5 captions each
     memory = rec["cost"]["memory"]
     assert memory["source"] == "cpu-accounting"
     assert memory["train_peak_bytes"] > memory["train_breakdown"]["parameters"] > 0

@@ -92,10 +92,11 @@ def test_no_import_cycle_in_the_package():
 @pytest.mark.parametrize(
     "layer, never",
     [
-        ("petlbench.measure", ("petlbench.train", "petlbench.objective", "petlbench.sweep", "petlbench.estimate")),
-        ("petlbench.objective", ("petlbench.measure",)),
-        ("petlbench.config", ("petlbench.registry", "petlbench.methods", "petlbench.variants")),
-        ("petlbench.models", ("petlbench.methods", "petlbench.registry", "petlbench.train")),
+        ("petlbench.measure", ("petlbench.train", "petlbench.tasks", "petlbench.sweep", "petlbench.estimate")),
+        ("petlbench.tasks", ("petlbench.measure", "petlbench.train", "petlbench.methods", "petlbench.registry", "petlbench.report")),
+        ("petlbench.config", ("petlbench.registry", "petlbench.methods", "petlbench.variants", "petlbench.tasks")),
+        ("petlbench.models", ("petlbench.methods", "petlbench.registry", "petlbench.train", "petlbench.tasks")),
+        ("petlbench.methods", ("petlbench.tasks",)),
     ],
 )
 def test_layers_point_one_way(layer, never):
@@ -103,6 +104,28 @@ def test_layers_point_one_way(layer, never):
     for module in (m for m in graph if m == layer or m.startswith(layer + ".")):
         reached = _reaches(graph, module)
         assert not {m for m in reached for n in never if m == n or m.startswith(n + ".")}, (module, sorted(reached))
+
+
+def test_no_module_below_the_reports_imports_them():
+    """Tables, plots and comparisons sit on top: only the command line imports them."""
+    graph = import_graph()
+    for module, imported in graph.items():
+        if not module.startswith("petlbench.report") and module != "petlbench.cli":
+            assert not {m for m in imported if m.startswith("petlbench.report")}, module
+
+
+def test_no_module_outside_a_task_imports_its_internals():
+    """The rest of petlbench reaches a task through the registry (`petlbench.tasks`) and the
+    interface it implements (`petlbench.tasks.base`), never through a task's own modules."""
+    graph = import_graph()
+    public = {"petlbench.tasks", "petlbench.tasks.base"}
+    for module, imported in graph.items():
+        if not module.startswith("petlbench.tasks."):
+            assert not {m for m in imported if m.startswith("petlbench.tasks") and m not in public}, module
+        else:
+            own = ".".join(module.split(".")[:3])
+            others = {m for m in imported if m.startswith("petlbench.tasks.") and m not in public and not m.startswith(own)}
+            assert not others, (module, others)
 
 
 HEAVY = ("torch", "transformers", "peft", "numpy", "matplotlib")

@@ -10,12 +10,11 @@ import torch
 
 from petlbench import records
 from petlbench.config import ConfigError, load_suite
-from petlbench.measure.estimate import random_batch
 from petlbench.measure.memory import CpuAccountingMeter, training_state
 from petlbench.measure.phase import training_phase
 from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture
-from petlbench.objective import contrastive_loss
+from petlbench.tasks.retrieval.task import contrastive_loss, random_batch
 from petlbench.train import checkpoint_blocks, make_optimizer, prepare, train_step
 from petlbench.variants import load_variant
 from tests.conftest import tiny_args

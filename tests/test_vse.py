@@ -14,8 +14,8 @@ from petlbench.measure.params import parameter_counts
 from petlbench.methods import registered
 from petlbench.methods.unipt import CnnUniPT, TokenUniPT
 from petlbench.models.vse import tiny_vse
-from petlbench.objective import contrastive_loss
-from petlbench.schema import METRICS
+from petlbench.tasks import get_task
+from petlbench.tasks.retrieval.task import contrastive_loss
 from petlbench.train import RunOutcome, prepare
 from petlbench.variants import load_variant
 from tests.conftest import TINY
@@ -213,7 +213,9 @@ def test_unsupported_method_in_a_sweep_is_a_record(tmp_path, monkeypatch):
         memory = {"source": "cpu-accounting", "train_peak_bytes": 1, "eval_peak_bytes": 1, "train_reserved_peak_bytes": None}
         memory.update(eval_reserved_peak_bytes=None, train_breakdown={}, measured_steps=[1, 1])
         cost = {**parameter_counts(model), "memory": memory}
-        return RunOutcome(metrics={**dict.fromkeys(METRICS, 0.0), "images": 1, "captions": 5}, cost=cost)
+        values = dict.fromkeys((m.name for m in get_task("retrieval").metrics), 0.0)
+        metrics = {"task": "retrieval", "primary": "rsum", "values": values, "evaluated": {"images": 1, "captions": 5}}
+        return RunOutcome(metrics=metrics, cost=cost)
 
     monkeypatch.setattr(sweep, "run", fake_run)
     plan = sweep.Plan(suite, [load_variant(unsupported), load_variant("linear")], [0], [], tmp_path)

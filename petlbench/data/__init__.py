@@ -1,1 +1,1 @@
-"""Data sets for the suites: the embedded synthetic scenes and retrieval batching."""
+"""Data sets for the suites: the embedded synthetic scenes, the files of real data sets and their checks."""

@@ -28,9 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from petlbench.measure.memory import PhasePeak, allocated_bytes
-from petlbench.models.loader import Architecture
-
-MiB = 2**20
+from petlbench.units import MiB
 
 # The CUDA caching allocator hands out blocks in multiples of 512 bytes, 512 at least
 # (`kMinBlockSize` and `round_size` in c10/cuda/CUDACachingAllocator.cpp). A lower bound:
@@ -50,20 +48,6 @@ CUDA_WORKSPACE_BYTES = 2 * (32 * MiB + 1 * MiB)
 Target = Literal["cuda", "cpu"]
 """What the figure models: ``cuda``, `max_memory_allocated` on a GPU; ``cpu``, the CPU
 accounting of a real run on this machine (tensor bytes exactly, no rounding, no workspace)."""
-
-
-def random_batch(architecture: Architecture, batch_size: int, text_length: int) -> dict[str, torch.Tensor]:
-    """A training batch with the shapes and dtypes of the suite's data (`RetrievalSplit`).
-    Values do not change the memory with one exception: transformers builds the text
-    tower's attention mask only when a caption is padded (and always on fake tensors, whose
-    values it cannot read), so the second half of every caption is padding, as in real data."""
-    mask = torch.ones(batch_size, text_length, dtype=torch.long)
-    mask[:, (text_length + 1) // 2 :] = 0
-    return {
-        "pixel_values": torch.randn(batch_size, architecture.num_channels, architecture.image_size, architecture.image_size),
-        "input_ids": torch.randint(architecture.vocab_size, (batch_size, text_length)),
-        "attention_mask": mask,
-    }
 
 
 def materialize(model: nn.Module) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -38,7 +38,7 @@ from petlbench.models.backbone import DualEncoder
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.vse import VseDualEncoder
 from petlbench.models.wrapper import BackboneWrapper, TowerWise
-from petlbench.objective import contrastive_loss
+from petlbench.registry import SetupData
 
 
 class LadderSide(nn.Module):
@@ -110,27 +110,23 @@ class LadderSideTuned(TowerWise):
 # --------------------------------------------------------------------------- pruned init
 
 
-def fisher_importance(
-    backbone: DualEncoder, batches: Iterator[dict[str, torch.Tensor]], n_batches: int
-) -> dict[nn.Parameter, torch.Tensor]:
-    """Sum of squared gradients of the contrastive loss per backbone weight."""
+def fisher_importance(backbone: DualEncoder, data: SetupData, batch_size: int, n_batches: int) -> dict[nn.Parameter, torch.Tensor]:
+    """Sum of squared gradients of the task's loss per backbone weight, over ``n_batches``
+    set-up batches of ``batch_size``."""
     params = [p for blocks in backbone.blocks().values() for p in blocks.parameters()]
     saved = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     scores = {p: torch.zeros_like(p) for p in params}
+    batches = data.batches(batch_size)
     try:
         with torch.enable_grad():
             for _ in range(n_batches):
-                batch = next(batches)
-                loss = contrastive_loss(
-                    backbone.encode_image(batch["pixel_values"]),
-                    backbone.encode_text(batch["input_ids"], batch["attention_mask"]),
-                    backbone.logit_scale,
-                )
-                grads = torch.autograd.grad(loss, params)
+                loss = data.loss(backbone, next(batches))
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for p, g in zip(params, grads, strict=True):
-                    scores[p] += g.square()
+                    if g is not None:  # None: a tower the task's loss never reads (its rows all score zero)
+                        scores[p] += g.square()
     finally:
         for p, flag in zip(params, saved, strict=True):
             p.requires_grad_(flag)
@@ -201,13 +197,11 @@ def prune_block_into(
             side_at(path).bias.copy_(at(path).bias[resid])
 
 
-def row_importance(
-    backbone: nn.Module, cfg: LSTConfig, data: Callable[[int], Iterator[dict[str, torch.Tensor]]]
-) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def row_importance(backbone: nn.Module, cfg: LSTConfig, data: SetupData) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What ranks the backbone's rows for ``cfg.init``: squared gradients (Fisher, computed
     here on ``data``), weight magnitude, or None for a random initialisation."""
     if cfg.init == "fisher":
-        fisher = fisher_importance(backbone, data(cfg.fisher_batch_size), max(1, cfg.fisher_samples // cfg.fisher_batch_size))
+        fisher = fisher_importance(backbone, data, cfg.fisher_batch_size, max(1, cfg.fisher_samples // cfg.fisher_batch_size))
         return fisher.__getitem__
     return torch.abs if cfg.init == "magnitude" else None
 
@@ -247,8 +241,6 @@ BERT_LAYER = BlockLayout(
     "output.dense",
     ("attention.output.LayerNorm", "output.LayerNorm"),
 )
-
-SetupData = Callable[[int], Iterator[dict[str, torch.Tensor]]]
 
 
 @LST.builder("clip")

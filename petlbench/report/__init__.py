@@ -1,9 +1,10 @@
 """Tables, plots and comparisons, built from result records only (never from live objects).
 
-What every view shares lives here, once: how a figure is read from a record, the memory
-unit of a column, how statuses and memory sources are named, how seeds are grouped, and
-the split by `suite_hash` (records share a table, a figure or a comparison only when their
-resolved suites are equal).
+What every view shares lives here, once: how a figure is read from a record (a metric
+included: the task of the records names them, `task_of`), the memory unit of a column,
+how statuses and memory sources are named, how seeds are grouped, and the split by
+`suite_hash` (records share a table, a figure or a comparison only when their resolved
+suites are equal, and so their task).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from petlbench import config as cfgmod
-from petlbench.config import ConfigError, SuiteConfig
+from petlbench.config import DEFAULT_TASK, ConfigError, SuiteConfig
 from petlbench.methods import registered
 from petlbench.registry import GROUPS
-from petlbench.schema import METRICS, STATUSES
+from petlbench.schema import STATUSES
+from petlbench.tasks import Metric, TaskSpec, get_task
+from petlbench.units import size_label
 
-GIB, MIB = 2**30, 2**20
 # The widths a paper sets tables and figures at, in inches: one column and the whole text
 # (`report --style paper --width`, `plot --width`).
 WIDTHS = {"column": 3.3, "text": 6.9}
@@ -30,8 +32,12 @@ WIDTHS = {"column": 3.3, "text": 6.9}
 STATUS_LABELS = {**{status: status for status in STATUSES}, "oom": "OOM", "over_budget": "over budget"}
 SOURCE_LABELS = {"cuda": "CUDA", "cpu-accounting": "CPU accounting", "estimate": "estimate"}
 
-# How each named figure is read from a record, in base units (bytes, parameters, seconds,
-# percent). A figure a record lacks (a failed run, an estimate without metrics) is None.
+# The figure names of metrics: besides each metric by its name, the task's primary metric,
+# and a metric's mean over the evaluation folds (`FOLDS + name`, the primary one included).
+PRIMARY, FOLDS = "primary", "folds:"
+
+# How each named figure other than a metric is read from a record, in base units (bytes,
+# parameters, seconds). A figure a record lacks (a failed run, an estimate) is None.
 FIGURES: dict[str, Callable[[dict], Any]] = {
     "params_trainable": lambda r: r["cost"]["params_trainable"],
     "params_total": lambda r: r["cost"]["params_total"],
@@ -43,26 +49,54 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     "step_time_s": lambda r: r["cost"]["step_time_s_median"],
     "data_wait_s": lambda r: r["cost"]["data_wait_s_median"],
     "eval_s": lambda r: r["cost"]["eval_s"],
-    **{name: (lambda r, name=name: r["metrics"][name]) for name in METRICS},
-    "rsum_folds": lambda r: r["metrics"]["folds"]["rsum"],
     "budget_bytes": lambda r: r["budget"]["bytes"],
     "budget_batch": lambda r: r["budget"]["batch_size"],
     "budget_steps": lambda r: r["budget"]["steps"],
 }
 
 
+def _metric(record: dict, figure: str) -> Any:
+    metrics = record["metrics"]
+    values = metrics["folds"]["values"] if figure.startswith(FOLDS) else metrics["values"]
+    name = figure.removeprefix(FOLDS)
+    return values[metrics["primary"] if name == PRIMARY else name]
+
+
 def value(record: dict, figure: str) -> Any:
-    """The named figure of ``record``, or None where it was not recorded."""
+    """The named figure of ``record`` (a key of `FIGURES`, or a metric's name, `PRIMARY`
+    or `FOLDS` + either), or None where it was not recorded."""
     try:
-        return FIGURES[figure](record)
+        return FIGURES[figure](record) if figure in FIGURES else _metric(record, figure)
     except (KeyError, TypeError):  # the section or the key is absent (None for a failed run)
         return None
 
 
-def memory_unit(values: Iterable[int | None]) -> tuple[str, int]:
-    """MiB when every figure is under 1 GiB, else GiB (measurement.md: one unit per column)."""
-    present = [v for v in values if v is not None]
-    return ("MiB", MIB) if all(v < GIB for v in present) else ("GiB", GIB)
+def task_of(record: dict) -> TaskSpec:
+    """The task ``record`` ran: the one its metrics name, or (an estimate, a failed run) its
+    suite's. A task this version does not know is described by the record alone: its
+    metrics, each higher-is-better, under their own names."""
+    metrics = record.get("metrics")
+    name = metrics["task"] if metrics else record["config"]["suite"].get("task", DEFAULT_TASK)
+    try:
+        return get_task(name)
+    except ConfigError:
+        names = list(metrics["values"]) if metrics else ["-"]
+        primary = metrics["primary"] if metrics else "-"
+        return TaskSpec(name, name, tuple(Metric(n, n) for n in names), primary, module="")
+
+
+def primary_metric(records: list[dict]) -> Metric:
+    """The primary metric of ``records`` (of one task)."""
+    return task_of(records[0]).primary_metric
+
+
+def by_task(records: list[dict]) -> dict[str, list[dict]]:
+    """Records split by their task, in order of first appearance: reports, plots and
+    comparisons never put two tasks' metrics side by side."""
+    split: dict[str, list[dict]] = {}
+    for r in records:
+        split.setdefault(task_of(r).name, []).append(r)
+    return split
 
 
 def method_name(method: str) -> str:
@@ -179,31 +213,12 @@ def suite_names(split: dict[str, list[dict]]) -> list[str] | None:
     return names if len(set(names)) == len(names) else None
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, val in data.items():
-        if isinstance(val, dict):
-            out.update(_flatten(val, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = val
-    return out
-
-
-def suite_differences(suites: Iterable[dict]) -> str:
-    """Why records with different `suite_hash` cannot share a table: the resolved suite
-    keys whose values differ, e.g. "train.steps (150 vs 4)"."""
-    flat = [{k: v for k, v in _flatten(s).items() if k not in ("seeds", "description")} for s in suites]
-    keys = sorted(set().union(*flat))
-    diffs = [f"{k} ({' vs '.join(str(f.get(k, '-')) for f in flat)})" for k in keys if len({str(f.get(k)) for f in flat}) > 1]
-    return ", ".join(diffs) or "no recorded key (the hash changed with the code)"
-
-
 def split_note(split: dict[str, list[dict]]) -> str | None:
     """One sentence saying why the records are reported apart, or None when they are not."""
     if len(split) < 2:
         return None
     hashes = ", ".join(split)
-    why = suite_differences(rs[0]["config"]["suite"] for rs in split.values())
+    why = cfgmod.suite_differences(rs[0]["config"]["suite"] for rs in split.values())
     return f"These records come from {len(split)} different suite configurations (suite_hash {hashes}) and are reported separately: they differ in {why}."
 
 
@@ -218,15 +233,7 @@ def suite_title(records: list[dict]) -> str:
         if budget["schedule"] == "equal_samples"
         else f"equal_steps: {train['steps']} steps at every batch size, so a larger batch sees more samples"
     )
-    return f"{title}, budget {budget_label(budget['bytes'])} ({schedule}; learning-rate scaling {budget['lr_scaling']})"
-
-
-def budget_label(nbytes: int) -> str:
-    """A budget as the command line writes it: '64MiB'."""
-    for unit, size in (("TiB", 2**40), ("GiB", GIB), ("MiB", MIB), ("KiB", 2**10)):
-        if nbytes % size == 0:
-            return f"{nbytes // size}{unit}"
-    return f"{nbytes}B"
+    return f"{title}, budget {size_label(budget['bytes'])} ({schedule}; learning-rate scaling {budget['lr_scaling']})"
 
 
 def _budget_family(suite: dict) -> str:

@@ -1,6 +1,7 @@
 """Regression check between two record folders: a memory or parameter figure that grew,
-a run that no longer succeeds or no longer exists fails; records measured under different
-conditions are refused rather than compared.
+a run that no longer succeeds or no longer exists fails, and with a metric tolerance a
+primary metric (the task's: rSum for retrieval) that got worse in its direction; records
+measured under different conditions are refused rather than compared.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
+from petlbench import config as cfgmod
 from petlbench.config import ConfigError
 from petlbench.records import VERSIONED
-from petlbench.report import memory_unit, status_label, suite_differences, value
+from petlbench.report import PRIMARY, status_label, task_of, value
+from petlbench.units import memory_unit
 
 # The figures that fail a comparison when they grow past the tolerance.
 GROWTH_CHECKED = ("train_peak_bytes", "eval_peak_bytes", "params_trainable")
@@ -55,7 +58,7 @@ def _incomparable(pairs: list[tuple[dict, dict]]) -> list[str]:
     hashes = {(b["run"]["suite"], b["run"]["suite_hash"], c["run"]["suite_hash"]): (b, c) for b, c in pairs}
     for (suite, old, new), (b, c) in hashes.items():
         if old != new:
-            why = suite_differences([b["config"]["suite"], c["config"]["suite"]])
+            why = cfgmod.suite_differences([b["config"]["suite"], c["config"]["suite"]])
             reasons.append(f"suite {suite}: suite_hash {old} (baseline) vs {new} (current), differing in {why}")
     for b, c in pairs:
         old, new = value(b, "memory_source"), value(c, "memory_source")
@@ -95,11 +98,12 @@ def compare(baseline: list[dict], current: list[dict], tolerance: float = 0.02, 
         raise ConfigError("baseline and current are not comparable: " + "; ".join(reasons))
 
     unit, unit_bytes = memory_unit(value(r, f) for r in baseline + current for f in GROWTH_CHECKED[:2])
+    primaries = {task_of(r).primary_metric.label for r in baseline + current}
     shown = {
         "train_peak_bytes": (f"train peak ({unit})", lambda v: f"{v / unit_bytes:.2f}"),
         "eval_peak_bytes": (f"eval peak ({unit})", lambda v: f"{v / unit_bytes:.2f}"),
         "params_trainable": ("trainable params", lambda v: f"{v:,}"),
-        "rsum": ("rSum", lambda v: f"{v:.1f}"),
+        PRIMARY: (primaries.pop() if len(primaries) == 1 else "primary metric", lambda v: f"{v:.1f}"),
     }
     failures = [f"{_name(_key(b))} is missing from CURRENT" for b in baseline if _key(b) not in now]
     rows = []
@@ -124,8 +128,11 @@ def compare(baseline: list[dict], current: list[dict], tolerance: float = 0.02, 
             row.append(fmt(old) if new == old else f"{fmt(old)} → {fmt(new)} ({change:+.2%})")
             if figure in GROWTH_CHECKED and change > tolerance:
                 failures.append(f"{name}: {shown[figure][0]} grew {change:+.2%} (tolerance {tolerance:.2%})")
-            if figure == "rsum" and metric_tolerance is not None and -change > metric_tolerance:
-                failures.append(f"{name}: rSum dropped {change:+.2%} (tolerance {metric_tolerance:.2%})")
+            metric = task_of(b).primary_metric
+            worse = -change if metric.higher_is_better else change
+            if figure == PRIMARY and metric_tolerance is not None and worse > metric_tolerance:
+                moved = "dropped" if metric.higher_is_better else "rose"
+                failures.append(f"{name}: {metric.label} {moved} {change:+.2%} (tolerance {metric_tolerance:.2%})")
         rows.append(row)
     headers = ["suite", "variant", "seed", "status", *(h for h, _ in shown.values())]
     table = tabulate(rows, headers=headers, disable_numparse=True, colalign=["left"] * 4 + ["right"] * len(shown))

@@ -1,6 +1,7 @@
-"""The comparison table a retrieval paper prints (`petlbench report --style paper`): one row
-per method variant under its display name, grouped by kind of method (`MethodSpec.group`),
-with trainable parameters, train peak memory, image→text and text→image R@1/5/10 and rSum;
+"""The comparison table a paper prints (`petlbench report --style paper`): one row per
+method variant under its display name, grouped by kind of method (`MethodSpec.group`),
+with trainable parameters, train peak memory and the task's metrics as the task lays them
+out (`TaskSpec.paper`; retrieval: image→text and text→image R@1/5/10 and rSum);
 the best value of each column in bold and the second underlined; mean ± std over seeds in
 one compact form; a failed run as its status. LaTeX needs only booktabs: a ``table`` (or
 ``table*`` for the text width) whose caption states what was run and how memory was
@@ -19,43 +20,41 @@ from dataclasses import dataclass
 from petlbench.report import (
     GROUP_TITLES,
     Group,
-    budget_label,
     by_suite,
     group,
-    memory_unit,
     method_group,
     source_label,
     sources,
     split_note,
+    task_of,
     value,
     variant_name,
 )
-from petlbench.report.tables import Cell, Column, _cell, _tex, ranked
-from petlbench.schema import RECALL_KS
+from petlbench.report.tables import Cell, Column, _cell, _tex, metric_column, ranked
+from petlbench.tasks import TaskSpec
+from petlbench.units import memory_unit, size_label
 
 MILLIONS = Column("params_trainable", "M", 3, True, scale=1e6)
-PARAMS = ("Params", (MILLIONS, Column("params_percent", "%", 2, True)))
 PEAK = (Column("train_peak_bytes", "{unit}", 1, True, scale=None),)
-RSUM = ("rSum", (Column("rsum", "rSum", 1, False),))
-# Per width, (top header, the columns under it); a top header over one column is written
-# above its unit, or only below where it is its own header (rSum). At the text width all
-# eleven columns; at 7 pt a column (3.3 in) holds six with the seeds' spread, so it keeps
-# the parameters in millions and R@1 of each direction (at 2.5 pt of column separation).
-HEADERS = {
-    "text": (
-        PARAMS,
-        ("Memory", PEAK),
-        ("Image → Text", tuple(Column(f"i2t_r{k}", f"R@{k}", 1, False) for k in RECALL_KS)),
-        ("Text → Image", tuple(Column(f"t2i_r{k}", f"R@{k}", 1, False) for k in RECALL_KS)),
-        RSUM,
-    ),
-    "column": (
-        ("Params", (MILLIONS,)),
-        ("Mem.", PEAK),
-        ("R@1", (Column("i2t_r1", "I→T", 1, False), Column("t2i_r1", "T→I", 1, False))),
-        RSUM,
-    ),
+# Per width, the cost columns as (top header, the columns under it); a top header over one
+# column is written above its unit, or only below where it is its own header (rSum). At
+# the text width parameters in millions and percent; at 7 pt a column (3.3 in) holds six
+# columns with the seeds' spread, so it keeps the parameters in millions only (at 2.5 pt
+# of column separation), and the task keeps few metrics (`TaskSpec.paper`).
+COST_HEADERS = {
+    "text": (("Params", (MILLIONS, Column("params_percent", "%", 2, True))), ("Memory", PEAK)),
+    "column": (("Params", (MILLIONS,)), ("Mem.", PEAK)),
 }
+Headers = tuple[tuple[str, tuple[Column, ...]], ...]
+
+
+def headers(task: TaskSpec, width: str) -> Headers:
+    """The table's columns at ``width`` under their top headers: the cost, then the task's metrics."""
+    metrics = tuple(
+        (title, tuple(metric_column(task.metric(name), header=below) for name, below in under))
+        for title, under in task.paper_columns(width)
+    )
+    return COST_HEADERS[width] + metrics
 
 
 @dataclass
@@ -68,7 +67,8 @@ class Row:
 
 @dataclass
 class PaperTable:
-    width: str  # a key of `HEADERS`
+    width: str  # a key of `COST_HEADERS`
+    headers: Headers
     rows: list[Row]
     decimals: list[int]  # per column
     unit: str
@@ -77,12 +77,8 @@ class PaperTable:
 
     @property
     def columns(self) -> list[Column]:
-        return columns_of(self.width)
-
-
-def columns_of(width: str) -> list[Column]:
-    """The figure columns of the table at ``width``, in order."""
-    return [c for _, columns in HEADERS[width] for c in columns]
+        """The figure columns, in order."""
+        return [c for _, columns in self.headers for c in columns]
 
 
 def _decimals(rows: list[Group], column: Column) -> int:
@@ -115,32 +111,35 @@ def _caption(records: list[dict], rows: list[Group], unit: str, width: str) -> s
     run, budget = records[0]["run"], records[0].get("budget")
     train, data = suite.get("train", {}), suite.get("data", {})
     setup = [suite.get("model", {}).get("name")]
+    task = task_of(records[0])
     if ok := next((r for r in records if r.get("metrics")), None):
-        images, captions = ok["metrics"]["images"], ok["metrics"]["captions"]
-        setup.append(f"{images:,} test images, {captions // images} captions each")
+        setup.append(task.describe_evaluated(ok["metrics"]["evaluated"]))
     if "text_length" in data:
         setup.append(f"text length {data['text_length']} tokens")
     if budget is not None:
-        training = f"the largest training batch whose peaks fit {budget_label(budget['bytes'])}, per method ({budget['schedule'].replace('_', ' ')})"
+        training = (
+            f"the largest training batch whose peaks fit {size_label(budget['bytes'])}, per method ({budget['schedule'].replace('_', ' ')})"
+        )
     else:
         training = f"training batch {train.get('batch_size', '?')}, {train.get('steps', '?')} steps"
     training += f", {train['precision']}" if "precision" in train else ""
     return (
-        f"Image-text retrieval on {run['suite']} v{run['suite_version']}: {', '.join(p for p in setup if p)}; {training}. "
+        f"{task.display.capitalize()} on {run['suite']} v{run['suite_version']}: {', '.join(p for p in setup if p)}; {training}. "
         + (
             "Params: trainable parameters in millions. "
             if width == "column"
             else "Params: trainable parameters (millions and % of the model). "
         )
         + f"Memory: train peak in {unit} ({source_label(records)}). "
-        + ("R@1: image → text (I→T) and text → image (T→I). " if width == "column" else "")
+        + task.paper_note.get(width, "")
         + f"{_seeds_sentence(rows)} Best in bold, second underlined."
     )
 
 
 def build(records: list[dict], label: str, width: str = "text") -> PaperTable:
     """The paper table of one suite configuration's records, with the columns of ``width``."""
-    columns = columns_of(width)
+    table_headers = headers(task_of(records[0]), width)
+    columns = [c for _, under in table_headers for c in under]
     rows = group(records, ("variant",))
     unit, unit_bytes = memory_unit(value(r, "train_peak_bytes") for r in records)
     mixed = len(sources(records)) > 1
@@ -158,7 +157,7 @@ def build(records: list[dict], label: str, width: str = "text") -> PaperTable:
         )
     order = list(GROUP_TITLES)
     out.sort(key=lambda r: (order.index(r.group), r.name))
-    return PaperTable(width, out, decimals, unit, _caption(records, rows, unit, width), label)
+    return PaperTable(width, table_headers, out, decimals, unit, _caption(records, rows, unit, width), label)
 
 
 def ranks(table: PaperTable, index: int) -> tuple[set[int], set[int]]:
@@ -194,7 +193,7 @@ def latex(table: PaperTable) -> str:
     env = "table" if column else "table*"
     n = 1 + len(table.columns)
     top, rules, lower, at = [""], [], ["Method"], 2
-    for title, columns in HEADERS[table.width]:
+    for title, columns in table.headers:
         if len(columns) == 1:  # its title above its unit ("Memory" over "MiB"), or only below ("rSum")
             below = columns[0].header.format(unit=table.unit)
             top.append("" if below == title else _tex(title))
@@ -230,10 +229,10 @@ def latex(table: PaperTable) -> str:
 
 
 def markdown(table: PaperTable) -> str:
-    headers = ["Method"]
-    for title, columns in HEADERS[table.width]:
-        headers += [c.header if title == "rSum" else f"{title} {c.header.format(unit=table.unit)}" for c in columns]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * len(table.columns)) + "|"]
+    names = ["Method"]
+    for title, columns in table.headers:
+        names += [c.header if c.header == title else f"{title} {c.header.format(unit=table.unit)}" for c in columns]
+    lines = ["| " + " | ".join(names) + " |", "|" + "|".join([":---"] + ["---:"] * len(table.columns)) + "|"]
     shown = _marked(table, "**{}**", "<ins>{}</ins>", " ± {}")
     current = None
     for row, cells in zip(table.rows, shown, strict=True):

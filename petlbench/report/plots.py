@@ -1,8 +1,10 @@
 """Figures for a paper at its column (3.3 in) or text width (6.9 in), PNG and PDF: memory
-vs rSum with the Pareto frontier, trainable parameters vs rSum, the train peak by category;
-for runs under several memory budgets, rSum against the budget; for runs of several suites,
-memory vs rSum a panel per suite. Text is at least 7 pt at that size, methods and variants
-go by their display names, and PDFs embed TrueType fonts.
+vs the task's primary metric (the score: rSum for retrieval) with the Pareto frontier,
+trainable parameters vs the score, the train peak by category; for runs under several
+memory budgets, the score against the budget; for runs of several suites of a task, memory
+vs the score a panel per suite. Files are named after the metric (``memory_vs_rsum.png``).
+Text is at least 7 pt at that size, methods and variants go by their display names, and
+PDFs embed TrueType fonts.
 
 Each method (registry name) keeps one colour and marker in every figure and every run,
 whatever subset of methods a folder holds. Figures use matplotlib's object API (no
@@ -20,20 +22,22 @@ from matplotlib.lines import Line2D
 
 from petlbench.methods import registered
 from petlbench.report import (
-    MIB,
+    PRIMARY,
     WIDTHS,
     Group,
     budget_families,
-    budget_label,
     by_suite,
+    by_task,
     group,
-    memory_unit,
     method_name,
+    primary_metric,
     source_label,
     suite_names,
     value,
     variant_name,
 )
+from petlbench.tasks import Metric
+from petlbench.units import MiB, memory_unit, size_label
 
 FONT_PT = 7  # the smallest text in a figure, at its printed size
 STYLE = {
@@ -89,13 +93,13 @@ def _columns(width: float) -> int:
 
 
 def _scatter(ax, rows: list[Group], xs: list[float], styles: dict, areas: list[float] | None = None) -> list[float]:
-    """One point per variant at (x, mean rSum), with the seed spread as an error bar.
+    """One point per variant at (x, mean score), with the seed spread as an error bar.
     ``areas`` (pt²) are drawn as translucent halos behind the fixed-size markers, so that
     a variant with very few parameters stays visible."""
     ys = []
     for i, (row, x) in enumerate(zip(rows, xs, strict=True)):
         colour, marker = styles[row.method]
-        y, std, _ = row.stats("rsum")
+        y, std, _ = row.stats(PRIMARY)
         if areas:
             ax.scatter([x], [y], s=areas[i], color=colour, marker=marker, alpha=0.3, linewidths=0, zorder=2)
         ax.scatter([x], [y], s=14, color=colour, marker=marker, linewidths=0, zorder=3)
@@ -105,51 +109,54 @@ def _scatter(ax, rows: list[Group], xs: list[float], styles: dict, areas: list[f
     return ys
 
 
-def _memory_panel(ax, rows: list[Group], styles: dict, unit: tuple[str, int], source: str) -> None:
-    """Train peak memory vs rSum; marker area proportional to trainable parameters; the
-    Pareto frontier (lower memory, higher rSum) drawn and its members named."""
+def _memory_panel(ax, rows: list[Group], metric: Metric, styles: dict, unit: tuple[str, int], source: str) -> None:
+    """Train peak memory vs the score ``metric``; marker area proportional to trainable
+    parameters; the Pareto frontier (lower memory, better score) drawn and its members named."""
     xs = [row.stats("train_peak_bytes", unit[1])[0] for row in rows]
     params = [row.stats("params_trainable")[0] for row in rows]
     ys = _scatter(ax, rows, xs, styles, areas=[MAX_AREA_PT2 * p / (max(params) or 1) for p in params])
-    front = pareto_front(list(zip(xs, ys, strict=True)))
+    sign = 1 if metric.higher_is_better else -1
+    front = pareto_front([(x, sign * y) for x, y in zip(xs, ys, strict=True)])
     ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="0.4", lw=0.8, ls="--", zorder=1)
     for i in front:
         ax.annotate(variant_name(rows[i].records[0]), (xs[i], ys[i]), xytext=(3, 3), textcoords="offset points")
     ax.margins(0.08)  # room for the largest halos
     ax.set_xlabel(f"train peak memory ({unit[0]}, {source})")
-    ax.set_ylabel("rSum (max 600)")
+    ax.set_ylabel(metric.axis_label)
 
 
-def memory_vs_rsum(rows: list[Group], styles: dict, unit: tuple[str, int], source: str, width: float) -> Figure:
+def memory_vs_score(rows: list[Group], metric: Metric, styles: dict, unit: tuple[str, int], source: str, width: float) -> Figure:
     fig = Figure(figsize=(width, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    _memory_panel(ax, rows, styles, unit, source)
+    _memory_panel(ax, rows, metric, styles, unit, source)
     ax.set_title("shaded area ∝ trainable parameters; dashed: Pareto frontier")
     _legend(fig, styles, width)
     return fig
 
 
-def memory_vs_rsum_by_suite(panels: dict[str, list[Group]], styles: dict, unit: tuple[str, int], source: str, width: float) -> Figure:
-    """`memory_vs_rsum` for several suites, a panel each (titled with the suite): the same
+def memory_vs_score_by_suite(
+    panels: dict[str, list[Group]], metric: Metric, styles: dict, unit: tuple[str, int], source: str, width: float
+) -> Figure:
+    """`memory_vs_score` for several suites of a task, a panel each (titled with the suite): the same
     methods in two regimes, side by side at the text width, one above the other in a column."""
     wide = width >= WIDTHS["text"]
     fig = Figure(figsize=(width, 3.6 if wide else 2.6 * len(panels) + 0.9), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0] if wide else fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (title, rows) in zip(axes, panels.items(), strict=True):
-        _memory_panel(ax, rows, styles, unit, source)
+        _memory_panel(ax, rows, metric, styles, unit, source)
         ax.set_title(title)
     fig.suptitle("shaded area ∝ trainable parameters; dashed: Pareto frontier")
     _legend(fig, styles, width)
     return fig
 
 
-def params_vs_rsum(rows: list[Group], styles: dict, width: float) -> Figure:
+def params_vs_score(rows: list[Group], metric: Metric, styles: dict, width: float) -> Figure:
     fig = Figure(figsize=(width, 3.4), layout="constrained")
     ax = fig.add_subplot()
     _scatter(ax, rows, [row.stats("params_trainable", 1e6)[0] for row in rows], styles)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (M, log scale)")
-    ax.set_ylabel("rSum (max 600)")
+    ax.set_ylabel(metric.axis_label)
     _legend(fig, styles, width)
     return fig
 
@@ -184,8 +191,8 @@ def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], sou
     return fig
 
 
-def rsum_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
-    """rSum (mean over seeds) against the memory budget, a line per variant: what each
+def score_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
+    """The score (the primary metric, mean over seeds) against the memory budget, a line per variant: what each
     method achieves when the batch is the largest that fits. A budget a variant does not
     fit is a gap in its line; the number by each point is the chosen training batch.
     Variants of one method share its colour and marker, told apart by the line style."""
@@ -202,8 +209,8 @@ def rsum_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
         xs, ys = [], []
         for nbytes in budgets:
             at = Group(row.key, [r for r in row.records if r["budget"]["bytes"] == nbytes])
-            stats = at.stats("rsum")
-            xs.append(nbytes / MIB)
+            stats = at.stats(PRIMARY)
+            xs.append(nbytes / MiB)
             ys.append(stats[0] if stats else float("nan"))
             if stats:
                 ax.annotate(
@@ -216,10 +223,10 @@ def rsum_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
         ax.plot(xs, ys, color=colour, marker=marker, markersize=3, lw=0.8, ls=style)
         handles.append(Line2D([], [], color=colour, marker=marker, markersize=3, lw=0.8, ls=style, label=variant_name(row.records[0])))
     ax.set_xscale("log", base=2)
-    ax.set_xticks([b / MIB for b in budgets], [budget_label(b) for b in budgets])
+    ax.set_xticks([b / MiB for b in budgets], [size_label(b) for b in budgets])
     ax.minorticks_off()
     ax.set_xlabel("memory budget (train and eval peaks within it)")
-    ax.set_ylabel("rSum (max 600)")
+    ax.set_ylabel(primary_metric(records).axis_label)
     schedule = records[0]["budget"]["schedule"].replace("_", " ")
     ax.set_title(f"{schedule}; by each point: the training batch that fits")
     fig.legend(handles=handles, ncol=_columns(width), loc="outside lower center", frameon=False, handletextpad=0.3)
@@ -234,29 +241,29 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
 
 
 def _suites_figure(split: dict[str, list[dict]], width: float) -> Figure | None:
-    """`memory_vs_rsum_by_suite` of the successful, scored variants of each suite, a panel
-    per suite named after it; None unless two or more suites (`suite_names`) have such
-    variants."""
+    """`memory_vs_score_by_suite` of the successful, scored variants of each suite (of one
+    task), a panel per suite named after it; None unless two or more suites
+    (`suite_names`) have such variants."""
     if (names := suite_names(split)) is None:
         return None
     panels = {
         title: rows
         for title, rs in zip(names, split.values(), strict=True)
-        if (rows := [row for row in group(rs, ("variant",)) if row.ok and row.stats("rsum") and row.stats("train_peak_bytes")])
+        if (rows := [row for row in group(rs, ("variant",)) if row.ok and row.stats(PRIMARY) and row.stats("train_peak_bytes")])
     }
     if len(panels) < 2:
         return None
     records = [r for rs in split.values() for r in rs]
     styles = method_styles(sorted({row.method for rows in panels.values() for row in rows}))
     unit = memory_unit(value(r, "train_peak_bytes") for r in records)
-    return memory_vs_rsum_by_suite(panels, styles, unit, source_label(records), width)
+    return memory_vs_score_by_suite(panels, primary_metric(records), styles, unit, source_label(records), width)
 
 
 def write_plots(records: list[dict], out: Path, per_suite: bool = True, width: str = "column") -> list[Path]:
     """Every figure for the successful runs in ``records`` at ``width`` (a key of
     `WIDTHS`), one set per suite configuration (suffixed by its `suite_hash` when there are
-    several; ``per_suite`` False: none), and rSum against the budget for each family of
-    budget runs; the paths written."""
+    several; ``per_suite`` False: none), and the score against the budget for each family
+    of budget runs; the paths written."""
     inches = WIDTHS[width]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,21 +273,25 @@ def write_plots(records: list[dict], out: Path, per_suite: bool = True, width: s
         families = list(budget_families(records).values())
         for i, family in enumerate(families):
             styles = method_styles(sorted({r["run"]["method"] for r in family}))
-            written += _save(rsum_vs_budget(family, styles, inches), out, f"rsum_vs_budget{f'-{i + 1}' if len(families) > 1 else ''}")
-        if per_suite and (figure := _suites_figure(by_suite([r for r in records if r.get("budget") is None]), inches)):
-            written += _save(figure, out, "memory_vs_rsum_by_suite")
+            stem = f"{primary_metric(family).name}_vs_budget{f'-{i + 1}' if len(families) > 1 else ''}"
+            written += _save(score_vs_budget(family, styles, inches), out, stem)
+        for task_records in by_task([r for r in records if r.get("budget") is None]).values() if per_suite else ():
+            if figure := _suites_figure(by_suite(task_records), inches):
+                written += _save(figure, out, f"memory_vs_{primary_metric(task_records).name}_by_suite")
         for suite_hash, suite_records in split.items():
             suffix = f"-{suite_hash}" if len(split) > 1 else ""
+            metric = primary_metric(suite_records)
             rows = [row for row in group(suite_records, ("variant",)) if row.ok]
             styles = method_styles(sorted({row.method for row in rows}))
             unit = memory_unit(value(r, "train_peak_bytes") for r in suite_records)
             source = source_label(suite_records)
-            scored = [row for row in rows if row.stats("rsum") and row.stats("params_trainable")]
+            scored = [row for row in rows if row.stats(PRIMARY) and row.stats("params_trainable")]
             if scored:
                 measured = [row for row in scored if row.stats("train_peak_bytes")]
                 if measured:
-                    written += _save(memory_vs_rsum(measured, styles, unit, source, inches), out, f"memory_vs_rsum{suffix}")
-                written += _save(params_vs_rsum(scored, styles, inches), out, f"params_vs_rsum{suffix}")
+                    figure = memory_vs_score(measured, metric, styles, unit, source, inches)
+                    written += _save(figure, out, f"memory_vs_{metric.name}{suffix}")
+                written += _save(params_vs_score(scored, metric, styles, inches), out, f"params_vs_{metric.name}{suffix}")
             broken_down = [row for row in rows if all(value(r, "train_breakdown") for r in row.ok)]
             if broken_down:
                 written += _save(memory_breakdown(broken_down, styles, unit, source, inches), out, f"memory_breakdown{suffix}")

@@ -1,5 +1,6 @@
 """Paper-style tables: one row per variant (mean ± std over seeds) or per run, in the
-column order papers use, as Markdown, LaTeX (booktabs) or CSV.
+column order papers use (the task's metrics in its order), as Markdown, LaTeX (booktabs)
+or CSV.
 
 A run that did not finish shows its status ("OOM", "diverged", ...) in place of its
 figures, never a zero; records of different suite configurations never share a table.
@@ -15,21 +16,25 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from petlbench.report import (
+    FOLDS,
+    PRIMARY,
     Group,
     budget_families,
-    budget_label,
     by_suite,
+    by_task,
     group,
-    memory_unit,
+    primary_metric,
     source_label,
     sources,
     split_note,
     status_label,
     suite_names,
     suite_title,
+    task_of,
     value,
 )
-from petlbench.schema import RECALLS
+from petlbench.tasks import Metric, TaskSpec
+from petlbench.units import memory_unit, size_label
 
 BY = {"variant": ("variant",), "variant,seed": ("variant", "seed")}
 FORMATS = ("md", "latex", "csv")
@@ -37,7 +42,7 @@ FORMATS = ("md", "latex", "csv")
 
 @dataclass(frozen=True)
 class Column:
-    figure: str  # a key of `petlbench.report.FIGURES`
+    figure: str  # a figure `petlbench.report.value` reads
     header: str  # with "{unit}" (the table's memory unit) and "{source}" (its memory source)
     decimals: int
     lower_is_better: bool
@@ -45,7 +50,7 @@ class Column:
     ranked: bool = True  # whether LaTeX bolds its best value (not for a setting such as the batch size)
 
 
-COLUMNS = (
+COST_COLUMNS = (
     Column("params_trainable", "trainable (M)", 3, True, scale=1e6),
     Column("params_percent", "trainable (%)", 2, True),
     Column("budget_batch", "batch", 0, False, ranked=False),
@@ -53,14 +58,30 @@ COLUMNS = (
     Column("train_peak_bytes", "train peak ({unit}{source})", 2, True, scale=None),
     Column("step_time_s", "step time (ms)", 1, True, scale=1e-3),
     Column("data_wait_s", "data wait (ms)", 1, True, scale=1e-3),
-    *(Column(name, name.replace("_r", " R@"), 1, False) for name in RECALLS),
-    Column("rsum", "rSum", 1, False),
-    Column("rsum_folds", "rSum (fold mean)", 1, False),
+)
+EVAL_COLUMNS = (
     Column("eval_peak_bytes", "eval peak ({unit})", 2, True, scale=None),
     Column("eval_s", "eval time (s)", 1, True),
 )
 # The summary `petlbench run` prints after a sweep.
-SUMMARY_COLUMNS = ("params_trainable", "train_peak_bytes", "rsum")
+SUMMARY_COLUMNS = ("params_trainable", "train_peak_bytes", PRIMARY)
+
+
+def metric_column(metric: Metric, figure: str | None = None, header: str | None = None) -> Column:
+    """The column of ``metric`` (read as ``figure``, default its name), one decimal."""
+    return Column(figure or metric.name, header or metric.label, 1, not metric.higher_is_better)
+
+
+def columns(task: TaskSpec) -> tuple[Column, ...]:
+    """Every column a full table may show for ``task``: the cost, each metric, the primary
+    metric's mean over the evaluation folds, the evaluation's cost."""
+    primary = task.primary_metric
+    return (
+        *COST_COLUMNS,
+        *(metric_column(m) for m in task.metrics),
+        metric_column(primary, FOLDS + primary.name, f"{primary.label} (fold mean)"),
+        *EVAL_COLUMNS,
+    )
 
 
 @dataclass
@@ -108,10 +129,12 @@ def build(records: list[dict], by: str = "variant", figures: tuple[str, ...] | N
     # A figure no run recorded (evaluation in an estimate) has no column; where no run
     # succeeded, every column stays to show the status.
     succeeded = any(r["run"]["status"] == "ok" for r in records)
-    columns = [
+    primary = primary_metric(records).name
+    wanted = None if figures is None else {primary if f == PRIMARY else f for f in figures}
+    shown = [
         c
-        for c in COLUMNS
-        if (figures is None or c.figure in figures) and not (succeeded and all(value(r, c.figure) is None for r in records))
+        for c in columns(task_of(records[0]))
+        if (wanted is None or c.figure in wanted) and not (succeeded and all(value(r, c.figure) is None for r in records))
     ]
     source = "" if mixed else f", {source_label(records)}"
     keys = [
@@ -128,9 +151,9 @@ def build(records: list[dict], by: str = "variant", figures: tuple[str, ...] | N
         per_run=per_seed,
         key_headers=["variant", "method", *(["seed", "status"] if per_seed else ["runs"]), *(["memory source"] if mixed else [])],
         keys=keys,
-        columns=columns,
-        headers=[c.header.format(unit=unit, source=source) for c in columns],
-        cells=[[_cell(row, c, c.scale or unit_bytes) for c in columns] for row in rows],
+        columns=shown,
+        headers=[c.header.format(unit=unit, source=source) for c in shown],
+        cells=[[_cell(row, c, c.scale or unit_bytes) for c in shown] for row in rows],
     )
 
 
@@ -209,10 +232,12 @@ def _csv(table: Table) -> str:
 
 
 def budget_table(records: list[dict], fmt: str = "md") -> str | None:
-    """rSum (mean over seeds) and the chosen batch of every variant under each budget of
-    one budget family (`budget_families`), a column per budget; None without such a family."""
+    """The primary metric (mean over seeds) and the chosen batch of every variant under
+    each budget of one budget family (`budget_families`), a column per budget; None
+    without such a family."""
     parts = []
     for family in budget_families(records).values():
+        metric = primary_metric(family)
         budgets = sorted({r["budget"]["bytes"] for r in family})
         rows = []
         for row in group(family, ("variant",)):
@@ -221,28 +246,35 @@ def budget_table(records: list[dict], fmt: str = "md") -> str | None:
                 at = Group(row.key, [r for r in row.records if r["budget"]["bytes"] == nbytes])
                 if not at.records:
                     cells.append("-")
-                elif stats := at.stats("rsum"):
+                elif stats := at.stats(PRIMARY):
                     cells.append(f"{stats[0]:.1f} (batch {at.ok[0]['budget']['batch_size']})")
                 else:
                     cells.append(at.failure_label())
             rows.append([row.variant, *cells])
-        headers = ["variant", *(f"rSum at {budget_label(b)}" for b in budgets)]
+        headers = ["variant", *(f"{metric.label} at {size_label(b)}" for b in budgets)]
         table = tabulate(
             rows, headers=headers, tablefmt={"md": "github", "latex": "latex_booktabs", "csv": "tsv"}[fmt], disable_numparse=True
         )
         schedule = family[0]["budget"]["schedule"]
-        parts.append(f"rSum against the memory budget ({schedule}; the chosen training batch in brackets)\n\n{table}")
+        parts.append(f"{metric.label} against the memory budget ({schedule}; the chosen training batch in brackets)\n\n{table}")
     return "\n\n".join(parts) or None
 
 
 def suites_table(records: list[dict], fmt: str = "md") -> str | None:
-    """Every variant's rSum (mean ± std over seeds) on each suite the records without a
-    budget span (`suite_names`), a column per suite, beside its trainable parameters and
-    train peak (one column when every suite measured the same peak, as suites that differ
-    only in their data do; else one per suite); None for fewer than two suites."""
+    """Every variant's primary metric (mean ± std over seeds) on each suite of one task the
+    records without a budget span (`suite_names`), a column per suite, beside its trainable
+    parameters and train peak (one column when every suite measured the same peak, as
+    suites that differ only in their data do; else one per suite); None for fewer than two
+    suites of a task."""
+    tables = [table for rs in by_task(records).values() if (table := _suites_table(rs, fmt))]
+    return "\n\n".join(tables) or None
+
+
+def _suites_table(records: list[dict], fmt: str) -> str | None:
     split = by_suite([r for r in records if r.get("budget") is None])
     if len(split) < 2 or (names := suite_names(split)) is None:
         return None
+    metric = primary_metric(records)
     rows = {h: {row.variant: row for row in group(rs, ("variant",))} for h, rs in split.items()}
     variants = sorted({v for per in rows.values() for v in per})
     unit, unit_bytes = memory_unit(value(r, "train_peak_bytes") for r in records)
@@ -259,16 +291,17 @@ def suites_table(records: list[dict], fmt: str = "md") -> str | None:
     for v in variants:
         first = next(rows[h][v] for h in split if v in rows[h])
         peak = [next(iter(peaks[v]), "-")] if same else [cell(rows[h].get(v), "train_peak_bytes", unit_bytes, 2) for h in split]
-        table.append([v, cell(first, "params_trainable", 1e6, 3), *peak, *(cell(rows[h].get(v), "rsum", 1, 1) for h in split)])
-    headers = ["variant", "trainable (M)", *peak_headers, *(f"rSum, {n}" for n in names)]
+        table.append([v, cell(first, "params_trainable", 1e6, 3), *peak, *(cell(rows[h].get(v), PRIMARY, 1, 1) for h in split)])
+    headers = ["variant", "trainable (M)", *peak_headers, *(f"{metric.label}, {n}" for n in names)]
     text = tabulate(table, headers=headers, tablefmt={"md": "github", "latex": "latex_booktabs", "csv": "tsv"}[fmt], disable_numparse=True)
-    return f"rSum on each suite ({source_label(records)} memory; mean ± std over seeds where there are several)\n\n{text}"
+    return f"{metric.label} on each suite ({source_label(records)} memory; mean ± std over seeds where there are several)\n\n{text}"
 
 
 def report(records: list[dict], fmt: str = "md", by: str = "variant") -> str:
     """Every table of ``records``, one per suite configuration, with the reason when
-    there is more than one; records of several budgets also get the table of rSum against
-    the budget, and records of several suites the table of rSum on each (in Markdown)."""
+    there is more than one; records of several budgets also get the table of the primary
+    metric against the budget, and records of several suites of a task the table of it on
+    each (in Markdown)."""
     split = by_suite(records)
     note = split_note(split)
     comment = {"md": "", "latex": "% ", "csv": "# "}[fmt]

@@ -1,10 +1,10 @@
-"""Retrieval metrics, Flickr30K/COCO protocol (measurement.md)."""
+"""Retrieval metrics, the Flickr30K / COCO protocol."""
 
 from __future__ import annotations
 
 import torch
 
-from petlbench.schema import RECALL_KS
+from petlbench.tasks.retrieval import RECALL_KS
 
 
 def retrieval_recalls(similarity: torch.Tensor, captions_per_image: int) -> dict[str, float]:

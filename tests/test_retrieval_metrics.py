@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from petlbench.metrics import retrieval_recalls
+from petlbench.tasks.retrieval.metrics import retrieval_recalls
 
 
 def test_hand_computed_case_with_five_captions_per_image():

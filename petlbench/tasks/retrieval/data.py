@@ -1,6 +1,6 @@
 """Image-text retrieval splits (in memory or read from files), and the training sampler.
 
-Training follows the Flickr30K/COCO protocol (measurement.md): each epoch visits every
+Training follows the Flickr30K/COCO protocol: each epoch visits every
 image once, in a seeded random order, with one of its captions drawn at random, so a batch
 never holds two captions of the same image.
 """
@@ -9,28 +9,25 @@ from __future__ import annotations
 
 import functools
 import os
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from petlbench.config import DataConfig
 from petlbench.data import files, scenes
+from petlbench.data.pixels import to_pixels
+from petlbench.tasks.base import Split
 
-# The embedded model's preprocessing: scale uint8 to [-1, 1] (mean 0.5, std 0.5 per channel).
-PIXEL_MEAN = PIXEL_STD = 0.5
 
-
-class RetrievalSplit(ABC):
+class RetrievalSplit(Split):
     """A split as the training loop and the evaluation read it: images with a fixed number
     of captions each. Batches come out in host memory; the caller copies them to the device."""
 
     n_images: int
     captions_per_image: int
-    workers = 0  # DataLoader worker processes (0: batches are built in this process)
 
     @abstractmethod
     def caption_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,10 +36,6 @@ class RetrievalSplit(ABC):
     @abstractmethod
     def image_batches(self, batch_size: int) -> Iterable[torch.Tensor]:
         """Every image as model input, in order, ``batch_size`` at a time."""
-
-    @abstractmethod
-    def training_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless training batches drawn by `training_batches`' sampler with ``generator``."""
 
     def caption_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every caption (image-major), ``batch_size`` at a time."""
@@ -122,12 +115,6 @@ def _tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.T
     """Every caption padded (or cut) to ``max_length`` tokens: fixed shapes keep memory
     figures exact and identical for every method."""
     return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-
-
-def to_pixels(images: np.ndarray) -> torch.Tensor:
-    """(n, H, W, 3) uint8 -> (n, 3, H, W) float32 normalised for the embedded model."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.sub_(PIXEL_MEAN).div_(PIXEL_STD).contiguous()
 
 
 def from_scenes(split: scenes.SceneSplit, tokenizer, text_length: int) -> TensorSplit:
