@@ -1,6 +1,6 @@
 """The shape of the code base, checked: imports point one way with no cycle (function-level
-imports included), methods never ask which backbone family they got, defaults live in one
-place, every method declares its learning-rate grid, and the README's record table lists
+imports included), methods never ask which backbone family they got and read nothing of it
+but the backbone interface, defaults live in one place, every method declares its learning-rate grid, and the README's record table lists
 exactly the record schema's fields."""
 
 from __future__ import annotations
@@ -156,6 +156,78 @@ def test_no_method_asks_for_the_family():
             if re.search(r"[\"'](vse|clip)[\"']", line) and path.name != "specs.py":
                 assert re.search(r"\.builder\([\"'](vse|clip)[\"']", line), f"{path.name}:{number}: {line.strip()}"
             assert ".family" not in line, f"{path.name}:{number}: {line.strip()}"
+
+
+def _library_models() -> set[str]:
+    """The attribute names under which each backbone family holds its library models (a
+    transformers `PreTrainedModel`): private to the family, whatever it calls them."""
+    from transformers import CLIPConfig, CLIPModel, PreTrainedModel
+
+    from petlbench.models.clip import ClipDualEncoder
+    from petlbench.models.vse import tiny_vse
+
+    tiny = {"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1}
+    clip = ClipDualEncoder(CLIPModel(CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 8, "patch_size": 4})))
+    return {name for family in (clip, tiny_vse()) for name, child in family.named_children() if isinstance(child, PreTrainedModel)}
+
+
+def library_reaches(tree: ast.AST, private: set[str], interface: set[str]) -> list[tuple[int, str]]:
+    """(line, code) of every reach past the backbone interface in ``tree``: an attribute (or
+    a `getattr` by constant name) that is one of the families' library models (``private``),
+    or any `config` or `*_config` that is not a member of the ``interface`` (in a method
+    module that is only ever a library model's config or sub-config: a method's own options
+    are `cfg`); a `getattr` whose name is built from parts naming a config
+    (``f"{tower}_config"``) too. A reach inside another (``backbone.clip`` in
+    ``backbone.clip.config``) is reported once, as the outer one."""
+
+    def banned(name: str) -> bool:
+        return name in private or ((name == "config" or name.endswith("_config")) and name not in interface)
+
+    def reaches(node: ast.AST) -> bool:
+        if isinstance(node, ast.Attribute):
+            return banned(node.attr)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" and len(node.args) > 1:
+            name = node.args[1]
+            parts = name.values if isinstance(name, ast.JoinedStr) else [name]
+            return any(isinstance(p, ast.Constant) and isinstance(p.value, str) and (banned(p.value) or "config" in p.value) for p in parts)
+        return False
+
+    flagged = [node for node in ast.walk(tree) if reaches(node)]
+    inner = {id(sub) for node in flagged for sub in ast.walk(node) if sub is not node}
+    return sorted((node.lineno, ast.unparse(node)) for node in flagged if id(node) not in inner)
+
+
+def test_library_reaches_are_found():
+    source = (
+        "a = b.clip.x\nc = getattr(d, f'{t}_config').w\ne = getattr(f, 'bert')\ng = h.blocks()[0].config\n"
+        "cfg.r, getattr(x, 'y'), k.block_config('text'), k.config_cls\ni = j.vision_config\nl = m.layer.config"
+    )
+    found = library_reaches(ast.parse(source), {"clip", "bert"}, {"block_config"})
+    assert found == [
+        (1, "b.clip"),
+        (2, "getattr(d, f'{t}_config')"),
+        (3, "getattr(f, 'bert')"),
+        (4, "h.blocks()[0].config"),
+        (6, "j.vision_config"),
+        (7, "m.layer.config"),
+    ]
+
+
+def test_methods_read_only_the_backbone_interface():
+    """No method reaches past `DualEncoder` into the library models a family wraps (their
+    attribute layout and configs change between library versions, and differ per family):
+    what a method needs of a backbone is on the interface, by role (`block_config` is the
+    one way a method gets a library config, for building blocks of the tower's kind)."""
+    from petlbench.models.backbone import DualEncoder
+
+    private = _library_models()
+    assert private  # the families do hold library models: the rule has something to find
+    found = [
+        f"{path.name}:{line}: {code}"
+        for path in sorted((PACKAGE / "methods").glob("*.py"))
+        for line, code in library_reaches(ast.parse(path.read_text()), private, set(vars(DualEncoder)))
+    ]
+    assert not found, f"{len(found)} reaches past the backbone interface:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("variant", shipped())

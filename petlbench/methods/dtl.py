@@ -73,15 +73,14 @@ class DisentangledClip(TokenWalker):
 
     def __init__(self, backbone: ClipDualEncoder, cfg: DTLConfig, conv_kernel: int | None = None):
         super().__init__(backbone)
-        config = backbone.clip.config
         self.beta = cfg.beta
         self.paths = nn.ModuleDict()
         self.first = {}
         for tower, blocks in backbone.blocks().items():
-            self.paths[tower] = LowRankPath(len(blocks), getattr(config, f"{tower}_config").hidden_size, cfg.r)
+            self.paths[tower] = LowRankPath(len(blocks), backbone.tower_shape(tower).width, cfg.r)
             self.first[tower] = first_injection(cfg, len(blocks))
-        vision = config.vision_config
-        self.grid = PatchGridConv(vision.hidden_size, conv_kernel, vision.patch_size) if conv_kernel else None
+        vision = backbone.tower_shape("vision")
+        self.grid = PatchGridConv(vision.width, conv_kernel, vision.patch_size) if conv_kernel else None
 
     def _swish(self, running: torch.Tensor) -> torch.Tensor:
         return running * torch.sigmoid(self.beta * running)

@@ -24,16 +24,17 @@ def _block_linears(backbone) -> set[str]:
 BERT_NAMES = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
 
 
-def inject(backbone, root: nn.Module, targets: list[str], cfg: LoraConfig):
-    """PEFT's LoRA layers on the ``targets`` (as ``root``'s modules name them) of the
-    backbone's blocks; everything else frozen. Only block layers may be targeted: PEFT would
-    otherwise wrap a projection too, and the loop's head rule (requires_grad on the
-    projection module) would then switch LoRA parameters on or off with it."""
+def inject(backbone, targets: list[str], cfg: LoraConfig):
+    """PEFT's LoRA layers on the ``targets`` (as the backbone's `injection_root` names its
+    modules) of the backbone's blocks; everything else frozen. Only block layers may be
+    targeted: PEFT would otherwise wrap a projection too, and the loop's head rule
+    (requires_grad on the projection module) would then switch LoRA parameters on or off
+    with it."""
     allowed = _block_linears(backbone)
     if not set(targets) <= allowed:
         raise ConfigError(f"lora: targets {short(cfg.targets)} must be a non-empty list of {', '.join(sorted(allowed))}")
     peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
-    peft.inject_adapter_in_model(peft_config, root)
+    peft.inject_adapter_in_model(peft_config, backbone.injection_root())
     # PEFT freezes all but its adapters already; say so here rather than rely on its policy.
     backbone.requires_grad_(False)
     for module in backbone.modules():
@@ -45,11 +46,11 @@ def inject(backbone, root: nn.Module, targets: list[str], cfg: LoraConfig):
 
 @LORA.builder("clip")
 def build_clip(backbone, cfg: LoraConfig):
-    return inject(backbone, backbone.clip, list(cfg.targets), cfg)
+    return inject(backbone, list(cfg.targets), cfg)
 
 
 @LORA.builder("vse")
 def build_vse(backbone, cfg: LoraConfig):
     """BERT's layers are the VSE family's only blocks (the CNN has none): the CLIP names
     `q_proj`/`k_proj`/`v_proj` map to BERT's `query`/`key`/`value`."""
-    return inject(backbone, backbone.bert, [BERT_NAMES.get(name, name) for name in cfg.targets], cfg)
+    return inject(backbone, [BERT_NAMES.get(name, name) for name in cfg.targets], cfg)

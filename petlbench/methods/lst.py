@@ -30,7 +30,6 @@ from operator import attrgetter
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 
 from petlbench.config import ConfigError
 from petlbench.methods.specs import LST, LSTConfig
@@ -44,26 +43,24 @@ from petlbench.registry import SetupData
 class LadderSide(nn.Module):
     """The side network of one tower."""
 
-    def __init__(self, blocks: nn.ModuleList, keep: list[int], r: int, gate_temperature: float, device: torch.device, config=None):
-        """Built on ``device`` (the backbone's); ``config``: the blocks' model config, when the
-        blocks do not carry it (BERT)."""
+    def __init__(self, backbone: DualEncoder, tower: str, keep: list[int], r: int, gate_temperature: float):
+        """The side of ``backbone``'s ``tower``, built on the backbone's device: its blocks are
+        of the tower's block type, built from the tower's block config with every width / r."""
         super().__init__()
-        config = config if config is not None else blocks[0].self_attn.config
-        d = config.hidden_size
-        if d % r or config.intermediate_size % r or (d // r) % config.num_attention_heads:
-            raise ConfigError(
-                f"lst: r={r} must divide the width {d} and MLP width {config.intermediate_size} into whole heads of {config.num_attention_heads}"
-            )
-        side_config = copy.deepcopy(config)
-        side_config.hidden_size, side_config.intermediate_size = d // r, config.intermediate_size // r
+        blocks, shape = backbone.blocks()[tower], backbone.tower_shape(tower)
+        d = shape.width
+        if d % r or shape.mlp_width % r or (d // r) % shape.heads:
+            raise ConfigError(f"lst: r={r} must divide the width {d} and MLP width {shape.mlp_width} into whole heads of {shape.heads}")
+        side_config = copy.deepcopy(backbone.block_config(tower))
+        side_config.hidden_size, side_config.intermediate_size = d // r, shape.mlp_width // r
         self.keep = keep
         self.temperature = gate_temperature
-        with torch.device(device):  # the blocks' own constructors take no device
+        with torch.device(backbone.device):  # the blocks' own constructors take no device
             self.down_in = nn.Linear(d, d // r)
             self.downs = nn.ModuleList(nn.Linear(d, d // r) for _ in keep)
             self.gates = nn.Parameter(torch.zeros(len(keep)))  # alpha_i = 0: g_i = 0.5
             self.blocks = nn.ModuleList(type(blocks[i])(side_config) for i in keep)
-            self.norm = nn.LayerNorm(d // r, eps=config.layer_norm_eps)
+            self.norm = nn.LayerNorm(d // r, eps=shape.norm_eps)
             self.up = nn.Linear(d // r, d)
 
     def forward(self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -93,9 +90,7 @@ class LadderSideTuned(TowerWise):
             raise ConfigError(f"lst: drop_layers={cfg.drop_layers} must index the towers' layers (0..{depth - 1})")
         self.side = nn.ModuleDict(
             {
-                tower: LadderSide(
-                    blocks, [i for i in range(len(blocks)) if i not in cfg.drop_layers], cfg.r, cfg.gate_temperature, backbone.device
-                )
+                tower: LadderSide(backbone, tower, [i for i in range(len(blocks)) if i not in cfg.drop_layers], cfg.r, cfg.gate_temperature)
                 for tower, blocks in towers.items()
             }
         )
@@ -213,11 +208,11 @@ class LadderSideTunedVse(BackboneWrapper):
 
     def __init__(self, backbone: VseDualEncoder, cfg: LSTConfig):
         super().__init__(backbone)
-        layers = backbone.bert.encoder.layer
+        layers = backbone.blocks()["text"]
         if any(not 0 <= i < len(layers) for i in cfg.drop_layers):
             raise ConfigError(f"lst: drop_layers={cfg.drop_layers} must index the text tower's layers (0..{len(layers) - 1})")
         keep = [i for i in range(len(layers)) if i not in cfg.drop_layers]
-        self.side = nn.ModuleDict({"text": LadderSide(layers, keep, cfg.r, cfg.gate_temperature, backbone.device, backbone.bert.config)})
+        self.side = nn.ModuleDict({"text": LadderSide(backbone, "text", keep, cfg.r, cfg.gate_temperature)})
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         c5 = self.backbone.frozen_states("vision", pixel_values=pixel_values).hidden_states[-1]
@@ -225,12 +220,10 @@ class LadderSideTunedVse(BackboneWrapper):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.backbone.frozen_states("text", input_ids=input_ids, attention_mask=attention_mask)
-        side = self.side["text"]
-        # the mask in the form the side layers' attention implementation expects
-        mask = create_bidirectional_mask(
-            config=side.blocks[0].attention.self.config, inputs_embeds=states.hidden_states[0], attention_mask=attention_mask
-        )
-        tokens = side(states.hidden_states, mask)
+        # the text blocks' mask, in the form their attention implementation expects: the side
+        # blocks are built from a copy of their config, so they expect the same form
+        (mask,), _ = self.backbone.block_arguments("text", states.hidden_states[0], attention_mask)
+        tokens = self.side["text"](states.hidden_states, mask)
         return self.backbone.tower_head("text", tokens, token_mask=states.token_mask)
 
 
@@ -254,8 +247,7 @@ def build_clip(backbone: ClipDualEncoder, cfg: LSTConfig, data: SetupData) -> La
         for tower in TOWERS:
             side = model.side[tower]
             for j, layer in enumerate(side.keep):
-                block = backbone.blocks()[tower][layer]
-                prune_block_into(side.blocks[j], block, importance, block.self_attn.num_heads)
+                prune_block_into(side.blocks[j], backbone.blocks()[tower][layer], importance, backbone.tower_shape(tower).heads)
     return model
 
 
@@ -266,7 +258,7 @@ def build_vse(backbone: VseDualEncoder, cfg: LSTConfig, data: SetupData) -> Ladd
     model = LadderSideTunedVse(backbone, cfg)
     importance = row_importance(backbone, cfg, data)
     if importance is not None:
-        side, layers = model.side["text"], backbone.bert.encoder.layer
+        side, layers, heads = model.side["text"], backbone.blocks()["text"], backbone.tower_shape("text").heads
         for j, layer in enumerate(side.keep):
-            prune_block_into(side.blocks[j], layers[layer], importance, backbone.bert.config.num_attention_heads, BERT_LAYER)
+            prune_block_into(side.blocks[j], layers[layer], importance, heads, BERT_LAYER)
     return model.train(backbone.training)

@@ -40,10 +40,9 @@ class PromptedClip(TokenWalker):
     def __init__(self, backbone: ClipDualEncoder, prompts: int, depth: Literal["deep", "shallow"]):
         super().__init__(backbone)
         self.n_prompts = prompts
-        config = backbone.clip.config
         self.prompts = nn.ParameterDict()
         for tower, blocks in backbone.blocks().items():
-            width = getattr(config, f"{tower}_config").hidden_size
+            width = backbone.tower_shape(tower).width
             sets = len(blocks) if depth == "deep" else 1
             self.prompts[tower] = nn.Parameter(torch.empty(sets, prompts, width, device=backbone.device))
         # VPT's initialisation: uniform(-b, b) with the Xavier bound b = sqrt(6 / (fan_in + d)),
@@ -52,8 +51,8 @@ class PromptedClip(TokenWalker):
         # embedding is a lookup with no input width, so fan_in = d. (Each block's LayerNorm
         # normalises a prompt token before it is read, so only the scale relative to what the
         # blocks add to it matters.)
-        vision = config.vision_config
-        fan_in = {"vision": vision.num_channels * vision.patch_size**2, "text": config.text_config.hidden_size}
+        vision = backbone.tower_shape("vision")
+        fan_in = {"vision": vision.channels * vision.patch_size**2, "text": backbone.tower_shape("text").width}
         for tower in TOWERS:
             width = self.prompts[tower].shape[-1]
             bound = math.sqrt(6.0 / (fan_in[tower] + width))

@@ -76,10 +76,9 @@ class ResTuningBypass(TowerWise):
 @RES_TUNING.builder("clip")
 def build(backbone: ClipDualEncoder, cfg: ResTuningConfig) -> ResTuningBypass:
     backbone.requires_grad_(False)
-    config = backbone.clip.config
     with torch.device(backbone.device):
         bypasses = {
-            tower: Bypass(len(blocks), getattr(config, f"{tower}_config").hidden_size, cfg.bottleneck, cfg.zero_init_last)
+            tower: Bypass(len(blocks), backbone.tower_shape(tower).width, cfg.bottleneck, cfg.zero_init_last)
             for tower, blocks in backbone.blocks().items()
         }
     return ResTuningBypass(backbone, bypasses)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 
 from petlbench.config import ConfigError
 from petlbench.methods.specs import SHERL, SherlConfig
@@ -157,31 +156,29 @@ class SherlVse(BackboneWrapper):
         self.text = text
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        resnet = self.backbone.resnet
-        *stages, layer4 = resnet.encoder.stages
+        *stages, layer4 = self.backbone.stages()["vision"]
         with torch.no_grad():
-            x = resnet.embedder(pixel_values)
+            x = self.backbone.block_input("vision", pixel_values=pixel_values)
             taps = []
             for stage in stages:
                 x = stage(x)
                 taps.append(x)
-            for unit in layer4.layers[:-1]:
+            for unit in layer4[:-1]:
                 x = unit(x)
             taps.append(x)
-        c5 = layer4.layers[-1](self.image(taps, tuple(pixel_values.shape[-2:])))
+        c5 = layer4[-1](self.image(taps, tuple(pixel_values.shape[-2:])))
         return self.backbone.tower_head("vision", feature_tokens(c5))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        bert = self.backbone.bert
-        *layers, last = bert.encoder.layer
+        *layers, last = self.backbone.blocks()["text"]
         with torch.no_grad():
-            x = bert.embeddings(input_ids=input_ids)
-            mask = create_bidirectional_mask(config=bert.config, inputs_embeds=x, attention_mask=attention_mask)
+            x = self.backbone.block_input("text", input_ids=input_ids)
+            args, kwargs = self.backbone.block_arguments("text", x, attention_mask)
             taps = [x]
             for layer in layers:
-                x = layer(x, mask)
+                x = layer(x, *args, **kwargs)
                 taps.append(x)
-        tokens = last(self.text(taps), mask)
+        tokens = last(self.text(taps), *args, **kwargs)
         return self.backbone.tower_head("text", tokens, token_mask=attention_mask.bool())
 
 
@@ -194,11 +191,10 @@ def _width(embed: int, divisor: int) -> int:
 @SHERL.builder("clip")
 def build_clip(backbone: ClipDualEncoder, cfg: SherlConfig) -> EmbeddingSide:
     width = _width(backbone.embed_dim, cfg.downsample)
-    config = backbone.clip.config
     backbone.requires_grad_(False)
     with torch.device(backbone.device):
         towers = {
-            tower: SherlTower(len(blocks) + 1, getattr(config, f"{tower}_config").hidden_size, backbone.embed_dim, width, cfg.pool_gate)
+            tower: SherlTower(len(blocks) + 1, backbone.tower_shape(tower).width, backbone.embed_dim, width, cfg.pool_gate)
             for tower, blocks in backbone.blocks().items()
         }
     return EmbeddingSide(backbone, towers)
@@ -207,16 +203,16 @@ def build_clip(backbone: ClipDualEncoder, cfg: SherlConfig) -> EmbeddingSide:
 @SHERL.builder("vse")
 def build_vse(backbone: VseDualEncoder, cfg: SherlConfig) -> SherlVse:
     width = _width(backbone.embed_dim, 2 * cfg.downsample)
-    units = len(backbone.resnet.encoder.stages[-1].layers)
+    cnn, text = backbone.tower_shape("vision"), backbone.tower_shape("text")
+    units = len(backbone.stages()["vision"][-1])
     if units < 2:
         raise UnsupportedError(
             "method 'sherl' does not apply to this ResNet: its CNN form taps every layer4 unit but the last and feeds the last, "
-            f"and this layer4 has {units} unit (depths {list(backbone.resnet.config.depths)})"
+            f"and this layer4 has {units} unit (depths {list(cnn.stage_depths)})"
         )
-    channels = list(backbone.resnet.config.hidden_sizes)  # C2, C3, C4, and h4 at C5's width
-    text = backbone.bert.config
+    channels = list(cnn.stage_widths)  # C2, C3, C4, and h4 at C5's width
     backbone.requires_grad_(False)
     with torch.device(backbone.device):
         image = SherlImage(channels, width)
-        side = SherlText(text.num_hidden_layers, text.hidden_size, width)
+        side = SherlText(text.depth, text.width, width)
     return SherlVse(backbone, image, side).train(backbone.training)

@@ -237,13 +237,12 @@ def _width(backbone: DualEncoder, cfg: UniPTConfig) -> int:
 def build_clip(backbone: ClipDualEncoder, cfg: UniPTConfig) -> EmbeddingSide:
     """The dual-encoder variant."""
     width = _width(backbone, cfg)
-    config = backbone.clip.config
     backbone.requires_grad_(False)
     towers = {}
     with torch.device(backbone.device):
         for tower in TOWERS:
-            tower_config = config.vision_config if tower == "vision" else config.text_config
-            towers[tower] = UniPTTower(tower_config.num_hidden_layers + 1, tower_config.hidden_size, backbone.embed_dim, width)
+            shape = backbone.tower_shape(tower)
+            towers[tower] = UniPTTower(shape.depth + 1, shape.width, backbone.embed_dim, width)
     return EmbeddingSide(backbone, towers)
 
 
@@ -252,8 +251,8 @@ def build_vse(backbone: VseDualEncoder, cfg: UniPTConfig) -> UniPTVse:
     """The CNN variant on the image tower and the token-level variant on the text tower."""
     width = _width(backbone, cfg)
     backbone.requires_grad_(False)
-    embed, text_config = backbone.embed_dim, backbone.bert.config
+    embed, cnn, words = backbone.embed_dim, backbone.tower_shape("vision"), backbone.tower_shape("text")
     with torch.device(backbone.device):
-        image = CnnUniPT(list(backbone.resnet.config.hidden_sizes), width, embed)
-        text = TokenUniPT(text_config.num_hidden_layers + 1, text_config.hidden_size, width, embed)
+        image = CnnUniPT(list(cnn.stage_widths), width, embed)
+        text = TokenUniPT(words.depth + 1, words.width, width, embed)
     return UniPTVse(backbone, image, text).train(backbone.training)

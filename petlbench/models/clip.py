@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import CLIPModel
+from transformers import CLIPModel, PreTrainedConfig
 from transformers.masking_utils import create_causal_mask
 
-from petlbench.models.backbone import DualEncoder, TowerStates
+from petlbench.models.backbone import DualEncoder, TowerShape, TowerStates
 
 TOWERS = ("vision", "text")
 
@@ -55,9 +55,35 @@ class ClipDualEncoder(DualEncoder):
         """Each tower's transformer blocks, first to last."""
         return {"vision": self.clip.vision_model.encoder.layers, "text": self.clip.text_model.encoder.layers}
 
+    def stages(self) -> dict[str, list[nn.Sequential]]:
+        """None: both towers are transformers."""
+        return {}
+
     def final_norms(self) -> list[nn.Module]:
         """The LayerNorms applied after each tower's last block."""
         return [self.clip.vision_model.post_layernorm, self.clip.text_model.final_layer_norm]
+
+    def tower_shape(self, tower: str) -> TowerShape:
+        """From the tower's sub-config (`vision_config`, `text_config`)."""
+        config = self.block_config(tower)
+        vision = tower == "vision"
+        return TowerShape(
+            width=config.hidden_size,
+            depth=config.num_hidden_layers,
+            heads=config.num_attention_heads,
+            mlp_width=config.intermediate_size,
+            norm_eps=config.layer_norm_eps,
+            patch_size=config.patch_size if vision else None,
+            channels=config.num_channels if vision else None,
+        )
+
+    def block_config(self, tower: str) -> PreTrainedConfig:
+        """The tower's sub-config, the object its encoder layers hold."""
+        return (self.clip.vision_model if tower == "vision" else self.clip.text_model).config
+
+    def injection_root(self) -> nn.Module:
+        """The whole `CLIPModel` (PEFT's target names are CLIP's: `q_proj`, `fc1`, ...)."""
+        return self.clip
 
     def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
         """Per-layer hidden states of ``tower`` ('vision': pixel_values; 'text': input_ids,

@@ -12,7 +12,10 @@ Interface, by role, as `ClipDualEncoder` where it makes sense:
   `projections()` (the two heads' Linears).
 - `blocks()` has the text tower only: a ResNet has stages of residual conv units, not
   transformer blocks, so methods that walk blocks (adapters, prompts, partial, LoRA's
-  targets) see BERT's layers and nothing of the CNN.
+  targets) see BERT's layers and nothing of the CNN; `stages()` has the CNN's stages,
+  each as its units; `block_input` is BERT's embedding output or the ResNet stem's map,
+  `block_arguments` BERT's bidirectional padding mask; `block_config` and
+  `injection_root` are BERT's (the only blocks); `tower_shape` has both towers' sizes.
 - `final_norms()` is empty (neither tower ends in a norm before its head).
 - `tower_states('text', ...)`: BERT's L+1 hidden states; `tower_states('vision', ...)`: the
   ResNet stage feature maps C2..C5 (B, C, H, W), what UniPT's CNN variant reads;
@@ -28,9 +31,10 @@ import math
 
 import torch
 from torch import nn
-from transformers import AutoModel, BertConfig, BertModel, ResNetConfig, ResNetModel
+from transformers import AutoModel, BertConfig, BertModel, PreTrainedConfig, ResNetConfig, ResNetModel
+from transformers.masking_utils import create_bidirectional_mask
 
-from petlbench.models.backbone import DualEncoder, TowerStates
+from petlbench.models.backbone import DualEncoder, TowerShape, TowerStates
 from petlbench.models.pooling import masked_mean
 
 # CLIP's initial temperature (1/0.07), for a comparable contrastive loss.
@@ -102,8 +106,60 @@ class VseDualEncoder(DualEncoder):
         """The text tower's transformer layers; the CNN has none (see the module doc)."""
         return {"text": self.bert.encoder.layer}
 
+    def stages(self) -> dict[str, list[nn.Sequential]]:
+        """The ResNet's stages, each the sequence of its residual units (what a
+        `ResNetStage` runs one after the other)."""
+        return {"vision": [stage.layers for stage in self.resnet.encoder.stages]}
+
     def final_norms(self) -> list[nn.Module]:
         return []
+
+    def tower_shape(self, tower: str) -> TowerShape:
+        """The ResNet's stage widths and depths (its width: the last stage's); BERT's sizes."""
+        if tower == "vision":
+            config = self.resnet.config
+            return TowerShape(
+                width=config.hidden_sizes[-1],
+                depth=0,
+                channels=config.num_channels,
+                stage_widths=tuple(config.hidden_sizes),
+                stage_depths=tuple(config.depths),
+            )
+        config = self.bert.config
+        return TowerShape(
+            width=config.hidden_size,
+            depth=config.num_hidden_layers,
+            heads=config.num_attention_heads,
+            mlp_width=config.intermediate_size,
+            norm_eps=config.layer_norm_eps,
+        )
+
+    def _text_only(self, tower: str, role: str) -> None:
+        if tower != "text":
+            raise ValueError(f"{role}: the VSE image tower is a CNN, it has no transformer blocks")
+
+    def block_config(self, tower: str) -> PreTrainedConfig:
+        """BERT's config (the CNN has no blocks)."""
+        self._text_only(tower, "block_config")
+        return self.bert.config
+
+    def injection_root(self) -> nn.Module:
+        """The `BertModel` (PEFT's target names are BERT's: `query`, `value`, ...)."""
+        return self.bert
+
+    def block_input(self, tower: str, **inputs: torch.Tensor) -> torch.Tensor:
+        """BERT's embedding output (B, N, d); for 'vision' the stem's map, what the first
+        ResNet stage reads (the frozen CNN in eval mode, as `encode_image` runs it)."""
+        if tower == "vision":
+            self._image_tower_mode()
+            return self.resnet.embedder(inputs["pixel_values"])
+        return self.bert.embeddings(input_ids=inputs["input_ids"])
+
+    def block_arguments(self, tower: str, tokens: torch.Tensor, padding: torch.Tensor | None = None) -> tuple[tuple, dict]:
+        """BERT's bidirectional mask over ``tokens`` from the (B, N) ``padding`` mask, in
+        the form the configured attention implementation expects; positional."""
+        self._text_only(tower, "block_arguments")
+        return (create_bidirectional_mask(config=self.bert.config, inputs_embeds=tokens, attention_mask=padding),), {}
 
 
 def vse_from_configs(
