@@ -90,8 +90,8 @@ def _sizes(text: str) -> list[int]:
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from petlbench import estimate
 
-    methods = _names("--methods", args.methods)
-    job = estimate.make_job(args.model, args.suite, methods, args.seq_len, args.precision, args.grad_checkpointing)
+    variants = _names("--variants", args.variants)
+    job = estimate.make_job(args.model, args.suite, variants, args.seq_len, args.precision, args.grad_checkpointing)
     if args.budget is None:
         rows, batch = estimate.at_batch(job, args.batch_size), f"batch {args.batch_size}"
     else:
@@ -143,8 +143,8 @@ def _run(args: argparse.Namespace) -> int:
     output = args.output
     if args.budget and output is None:  # the budgets' subfolders share one parent
         output = Path("results") / cfgmod.load_suite(args.suite, args.set).name / datetime.now().strftime("%Y%m%d-%H%M%S")
-    methods = _names("--methods", args.methods)
-    plans = [make_plan(args.suite, methods, args.seeds, output, args.set, args.shard, budget, device) for budget in args.budget or [None]]
+    variants = _names("--variants", args.variants)
+    plans = [make_plan(args.suite, variants, args.seeds, output, args.set, args.shard, budget, device) for budget in args.budget or [None]]
     failed = False
     for plan in plans:
         plan.memory_limit = args.memory_limit
@@ -263,12 +263,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from petlbench.methods import registered
+    from petlbench.tasks import registered as registered_tasks
     from petlbench.variants import load_variant
 
     print("suites:")
     for path in cfgmod.available("suites"):
         suite = cfgmod.load_suite(str(path))
-        print(f"  {path.stem:<24} v{suite.version}  {suite.description}")
+        print(f"  {path.stem:<24} v{suite.version}  {suite.task:<10} {suite.description}")
     print("method variants:")
     variants = [load_variant(str(path)) for path in cfgmod.available("methods")]
     width = max(len(v.method) for v in variants)
@@ -276,10 +277,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
         options = ", ".join(f"{k}={v}" for k, v in cfgmod.to_dict(variant.config).items())
         print(f"  {variant.name:<24} {variant.method:<{width}}  {options}")
     print("registered methods: " + ", ".join(sorted(registered())))
+    print("tasks:")
+    for task in sorted(registered_tasks().values(), key=lambda t: t.name):
+        metrics = ", ".join(m.name + ("" if m.higher_is_better else " (lower is better)") for m in task.metrics)
+        print(f"  {task.name:<24} {task.display}: {metrics}; primary {task.primary}")
     return 0
 
 
 STRICT = "exit 2 when a file in the folder is not a valid record (default: name it on stderr and skip it)"
+
+
+# A method is the algorithm, a variant a configuration of it (a file in methods/): the flag
+# that picks variants was called --methods until the task axis; the old name stays an alias
+# for one release.
+DEPRECATED_VARIANTS_FLAG = ("--methods",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,8 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate method variants on a suite")
     run.add_argument("--suite", required=True, help="suite name (suites/NAME.yaml) or a YAML path")
     run.add_argument(
-        "--methods",
-        help="comma-separated variant names (methods/NAME.yaml) or YAML paths; 'all' for every variant; default: the variant named after each registered method",
+        "--variants",
+        *DEPRECATED_VARIANTS_FLAG,
+        help="comma-separated method variants (methods/NAME.yaml) or YAML paths; 'all' for every variant; default: the variant "
+        "named after each registered method (--methods: its old name, kept for one release)",
     )
     run.add_argument("--seeds", type=_int_list, help="comma-separated seeds; default: the suite's seeds")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -394,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument(
         "--seq-len", type=_positive_int, help="text tokens per caption; default: the model's maximum (77 for CLIP, 512 for BERT)"
     )
-    est.add_argument("--methods", help="comma-separated variant names (methods/NAME.yaml) or YAML paths; default: every variant")
+    est.add_argument(
+        "--variants",
+        *DEPRECATED_VARIANTS_FLAG,
+        help="comma-separated method variants (methods/NAME.yaml) or YAML paths; default: every variant "
+        "(--methods: its old name, kept for one release)",
+    )
     est.add_argument("--suite", default="vl-retrieval", help="suite whose training rules apply (optimizer, head, temperature, attention)")
     est.add_argument(
         "--precision",

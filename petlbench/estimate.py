@@ -223,7 +223,9 @@ def make_job(
     supported = [v for v in variants if get_method(v.method).unsupported_reason(family) is None]
     if not supported:
         applicable = ", ".join(sorted(name for name, spec in registered().items() if spec.unsupported_reason(family) is None))
-        raise ConfigError(f"--methods {','.join(names)}: none applies to the {family!r} family of {model!r}; methods that do: {applicable}")
+        raise ConfigError(
+            f"--variants {','.join(names)}: none applies to the {family!r} family of {model!r}; methods that do: {applicable}"
+        )
     return Job(model, architecture, suite_cfg, supported, [v.name for v in variants if v not in supported])
 
 
@@ -353,8 +355,9 @@ def as_json(job: Job, rows: list[Row]) -> str:
     out = []
     for row in rows:
         item: dict[str, Any] = {
-            "method": row.variant.name,
-            "registered_method": row.variant.method,
+            "variant": row.variant.name,
+            "method": row.variant.method,
+            "registered_method": row.variant.method,  # the old name of "method", kept for one release
             "model": job.model,
             "batch_size": row.batch_size,
             "text_length": job.suite.data.text_length,

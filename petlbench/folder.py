@@ -179,7 +179,7 @@ def _conflicts(folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entri
     if sharded and grid is not None and grid != list(entries):
         out.append(
             f"its shards split the grid {', '.join(grid[:4])}{' ...' if len(grid) > 4 else ''} ({len(grid)} runs), this shard's grid "
-            f"has {len(entries)}: every shard must be started with the same --methods and --seeds"
+            f"has {len(entries)}: every shard must be started with the same --variants and --seeds"
         )
     return out
 

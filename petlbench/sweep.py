@@ -188,7 +188,7 @@ def make_plan(
             f"{cfgmod.find('suites', suite)}: key 'learning_rates.{clip(unknown[0])}': not a shipped variant; known: {', '.join(shipped())}"
         )
     variants = [load_variant(name, overrides, suite_cfg.learning_rates) for name in names]
-    _distinct([v.name for v in variants], "--methods")
+    _distinct([v.name for v in variants], "--variants")
     if seeds is None:
         seeds = suite_cfg.seeds
     _distinct(cfgmod.check_value(SuiteConfig, "seeds", seeds, "--seeds"), "--seeds")

@@ -19,7 +19,7 @@ METRIC_TOLERANCE=0.035
 BASELINE=results/baselines/vl-retrieval-ci
 if [ "${1:-}" = "--refresh" ]; then out=$BASELINE; else out=${1:?usage: memory_check.sh OUTPUT_DIR | --refresh}; fi
 
-petlbench run --suite vl-retrieval --methods all --device cpu --output "$out" \
+petlbench run --suite vl-retrieval --variants all --device cpu --output "$out" \
   --set data.train_images=64 --set data.val_images=16 --set data.test_images=32 \
   --set train.batch_size=16 --set train.steps=4 --set train.warmup_steps=1 --set train.measure_steps=2
 

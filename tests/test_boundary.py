@@ -118,7 +118,7 @@ BAD_LISTS = [
     (["--methods", ""], "--methods '': expected comma-separated names, none empty"),
     (["--methods", ","], "none empty"),
     (["--methods", "full,,linear"], "none empty"),
-    (["--methods", "linear,linear"], "--methods: linear asked for twice"),
+    (["--methods", "linear,linear"], "--variants: linear asked for twice"),
     (["--methods", "linear", "--seeds", "0,0"], "--seeds: 0 asked for twice"),
     (["--methods", "linear", "--seeds", "-1"], "--seeds: [-1] item 0 (-1) must be at least 0"),
     (["--methods", "linear", "--seeds", str(2**63)], "beyond the 64-bit integer range"),

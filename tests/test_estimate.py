@@ -377,7 +377,7 @@ def test_cli_json_on_a_checkpoint_folder(cli, tiny_folder, tmp_path):
     )
     assert code == 0, err
     rows = json.loads(out)
-    assert [r["method"] for r in rows] == ["full", "lora"]
+    assert [(r["variant"], r["method"], r["registered_method"]) for r in rows] == [("full", "full", "full"), ("lora", "lora", "lora")]
     config = tiny_config()
     n_params = sum(p.numel() for p in CLIPModel(config).parameters())
     for row in rows:
@@ -469,3 +469,16 @@ def test_cli_config_errors_exit_2(cli, args, message):
 def test_shipped_architecture_is_config_only(cli):
     code, _, err = cli("run", "--suite", "vl-retrieval", "--set", "model.name=clip-vit-base-patch32")
     assert code == 2 and "without weights" in err
+
+
+def test_the_json_names_the_variant_and_its_method_as_records_do(cli, tiny_folder):
+    """``variant`` is the methods/ file, ``method`` the registered method (as in a record's
+    ``run``); ``registered_method`` (the old name) and the ``--methods`` flag stay for one release."""
+    rows = {}
+    for flag in ("--variants", "--methods"):
+        code, out, err = cli("estimate", "--model", str(tiny_folder), "--batch-size", "2", flag, "adapter-pfeiffer", "--json")
+        assert code == 0, err
+        rows[flag] = json.loads(out)
+    assert rows["--variants"] == rows["--methods"]
+    (row,) = rows["--variants"]
+    assert (row["variant"], row["method"], row["registered_method"]) == ("adapter-pfeiffer", "adapter", "adapter")

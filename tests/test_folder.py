@@ -189,7 +189,7 @@ def test_shards_must_split_the_same_grid(cli, tmp_path):
     grid = ["--suite", "vl-retrieval", "--output", str(out), "--seeds", "0", *tiny_args()]
     assert cli("run", *grid, "--methods", "linear,bitfit", "--shard", "0/2")[0] == 0
     code, _, err = cli("run", *grid, "--methods", "linear", "--shard", "1/2", "--dry-run")
-    assert code == 2 and "every shard must be started with the same --methods and --seeds" in err
+    assert code == 2 and "every shard must be started with the same --variants and --seeds" in err
     assert cli("run", *grid, "--methods", "linear,bitfit", "--shard", "1/2")[0] == 0
     _complete(out, ["linear", "bitfit"])
 
