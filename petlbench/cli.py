@@ -21,7 +21,7 @@ from petlbench.report import WIDTHS
 from petlbench.report.tables import BY, FORMATS, summary_table
 
 if TYPE_CHECKING:
-    from petlbench.sweep import Shard
+    from petlbench.plan import Shard
 
 
 def _fraction(text: str) -> float:
@@ -61,7 +61,7 @@ def _positive_int(text: str) -> int:
 
 
 def _shard(text: str) -> Shard:
-    from petlbench.sweep import Shard
+    from petlbench.plan import Shard
 
     try:
         return Shard.parse(text)
@@ -89,6 +89,7 @@ def _sizes(text: str) -> list[int]:
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from petlbench import estimate
+    from petlbench import estimate_output as output
 
     variants = _names("--variants", args.variants)
     job = estimate.make_job(args.model, args.suite, variants, args.seq_len, args.precision, args.grad_checkpointing)
@@ -97,13 +98,13 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     else:
         rows, batch = estimate.within_budget(job, args.budget), f"the largest batch within {args.budget / 2**30:.2f} GiB"
     if args.json:
-        print(estimate.as_json(job, rows))
+        print(output.as_json(job, rows))
     else:
-        print(estimate.describe(job, batch))
+        print(output.describe(job, batch))
         print()
-        print(estimate.table(rows))
+        print(output.table(rows))
     if args.output:
-        paths = estimate.write_records(job, rows, args.output)
+        paths = output.write_records(job, rows, args.output)
         print(f"{len(paths)} records in {args.output}", file=sys.stderr)
     return 0
 
@@ -111,8 +112,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     """Plan (every check), then run; SIGINT and SIGTERM end it with one line and exit
     130 / 143, a record that cannot be written with exit 1."""
+    from petlbench.isolation import Interrupted, interruptible
     from petlbench.records import OutputError
-    from petlbench.sweep import Interrupted, interruptible
 
     with interruptible():
         try:
@@ -135,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     """Every plan first (one per budget; all checks and estimates), then their runs."""
     from datetime import datetime
 
-    from petlbench.sweep import make_plan, resolve_device
+    from petlbench.plan import make_plan, resolve_device
 
     device = resolve_device(args.device)
     if args.memory_limit is not None and device.type != "cuda":
@@ -156,7 +157,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_one_plan(plan, device, dry_run: bool) -> bool:
     """Run one plan and write its report; True where a run ended in ``error``."""
-    from petlbench.sweep import Interrupted, run_plan
+    from petlbench.isolation import Interrupted
+    from petlbench.sweep import run_plan
 
     runs, grid = len(plan.runs()), len(plan.grid())
     part = f"{runs} runs" if plan.shard is None else f"shard {plan.shard}: {runs} of {grid} runs"

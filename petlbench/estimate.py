@@ -1,27 +1,24 @@
-"""`petlbench estimate`: the peak training memory of method variants on a real-size model,
+"""The estimate engine: the peak training memory of method variants on a real-size model,
 or the largest batch size that fits a memory budget, from fake tensors
-(`petlbench.measure.estimate`): no GPU, no weights, a few seconds per variant."""
+(`petlbench.measure.estimate`): no GPU, no weights, a few seconds per variant. What the
+`estimate` command prints and writes of it is `petlbench.estimate_output`."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from tabulate import tabulate
 from torch._subclasses.fake_tensor import FakeTensorMode
 from tqdm.auto import tqdm
 
 from petlbench import config as cfgmod
-from petlbench import records
 from petlbench.config import ConfigError, Precision, SuiteConfig, TrainConfig
 from petlbench.measure.estimate import (
     CUDA_GRANULARITY,
@@ -39,17 +36,11 @@ from petlbench.measure.params import parameter_counts
 from petlbench.measure.phase import training_phase
 from petlbench.methods import get_method, registered
 from petlbench.models.loader import Architecture, load_architecture
-from petlbench.schema import Budget
 from petlbench.tasks import get_task
-from petlbench.train import RunOutcome, make_optimizer, prepare, train_step, trainable_rule
-from petlbench.units import MiB, memory_unit
+from petlbench.train import make_optimizer, prepare, train_step
 from petlbench.variants import Variant, data_free, load_variant, shipped
 
-# The breakdown of a peak, in table order, with column names.
-PARTS = {"parameters": "parameters", "optimizer_state": "optimizer state", "transient_peak": "transient peak", "workspace": "workspace"}
-# An estimate depends on no seed; records still name one (`records.record_path`).
-SEED = 0
-# Why figures are not yet checked against a GPU (measurement.md): said by `describe`, the JSON and the records.
+# Why figures are not yet checked against a GPU: said by the command's description, its JSON and the records.
 UNCHECKED_CUDA = "the CUDA allocation rounding and the cuBLAS workspace constant are unchecked until scripts/measure_cuda.py runs on a GPU"
 UNCHECKED_BF16 = (
     "bf16 figures are unvalidated until checked on a GPU: the estimate runs CPU autocast, which computes some ops "
@@ -307,119 +298,3 @@ def within_budget(job: Job, budget: int) -> list[Row]:
 def unvalidated(train: TrainConfig) -> list[str]:
     """Why estimates under the training options ``train`` are not yet checked against a GPU."""
     return [UNCHECKED_CUDA, *([UNCHECKED_BF16] if train.precision == "bf16" else [])]
-
-
-def describe(job: Job, batch: str) -> str:
-    """One paragraph saying what the figures are (``batch``: at which batch size), how far
-    they are validated, and which variants were left out."""
-    train, side = job.suite.train, job.architecture.image_size
-    precision = "bf16 autocast" if train.precision == "bf16" else train.precision
-    checkpointing = ", activation checkpointing of every transformer block" if train.grad_checkpointing else ""
-    bf16 = f" {UNCHECKED_BF16}." if train.precision == "bf16" else ""
-    left_out = (
-        f" Left out, their methods do not apply to the {job.architecture.family!r} family: {', '.join(job.unsupported)}."
-        if job.unsupported
-        else ""
-    )
-    return (
-        f"Estimated training peak on a GPU (torch.cuda.max_memory_allocated) of {job.model}, {batch}, {side}x{side} images, "
-        f"{job.suite.data.text_length} text tokens, {precision}{checkpointing}, AdamW {train.optimizer_impl}, "
-        f"head {train.head}, temperature {train.temperature} (suite {job.suite.name}): "
-        f"fake tensors, each allocation rounded up to {CUDA_GRANULARITY} B, plus {CUDA_WORKSPACE_BYTES / MiB:.0f} MiB "
-        "of cuBLAS workspaces (an unvalidated constant until checked on a GPU)." + bf16 + left_out
-    )
-
-
-def table(rows: list[Row]) -> str:
-    """Method, trainable parameters, (largest batch,) peak and its breakdown, one memory unit."""
-    unit, scale = memory_unit(row.peak.peak_bytes for row in rows)
-    budget = any(row.budget_bytes is not None for row in rows)
-    body = []
-    for row in rows:
-        parts = [f"{row.peak.breakdown.get(key, 0) / scale:.2f}" for key in PARTS]
-        largest = [row.max_batch_size or "over budget"] if budget else []
-        body.append([row.variant.name, f"{row.params['params_trainable']:,}", *largest, f"{row.peak.peak_bytes / scale:.2f}", *parts])
-    peak_header = f"train peak at it ({unit})" if budget else f"train peak ({unit})"
-    headers = [
-        "method",
-        "trainable params",
-        *(["largest batch"] if budget else []),
-        peak_header,
-        *(f"{name} ({unit})" for name in PARTS.values()),
-    ]
-    return tabulate(body, headers=headers, disable_numparse=True, colalign=("left", *["right"] * (len(headers) - 1)))
-
-
-def as_json(job: Job, rows: list[Row]) -> str:
-    """A list with one object per variant."""
-    out = []
-    for row in rows:
-        item: dict[str, Any] = {
-            "variant": row.variant.name,
-            "method": row.variant.method,
-            "registered_method": row.variant.method,  # the old name of "method", kept for one release
-            "model": job.model,
-            "batch_size": row.batch_size,
-            "text_length": job.suite.data.text_length,
-            "precision": job.suite.train.precision,
-            "grad_checkpointing": job.suite.train.grad_checkpointing,
-            "optimizer_impl": job.suite.train.optimizer_impl,
-            "validated": not unvalidated(job.suite.train),
-            "unvalidated": unvalidated(job.suite.train),
-            **row.params,
-            "train_peak_bytes": row.peak.peak_bytes,
-            "breakdown": row.peak.breakdown,
-        }
-        if row.budget_bytes is not None:
-            item.update(budget_bytes=row.budget_bytes, max_batch_size=row.max_batch_size)
-        out.append(item)
-    return json.dumps(out, indent=2)
-
-
-def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
-    """Result records of the usual schema (memory source ``estimate``, no metrics). At a
-    batch size, the suite holds it; under a budget, the suite holds the budget (one
-    `suite_hash` for every variant) and the record's ``budget`` section the largest batch,
-    or status ``over_budget`` with the peak at batch 1 where none fits."""
-    paths = []
-    env = records.environment(torch.device("cpu"))
-    for row in rows:
-        if row.budget_bytes is None:
-            suite, budget = dataclasses.replace(job.suite, train=dataclasses.replace(job.suite.train, batch_size=row.batch_size)), None
-        else:
-            suite = dataclasses.replace(job.suite, budget=dataclasses.replace(job.suite.budget, bytes=row.budget_bytes))
-            budget = Budget(
-                bytes=row.budget_bytes,
-                target="cuda",
-                headroom_bytes=0,
-                schedule=suite.budget.schedule,
-                lr_scaling=suite.budget.lr_scaling,
-                validated=not unvalidated(suite.train),
-                unvalidated=unvalidated(suite.train),
-                batch_size=row.max_batch_size or None,
-                estimated_train_peak_bytes=row.peak.peak_bytes,
-                reason=None if row.max_batch_size else f"estimated train peak at batch 1: {row.peak.peak_bytes:,} bytes, above the budget",
-            )
-        memory = {
-            "source": "estimate",
-            "target": "cuda",
-            "allocation_granularity_bytes": CUDA_GRANULARITY,
-            "train_peak_bytes": row.peak.peak_bytes,
-            "eval_peak_bytes": None,
-            "train_reserved_peak_bytes": None,
-            "eval_reserved_peak_bytes": None,
-            "train_breakdown": row.peak.breakdown,
-            "measured_steps": [1, 1],
-            "budget_bytes": row.budget_bytes,
-            "validated": not unvalidated(job.suite.train),
-            "unvalidated": unvalidated(job.suite.train),
-        }
-        outcome = RunOutcome(metrics=None, cost={**row.params, "memory": memory}, trainable_rule=trainable_rule(suite, row.variant))
-        status, error = ("over_budget", budget.reason) if budget is not None and budget.batch_size is None else ("ok", None)
-        path = records.record_path(output, row.variant.name, SEED)
-        record = records.make_record(
-            suite, row.variant, SEED, status, error, outcome, env, row.wall_s, budget=dataclasses.asdict(budget) if budget else None
-        )
-        records.write_record(path, record)
-        paths.append(path)
-    return paths

@@ -61,7 +61,7 @@ _SPLITS_CACHE: dict[tuple, dict[str, Split]] = {}
 
 def _splits(suite: SuiteConfig, tokenizer, image_processor, device: torch.device) -> dict[str, Split]:
     """The suite's data, built once per process and shared by every run of a sweep (the
-    model's preprocessors were checked by `sweep.make_plan`)."""
+    model's preprocessors were checked by `plan.make_plan`)."""
     key = (suite.task, suite.model.name, json.dumps(cfgmod.to_dict(suite.data), sort_keys=True), device.type)
     if key not in _SPLITS_CACHE:
         task = get_task(suite.task).implementation

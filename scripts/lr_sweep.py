@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from petlbench.methods import get_method
-from petlbench.sweep import make_plan, resolve_device, run_plan
+from petlbench.plan import make_plan, resolve_device
+from petlbench.sweep import run_plan
 from petlbench.variants import default_variants, load_variant
 
 

@@ -137,7 +137,7 @@ def test_a_suite_learning_rate_replaces_the_variant_files_and_a_set_wins():
 
 
 def test_the_near_suite_learning_rates_reach_its_runs():
-    from petlbench.sweep import make_plan
+    from petlbench.plan import make_plan
 
     near = config.load_suite("vl-retrieval-near")
     assert set(near.learning_rates) == {v for v in shipped() if v in registered()}, "one rate per default variant"

@@ -13,8 +13,10 @@ import types
 import psutil
 import torch
 
-from petlbench import faults, records, sweep
-from petlbench.sweep import attempt_in_fresh_process, died, make_plan, run_plan
+from petlbench import faults, isolation, records
+from petlbench.isolation import attempt_in_fresh_process, died
+from petlbench.plan import make_plan
+from petlbench.sweep import run_plan
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")
@@ -48,7 +50,9 @@ def test_exit_codes_are_named():
 # once it has started a run's process: the run's process must go with it.
 SIGTERMED_SWEEP = """
 import sys, torch
-from petlbench.sweep import Interrupted, interruptible, make_plan, run_plan
+from petlbench.isolation import Interrupted, interruptible
+from petlbench.plan import make_plan
+from petlbench.sweep import run_plan
 plan = make_plan("vl-retrieval", ["linear"], [0], sys.argv[1], sys.argv[2:])
 with interruptible():
     try:
@@ -90,16 +94,16 @@ def test_an_out_of_memory_run_is_recorded_oom_with_the_cap(monkeypatch):
     """What a CUDA run under `--memory-limit` does when it needs more: the cap is set in the
     run's own process before the run, and the allocator's error is an `oom` result."""
     calls = []
-    monkeypatch.setattr(sweep, "limit_cuda_memory", lambda device, nbytes: calls.append(("limit", nbytes)))
+    monkeypatch.setattr(isolation, "limit_cuda_memory", lambda device, nbytes: calls.append(("limit", nbytes)))
 
     def run_out_of_memory(*args):
         calls.append(("run",))
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
 
-    monkeypatch.setattr(sweep, "run", run_out_of_memory)
+    monkeypatch.setattr(isolation, "run", run_out_of_memory)
     plan = make_plan("vl-retrieval", ["full"], [0], None, TINY)
     plan.memory_limit = 160 * 2**20
-    status, error, outcome, _ = sweep.attempt(plan, plan.variants[0], 0, CPU, None)
+    status, error, outcome, _ = isolation.attempt(plan, plan.variants[0], 0, CPU, None)
     assert calls == [("limit", 160 * 2**20), ("run",)]
     assert status == "oom" and outcome is None
     assert error == f"CUDA out of memory. Tried to allocate 2.00 MiB (batch size 8, allocator capped at {160 * 2**20} bytes)"
@@ -116,8 +120,8 @@ def test_the_cap_is_a_fraction_of_an_indexed_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=4 * 2**30))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    sweep.limit_cuda_memory(torch.device("cuda"), 2**30)  # what `--device cuda` resolves to
-    sweep.limit_cuda_memory(torch.device("cuda", 0), 8 * 2**30)  # more than the card: the whole card
+    isolation.limit_cuda_memory(torch.device("cuda"), 2**30)  # what `--device cuda` resolves to
+    isolation.limit_cuda_memory(torch.device("cuda", 0), 8 * 2**30)  # more than the card: the whole card
     assert set_to == [(0.25, 1), (1.0, 0)]
 
 

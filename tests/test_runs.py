@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from petlbench import config, records, sweep, train
+from petlbench import config, isolation, records, train
 from petlbench.methods import registered
 from petlbench.tasks import get_task
 from petlbench.variants import load_variant
@@ -100,14 +100,14 @@ def test_atomic_write_keeps_the_old_record_on_failure(tmp_path):
 
 
 def test_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatch):
-    real_run = sweep.run
+    real_run = isolation.run
 
     def failing_for_partial(suite, variant, *args):
         if variant.name == "partial":
             raise RuntimeError("partial broke in a test")
         return real_run(suite, variant, *args)
 
-    monkeypatch.setattr(sweep, "run", failing_for_partial)
+    monkeypatch.setattr(isolation, "run", failing_for_partial)
     code, out, _ = _run(cli, tmp_path / "out", "--methods", "partial,linear", *tiny_args())
     assert code == 1
     failed = json.loads(records.record_path(tmp_path / "out", "partial", 0).read_text())
@@ -145,7 +145,7 @@ def test_list_shows_suites_and_variants(cli):
 
 
 def test_default_methods_are_one_variant_per_registered_method():
-    from petlbench.sweep import make_plan
+    from petlbench.plan import make_plan
 
     plan = make_plan("vl-retrieval", None, None, None, [])
     assert sorted(v.method for v in plan.variants) == sorted(registered())
@@ -157,7 +157,8 @@ def test_default_methods_are_one_variant_per_registered_method():
 def test_a_run_in_a_fresh_process_gives_the_same_record(tmp_path):
     """The CUDA path runs each (variant, seed) in a spawned process; on the CPU the exact
     figures must not depend on where the run happened."""
-    from petlbench.sweep import make_plan, run_plan
+    from petlbench.plan import make_plan
+    from petlbench.sweep import run_plan
 
     overrides = [a for a in tiny_args() if a != "--set"]
     here = run_plan(make_plan("vl-retrieval", ["lst"], [0], tmp_path / "here", overrides), torch.device("cpu"), isolate=False)

@@ -92,7 +92,8 @@ def test_no_import_cycle_in_the_package():
 @pytest.mark.parametrize(
     "layer, never",
     [
-        ("petlbench.measure", ("petlbench.train", "petlbench.tasks", "petlbench.sweep", "petlbench.estimate")),
+        ("petlbench.measure", ("petlbench.train", "petlbench.tasks", "petlbench.plan", "petlbench.sweep", "petlbench.estimate")),
+        ("petlbench.plan", ("petlbench.isolation", "petlbench.sweep")),
         ("petlbench.tasks", ("petlbench.measure", "petlbench.train", "petlbench.methods", "petlbench.registry", "petlbench.report")),
         ("petlbench.config", ("petlbench.registry", "petlbench.methods", "petlbench.variants", "petlbench.tasks")),
         ("petlbench.models", ("petlbench.methods", "petlbench.registry", "petlbench.train", "petlbench.tasks")),

@@ -12,7 +12,7 @@ import pytest
 
 from petlbench import records
 from petlbench.cli import main
-from petlbench.sweep import Shard, make_plan
+from petlbench.plan import Shard, make_plan
 from tests.conftest import tiny_args
 
 GRID = ["--suite", "vl-retrieval", "--device", "cpu", "--methods", "linear,bitfit", "--seeds", "0,1", *tiny_args()]

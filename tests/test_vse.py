@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from petlbench import records, sweep
+from petlbench import isolation, plan, records, sweep
 from petlbench.config import ConfigError, load_suite
 from petlbench.measure.params import parameter_counts
 from petlbench.methods import registered
@@ -217,9 +217,9 @@ def test_unsupported_method_in_a_sweep_is_a_record(tmp_path, monkeypatch):
         metrics = {"task": "retrieval", "primary": "rsum", "values": values, "evaluated": {"images": 1, "captions": 5}}
         return RunOutcome(metrics=metrics, cost=cost)
 
-    monkeypatch.setattr(sweep, "run", fake_run)
-    plan = sweep.Plan(suite, [load_variant(unsupported), load_variant("linear")], [0], [], tmp_path)
-    out = sweep.run_plan(plan, torch.device("cpu"))
+    monkeypatch.setattr(isolation, "run", fake_run)
+    grid = plan.Plan(suite, [load_variant(unsupported), load_variant("linear")], [0], [], tmp_path)
+    out = sweep.run_plan(grid, torch.device("cpu"))
     assert [r["run"]["status"] for r in out] == ["unsupported", "ok"]
     rec = json.loads(records.record_path(tmp_path, unsupported, 0).read_text())
     assert rec["run"]["status"] == "unsupported"
