@@ -33,11 +33,10 @@ from petlbench.measure.estimate import (
 )
 from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, host_batches, training_state
 from petlbench.measure.params import parameter_counts
-from petlbench.measure.phase import training_phase
 from petlbench.methods import get_method, registered
 from petlbench.models.loader import Architecture, load_architecture
 from petlbench.tasks import get_task
-from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.train import Training, prepare
 from petlbench.variants import Variant, data_free, load_variant, shipped
 
 # Why figures are not yet checked against a GPU: said by the command's description, its JSON and the records.
@@ -65,19 +64,18 @@ class FakeTraining:
         self.train = train or suite.train
         with torch.device("meta"):
             backbone = architecture.build(suite.model.attn_implementation)
-        self.model = prepare(backbone, self.train, data_free(variant), task=suite.task)
-        self.params = parameter_counts(self.model)
+        model = prepare(backbone, self.train, data_free(variant), task=suite.task)
+        self.params = parameter_counts(model)
         self.fake_mode = FakeTensorMode()
-        self.lr = variant.config.lr
         with self.fake_mode:
-            materialize(self.model)
-        self._new_optimizer()
+            materialize(model)
+            self.training = Training(model, self.train, variant.config.lr, suite.task)
+        self._first_step_state()
 
     def _new_optimizer(self) -> None:
         """A fresh optimizer with the state a warm-up step leaves (`_first_step_state`)."""
         with self.fake_mode:
-            self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], self.train, self.lr)
-        self.model.train()
+            self.training.new_optimizer()
         self._first_step_state()
 
     def _first_step_state(self) -> None:
@@ -86,11 +84,12 @@ class FakeTraining:
         moments, as `AdamW._init_group` makes them, for every trainable parameter. AdamW
         makes state only for parameters that got a gradient: the next `peak` checks which
         did (``_unchecked``) and measures again without the state of any that did not."""
+        opt = self.training.opt
         with self.fake_mode:
-            for group in self.opt.param_groups:
+            for group in opt.param_groups:
                 on_device = group["fused"] or group["capturable"]
                 for p in group["params"]:
-                    state = self.opt.state[p]
+                    state = opt.state[p]
                     state["step"] = torch.tensor(1.0, dtype=torch.float32, device=p.device if on_device else "cpu")
                     for name in ("exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if group["amsgrad"] else [])):
                         state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -104,32 +103,22 @@ class FakeTraining:
     def peak(self, batch_size: int) -> PhasePeak:
         """The peak of a steady-state step at ``batch_size``, broken down like the CPU
         accounting, plus ``workspace``."""
-        cuda = self.target == "cuda"
-
-        def step(batch: dict[str, torch.Tensor]) -> None:
-            train_step(self.model, batch, self.opt, self.train.precision, self.suite.task)
-
+        cuda, opt = self.target == "cuda", self.training.opt
         batches = iter(lambda: self.task.random_batch(self.architecture, batch_size, self.suite), None)
         steps_on_host = cuda and self.train.optimizer_impl != "fused"
-        trainable = [p for group in self.opt.param_groups for p in group["params"]] if self._unchecked else []
+        trainable = [p for group in opt.param_groups for p in group["params"]] if self._unchecked else []
         reached: set[int] = set()
         hooks = [p.register_post_accumulate_grad_hook(lambda p: reached.add(id(p))) for p in trainable]
         with self.fake_mode, self._norm_statistics(), FusedAttentionDropout() if cuda else contextlib.nullcontext():
-            peak = training_phase(
-                step,
-                batches,
-                torch.device("cpu"),
-                CpuAccountingMeter(granularity=CUDA_GRANULARITY if cuda else 1),
-                lambda: training_state(self.model, self.opt, steps_on_host),
-                warmup=0,
-            ).peak
+            meter = CpuAccountingMeter(granularity=CUDA_GRANULARITY if cuda else 1)
+            peak = self.training.measure(batches, torch.device("cpu"), meter, steps_on_host, warmup=0).peak
         for hook in hooks:
             hook.remove()
         if self._unchecked:
             self._unchecked = False
             if unreached := [p for p in trainable if id(p) not in reached]:
                 for p in unreached:  # a real run's optimizer never made their state
-                    del self.opt.state[p]
+                    del opt.state[p]
                 return self.peak(batch_size)
         if cuda:
             peak.breakdown["workspace"] = CUDA_WORKSPACE_BYTES
@@ -143,13 +132,14 @@ class FakeTraining:
         training, with the optimizer state gone. The optimizer is made anew for a later
         `peak`. On the CUDA target the ranking that a GPU run does on the host is counted
         too: an upper bound there."""
-        self.opt.state.clear()
+        self.training.opt.state.clear()
+        model = self.training.model
         meter = CpuAccountingMeter(granularity=CUDA_GRANULARITY if self.target == "cuda" else 1)
         with self.fake_mode, self._norm_statistics(), ScalarsAsZero():
             split = self.task.random_split(self.architecture, items, self.suite)
-            with meter.phase(*training_state(self.model)) as peak:
+            with meter.phase(*training_state(model)) as peak:
                 cpu, folds, precision = torch.device("cpu"), self.suite.eval.folds, self.train.precision
-                self.task.evaluate(self.model, split, batch_size, cpu, folds, precision, host_batches)
+                self.task.evaluate(model, split, batch_size, cpu, folds, precision, host_batches)
         self._new_optimizer()
         peak.source = "estimate"
         return peak

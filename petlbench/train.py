@@ -27,7 +27,7 @@ from petlbench.measure.kernels import AttentionKernels
 from petlbench.measure.memory import host_batches, meter_for, training_state
 from petlbench.measure.nvml import NvmlPeak, NvmlSampler
 from petlbench.measure.params import parameter_counts
-from petlbench.measure.phase import to_device, training_phase
+from petlbench.measure.phase import PhaseResult, to_device, training_phase
 from petlbench.methods import get_method
 from petlbench.models.backbone import DualEncoder
 from petlbench.models.loader import load_backbone
@@ -201,6 +201,51 @@ def train_step(
     return loss
 
 
+class Training:
+    """A variant's prepared model, its optimizer and the suite's training step: the one
+    assembly of "variant -> prepared model -> optimizer -> measured phase" that `run`, the
+    estimate (`estimate.FakeTraining`), the scripts and the tests measure."""
+
+    def __init__(self, model: nn.Module, train: TrainConfig, lr: float, task: str = DEFAULT_TASK):
+        self.model, self.train, self.lr, self.task = model, train, lr, task
+        self.new_optimizer()
+
+    @classmethod
+    def of(
+        cls,
+        backbone: DualEncoder,
+        train: TrainConfig,
+        variant: Variant,
+        data: Callable[[int], Iterator[Batch]] | None = None,
+        task: str = DEFAULT_TASK,
+        lr: float | None = None,
+    ) -> Training:
+        """``variant`` prepared on ``backbone`` (`prepare`) with a fresh optimizer at ``lr``
+        (default: the variant's)."""
+        return cls(prepare(backbone, train, variant, data, task), train, variant.config.lr if lr is None else lr, task)
+
+    def new_optimizer(self) -> None:
+        """A fresh optimizer over what trains (no state yet), the model in training mode."""
+        self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], self.train, self.lr)
+        self.model.train()
+
+    def step(self, batch: Batch) -> torch.Tensor:
+        """`train_step` of this model, optimizer, precision and task."""
+        return train_step(self.model, batch, self.opt, self.train.precision, self.task)
+
+    def resident(self, steps_on_host: bool = False):
+        """What lives between two steps (`measure.memory.training_state`)."""
+        return training_state(self.model, self.opt, steps_on_host)
+
+    def measure(
+        self, batches: Iterator[Batch], device: torch.device, meter, steps_on_host: bool = False, step=None, **phase
+    ) -> PhaseResult:
+        """The one measured phase (`measure.phase.training_phase`) of this training's steps
+        (or of ``step``, one that wraps them) on ``batches``; ``phase``: its step counts and
+        context managers."""
+        return training_phase(step or self.step, batches, device, meter, lambda: self.resident(steps_on_host), **phase)
+
+
 def _nvml_figures(peak: NvmlPeak) -> dict[str, Any]:
     """The NVML figure of the training window, for the record (absent, with why, without NVML)."""
     return {"nvml_train_peak_bytes": peak.peak_bytes, "nvml_approximate": peak.approximate, "nvml_unavailable": peak.unavailable}
@@ -229,17 +274,16 @@ def run(
     splits = _splits(suite, tokenizer, image_processor, device)
     train_split, eval_split = splits["train"], splits[suite.eval.split]
 
-    model = prepare(backbone, train, variant, lambda batch_size: setup_batches(train_split, batch_size, seed, device), suite.task)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    setup = lambda batch_size: setup_batches(train_split, batch_size, seed, device)  # noqa: E731
+    training = Training.of(backbone, train, variant, setup, suite.task, settings.lr)
+    model, opt = training.model, training.opt
 
     steps, bs = train.steps, train.batch_size
-    opt = make_optimizer(trainable, train, settings.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(train.warmup_steps, steps))
     batches = train_split.training_batches(bs, torch.Generator().manual_seed(seed))
-    model.train()
 
     def step(batch: dict[str, torch.Tensor]) -> None:
-        loss = train_step(model, batch, opt, train.precision, suite.task).item()
+        loss = training.step(batch).item()
         sched.step()
         if not math.isfinite(loss):
             raise DivergedError(f"loss became {loss}")
@@ -255,12 +299,12 @@ def run(
     attention = warmup.enter_context(AttentionKernels())
     warmup.callback(faults.inject, "run.warmup", variant.name)
     t_train = time.perf_counter()
-    phase = training_phase(
-        step,
+    phase = training.measure(
         batches,
         device,
         meter,
-        lambda: training_state(model, opt, steps_on_host),
+        steps_on_host,
+        step,
         measured=train.measure_steps,
         timed=steps - 1 - train.measure_steps,
         around_warmup=warmup,

@@ -17,11 +17,10 @@ import statistics
 import torch
 
 from petlbench.config import load_suite
-from petlbench.measure.memory import CpuAccountingMeter, training_state
-from petlbench.measure.phase import training_phase
+from petlbench.measure.memory import CpuAccountingMeter
 from petlbench.models.loader import load_backbone
 from petlbench.tasks.retrieval.data import suite_splits
-from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.train import Training
 from petlbench.variants import load_variant
 
 
@@ -41,19 +40,9 @@ def main() -> None:
         batches = split.training_batches(suite.train.batch_size, torch.Generator().manual_seed(0))
         variant = load_variant(name)
         setup_batch = next(batches)  # LST's Fisher ranking: set-up, not timed
-        model = prepare(backbone, suite.train, variant, data=lambda _size: itertools.repeat(setup_batch))  # noqa: B023
-        opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite.train, variant.config.lr)
-        step = lambda batch, m=model, o=opt: train_step(m, batch, o)  # noqa: E731
+        training = Training.of(backbone, suite.train, variant, data=lambda _size: itertools.repeat(setup_batch))  # noqa: B023
         # the measured window runs under the accounting, the timed steps after it without
-        phase = training_phase(
-            step,
-            batches,
-            device,
-            CpuAccountingMeter(),
-            lambda model=model, opt=opt: training_state(model, opt),
-            measured=args.steps,
-            timed=args.steps,
-        )
+        phase = training.measure(batches, device, CpuAccountingMeter(), measured=args.steps, timed=args.steps)
         plain, accounted = phase.timed.steps, phase.measured.steps
         a, b = statistics.median(plain), statistics.median(accounted)
         print(f"{name:10s} step {a * 1e3:7.1f} ms plain, {b * 1e3:7.1f} ms with accounting: x{b / a:.3f}")

@@ -23,11 +23,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from petlbench.config import load_suite
 from petlbench.estimate import FakeTraining, at_text_length
-from petlbench.measure.memory import PhasePeak, storage_bytes, training_state
-from petlbench.measure.phase import training_phase
+from petlbench.measure.memory import PhasePeak, storage_bytes
 from petlbench.models.loader import load_architecture
 from petlbench.tasks.retrieval.task import random_batch
-from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.train import Training
 from petlbench.variants import data_free, load_variant
 
 MiB = 2**20
@@ -66,12 +65,9 @@ def profiled_step(model_name: str, method: str, batch_size: int, suite_name: str
     text_length = architecture.max_text_positions
     torch.manual_seed(0)
     variant = data_free(load_variant(method))
-    model = prepare(architecture.build(suite.model.attn_implementation), suite.train, variant)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite.train, variant.config.lr)
-    model.train()
+    training = Training.of(architecture.build(suite.model.attn_implementation), suite.train, variant)
     batches = iter(lambda: random_batch(architecture, batch_size, text_length), None)
-    step = lambda batch: train_step(model, batch, opt)  # noqa: E731
-    peak = training_phase(step, batches, torch.device("cpu"), ProfilerMeter(), lambda: training_state(model, opt)).peak
+    peak = training.measure(batches, torch.device("cpu"), ProfilerMeter()).peak
     return peak.breakdown["resident"], peak.breakdown["transient_peak"]
 
 

@@ -31,12 +31,11 @@ import torch
 
 from petlbench.config import available, load_suite
 from petlbench.estimate import FakeTraining, at_text_length
-from petlbench.measure.memory import meter_for, training_state
-from petlbench.measure.phase import training_phase
+from petlbench.measure.memory import meter_for
 from petlbench.models.loader import load_architecture
 from petlbench.records import write_atomic
 from petlbench.tasks.retrieval.task import random_batch
-from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.train import Training
 from petlbench.variants import data_free, load_variant
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cuda_memory.json"
@@ -54,18 +53,10 @@ def measure(model_name: str, suite_name: str, overrides: list[str], variant_name
     variant = data_free(load_variant(variant_name))
     row = {"method": variant_name, "batch_size": batch_size, "overrides": overrides}
     try:
-        model = prepare(backbone, suite.train, variant)
-        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite.train, variant.config.lr)
-        model.train()
+        training = Training.of(backbone, suite.train, variant)
         batches = iter(lambda: random_batch(architecture, batch_size, text_length), None)
         steps_on_host = device.type == "cuda" and suite.train.optimizer_impl != "fused"
-        peak = training_phase(
-            lambda batch: train_step(model, batch, opt, suite.train.precision),
-            batches,
-            device,
-            meter_for(device),
-            lambda: training_state(model, opt, steps_on_host),
-        ).peak
+        peak = training.measure(batches, device, meter_for(device), steps_on_host).peak
     except torch.OutOfMemoryError:
         return {**row, "status": "oom"}
     target = "cuda" if device.type == "cuda" else "cpu"

@@ -15,11 +15,10 @@ import itertools
 import torch
 
 from petlbench.config import ConfigError, available, load_suite
-from petlbench.measure.memory import CpuAccountingMeter, training_state
+from petlbench.measure.memory import CpuAccountingMeter
 from petlbench.measure.params import parameter_counts
-from petlbench.measure.phase import training_phase
 from petlbench.models.vse import tiny_vse
-from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.train import Training
 from petlbench.variants import load_variant
 
 
@@ -44,17 +43,12 @@ def main() -> None:
         torch.manual_seed(0)
         variant = load_variant(path.stem)
         try:
-            model = prepare(tiny_vse(max_text=args.text_length), suite.train, variant, data=lambda _size: itertools.repeat(batch))
+            training = Training.of(tiny_vse(max_text=args.text_length), suite.train, variant, data=lambda _size: itertools.repeat(batch))
         except ConfigError as exc:
             print(f"{variant.name:18s} unsupported: {exc}")
             continue
-        opt = make_optimizer([q for q in model.parameters() if q.requires_grad], suite.train, variant.config.lr)
-        model.train()
-        step = lambda b, m=model, o=opt: train_step(m, b, o)  # noqa: E731
-        peak = training_phase(
-            step, itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter(), lambda m=model, o=opt: training_state(m, o)
-        ).peak
-        counts = parameter_counts(model)
+        peak = training.measure(itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter()).peak
+        counts = parameter_counts(training.model)
         print(f"{variant.name:18s} {counts['params_trainable']:>10,d} {counts['params_total']:>8,d} {peak.peak_bytes / 1024:>17.1f}")
 
 

@@ -19,14 +19,13 @@ from petlbench.config import available, load_suite
 from petlbench.estimate import FakeTraining, at_text_length
 from petlbench.measure.estimate import CUDA_WORKSPACE_BYTES, largest_batch, predicted_peak
 from petlbench.measure.memory import AllocationTrace, CpuAccountingMeter, PhasePeak, allocated_bytes, host_batches, training_state
-from petlbench.measure.phase import training_phase
 from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture, load_architecture, vse_architecture
 from petlbench.models.vse import tiny_vse
 from petlbench.registry import METHODS, MethodSpec
 from petlbench.tasks.retrieval.data import TensorSplit
 from petlbench.tasks.retrieval.task import evaluate, random_batch
-from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.train import Training
 from petlbench.units import parse_size
 from petlbench.variants import data_free, load_variant
 
@@ -63,19 +62,9 @@ TINY = {"clip": clip_architecture(tiny_config()), "vse": tiny_vse_architecture()
 def real_accounting(architecture: Architecture, method: str, text_length: int, suite=SUITE):
     """The same step on real tensors through the one measured phase, as `train.run` measures it."""
     torch.manual_seed(0)
-    variant = data_free(load_variant(method))
-    model = prepare(architecture.build(suite.model.attn_implementation), suite.train, variant)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite.train, variant.config.lr)
-    model.train()
+    training = Training.of(architecture.build(suite.model.attn_implementation), suite.train, data_free(load_variant(method)))
     batches = iter(lambda: random_batch(architecture, BATCH, text_length), None)
-    peak = training_phase(
-        lambda batch: train_step(model, batch, opt, suite.train.precision),
-        batches,
-        torch.device("cpu"),
-        CpuAccountingMeter(),
-        lambda: training_state(model, opt),
-    ).peak
-    return peak, model
+    return training.measure(batches, torch.device("cpu"), CpuAccountingMeter()).peak, training.model
 
 
 # The suite's training options, each of which the estimate must model to the byte.

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from petlbench.config import load_suite
-from petlbench.measure.memory import CpuAccountingMeter, training_state
-from petlbench.measure.phase import training_phase
+from petlbench.measure.memory import CpuAccountingMeter
 from petlbench.methods import registered
 from petlbench.models.loader import load_backbone
-from petlbench.train import make_optimizer, prepare, train_step
+from petlbench.train import Training
 from petlbench.variants import load_variant
 
 BATCH = 16
@@ -31,10 +30,8 @@ def test_training_step(benchmark, method):
               max_length=suite.data.text_length, return_tensors="pt")  # fmt: skip
     batch = {"pixel_values": torch.randn(BATCH, 3, 48, 48), "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     variant = load_variant(method)
-    model = prepare(backbone, suite.train, variant, data=lambda _size: itertools.repeat(batch))
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite.train, variant.config.lr)
-    step = lambda b: train_step(model, b, opt)  # noqa: E731
-    peak = training_phase(step, itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter(), lambda: training_state(model, opt)).peak
+    training = Training.of(backbone, suite.train, variant, data=lambda _size: itertools.repeat(batch))
+    peak = training.measure(itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter()).peak
     benchmark.extra_info.update({"batch_size": BATCH, "train_peak_bytes": peak.peak_bytes, **peak.breakdown})
-    loss = benchmark.pedantic(train_step, args=(model, batch, opt), rounds=3, iterations=1, warmup_rounds=1)
+    loss = benchmark.pedantic(training.step, args=(batch,), rounds=3, iterations=1, warmup_rounds=1)
     assert torch.isfinite(loss)

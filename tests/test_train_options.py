@@ -10,12 +10,11 @@ import torch
 
 from petlbench import records
 from petlbench.config import ConfigError, load_suite
-from petlbench.measure.memory import CpuAccountingMeter, training_state
-from petlbench.measure.phase import training_phase
+from petlbench.measure.memory import CpuAccountingMeter
 from petlbench.methods import registered
 from petlbench.models.loader import Architecture, clip_architecture
 from petlbench.tasks.retrieval.task import contrastive_loss, random_batch
-from petlbench.train import checkpoint_blocks, make_optimizer, prepare, train_step
+from petlbench.train import Training, checkpoint_blocks, make_optimizer, prepare, train_step
 from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 from tests.test_estimate import TINY, tiny_config
@@ -68,13 +67,8 @@ def test_checkpointing_changes_no_gradient_and_no_flag(family, method):
 
 def step_peak(architecture: Architecture, method: str, suite_cfg, batch: dict) -> int:
     """Bytes of a steady-state training step under the CPU accounting, as `train.run` measures it."""
-    model = build(architecture, method, suite_cfg, batch)
-    variant = load_variant(method)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], suite_cfg.train, variant.config.lr)
-    step = lambda b: train_step(model, b, opt, suite_cfg.train.precision)  # noqa: E731
-    return training_phase(
-        step, itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter(), lambda: training_state(model, opt)
-    ).peak.peak_bytes
+    training = Training(build(architecture, method, suite_cfg, batch), suite_cfg.train, load_variant(method).config.lr)
+    return training.measure(itertools.repeat(batch), torch.device("cpu"), CpuAccountingMeter()).peak.peak_bytes
 
 
 def test_checkpointing_lowers_full_finetuning_and_costs_a_frozen_tower_nothing():
