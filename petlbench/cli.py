@@ -134,16 +134,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Every plan first (one per budget; all checks and estimates), then their runs."""
-    from datetime import datetime
-
-    from petlbench.plan import make_plan, resolve_device
+    from petlbench.plan import default_output, make_plan, resolve_device
 
     device = resolve_device(args.device)
     if args.memory_limit is not None and device.type != "cuda":
         raise ConfigError(f"--memory-limit caps the CUDA caching allocator; this run is on {device.type} (use --device cuda)")
     output = args.output
     if args.budget and output is None:  # the budgets' subfolders share one parent
-        output = Path("results") / cfgmod.load_suite(args.suite, args.set).name / datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = default_output(cfgmod.load_suite(args.suite, args.set))
     variants = _names("--variants", args.variants)
     plans = [make_plan(args.suite, variants, args.seeds, output, args.set, args.shard, budget, device) for budget in args.budget or [None]]
     failed = False

@@ -115,20 +115,17 @@ def write_records(job: Job, rows: list[Row], output: Path) -> list[Path]:
                 estimated_train_peak_bytes=row.peak.peak_bytes,
                 reason=None if row.max_batch_size else f"estimated train peak at batch 1: {row.peak.peak_bytes:,} bytes, above the budget",
             )
-        memory = {
-            "source": "estimate",
-            "target": "cuda",
-            "allocation_granularity_bytes": CUDA_GRANULARITY,
-            "train_peak_bytes": row.peak.peak_bytes,
-            "eval_peak_bytes": None,
-            "train_reserved_peak_bytes": None,
-            "eval_reserved_peak_bytes": None,
-            "train_breakdown": row.peak.breakdown,
-            "measured_steps": [1, 1],
-            "budget_bytes": row.budget_bytes,
-            "validated": not unvalidated(job.suite.train),
-            "unvalidated": unvalidated(job.suite.train),
-        }
+        memory = records.memory_section(
+            "estimate",
+            row.peak,
+            None,
+            [1, 1],
+            target="cuda",
+            allocation_granularity_bytes=CUDA_GRANULARITY,
+            budget_bytes=row.budget_bytes,
+            validated=not unvalidated(job.suite.train),
+            unvalidated=unvalidated(job.suite.train),
+        )
         outcome = RunOutcome(metrics=None, cost={**row.params, "memory": memory}, trainable_rule=trainable_rule(suite, row.variant))
         status, error = ("over_budget", budget.reason) if budget is not None and budget.batch_size is None else ("ok", None)
         path = records.record_path(output, row.variant.name, SEED)

@@ -85,6 +85,11 @@ class Plan:
         return budgeting.settings(self.suite, choice) if choice else RunSettings.of(self.suite, variant.config.lr)
 
 
+def default_output(suite: SuiteConfig) -> Path:
+    """Where a sweep's records go without `--output`: ``results/<suite>/<start time>/``."""
+    return Path("results") / suite.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,7 +193,7 @@ def make_plan(
             raise ConfigError(
                 f"{variant.source}: its set-up reads batches of {batch}, more than the {n_train} images of the training split"
             )
-    output = output or Path("results") / suite_cfg.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    output = output or default_output(suite_cfg)
     if budget is not None:
         output = output / f"budget-{size_label(budget)}"
     plan = Plan(suite_cfg, variants, list(seeds), list(overrides), output, shard, unsupported=unsupported)

@@ -26,6 +26,7 @@ from petlbench import config as cfgmod
 from petlbench import faults, schema
 from petlbench.config import PROJECT_ROOT, ConfigError, SuiteConfig
 from petlbench.measure.kernels import cuda_settings
+from petlbench.measure.memory import PhasePeak
 from petlbench.measure.nvml import driver_version
 
 if TYPE_CHECKING:
@@ -38,6 +39,24 @@ MAX_RECORD_BYTES = 16 << 20
 SUFFIX = ".json"
 # The file in a record folder that is not a record: the suite and grid the folder holds (`petlbench.folder`).
 MANIFEST = "petlbench-manifest.json"
+
+
+def memory_section(
+    source: str, train_peak: PhasePeak, eval_peak: PhasePeak | None, measured_steps: list[int], **more: Any
+) -> dict[str, Any]:
+    """A record's ``cost.memory`` (`schema.Memory`) from the phase peaks a meter reported:
+    the one place a run and an estimate build it; ``more``: the fields of their own (NVML
+    figures, an estimate's target and validation)."""
+    return {
+        "source": source,
+        "train_peak_bytes": train_peak.peak_bytes,
+        "eval_peak_bytes": eval_peak.peak_bytes if eval_peak else None,
+        "train_reserved_peak_bytes": train_peak.reserved_peak_bytes,
+        "eval_reserved_peak_bytes": eval_peak.reserved_peak_bytes if eval_peak else None,
+        "train_breakdown": train_peak.breakdown,
+        "measured_steps": measured_steps,
+        **more,
+    }
 
 
 def record_path(directory: Path, variant: str, seed: int) -> Path:

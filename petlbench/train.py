@@ -32,6 +32,7 @@ from petlbench.methods import get_method
 from petlbench.models.backbone import DualEncoder
 from petlbench.models.loader import load_backbone
 from petlbench.precision import autocast
+from petlbench.records import memory_section
 from petlbench.registry import SetupData
 from petlbench.tasks import get_task
 from petlbench.tasks.base import Batch, Split
@@ -334,16 +335,9 @@ def run(
     median_step = statistics.median(step_times) if step_times else None
     cost = {
         **parameter_counts(model),
-        "memory": {
-            "source": meter.source,
-            "train_peak_bytes": train_peak.peak_bytes,
-            "eval_peak_bytes": eval_peak.peak_bytes,
-            "train_reserved_peak_bytes": train_peak.reserved_peak_bytes,
-            "eval_reserved_peak_bytes": eval_peak.reserved_peak_bytes,
-            "train_breakdown": train_peak.breakdown,
-            "measured_steps": [1, n_measured],
-            **(_nvml_figures(nvml.result) if device.type == "cuda" else {}),
-        },
+        "memory": memory_section(
+            meter.source, train_peak, eval_peak, [1, n_measured], **(_nvml_figures(nvml.result) if device.type == "cuda" else {})
+        ),
         "attention_kernels": attention.kernels,
         "step_time_s_median": median_step,
         "data_wait_s_median": statistics.median(data_waits) if data_waits else None,

@@ -86,7 +86,7 @@ def test_resume_skips_finished_runs_and_refuses_another_config_in_the_folder(cli
 
     path.write_text('{"not": "a record"}')  # a foreign JSON file is named and run over, not a crash
     code, _, err = _run(cli, tmp_path, "--methods", "linear", *tiny_args())
-    assert code == 0 and f"{path}: off-schema: schema None, not one of 1, 2; it is run again" in err
+    assert code == 0 and f"{path}: off-schema: schema None, not one of 1, 2, 3; it is run again" in err
     assert "1 unreadable records were run again (named above)" in err
 
 
@@ -119,7 +119,8 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatc
 
 
 def test_nan_loss_ends_the_run_as_diverged(cli, tmp_path, monkeypatch):
-    real_loss = train.contrastive_loss
+    task = get_task("retrieval").implementation
+    real_loss = task.loss
     calls = []
 
     def loss_turning_nan(*args):
@@ -127,7 +128,7 @@ def test_nan_loss_ends_the_run_as_diverged(cli, tmp_path, monkeypatch):
         loss = real_loss(*args)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(train, "contrastive_loss", loss_turning_nan)
+    monkeypatch.setattr(task, "loss", loss_turning_nan)
     code, out, _ = _run(cli, tmp_path, "--methods", "linear", *tiny_args())
     assert code == 0  # divergence is a result, not a failure
     rec = json.loads(records.record_path(tmp_path, "linear", 0).read_text())
