@@ -11,7 +11,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -152,8 +152,9 @@ class Job:
     model: str
     architecture: Architecture
     suite: SuiteConfig  # whose training rules apply, with the model and text length replaced
-    variants: list[Variant]  # those whose method applies to the architecture's family
-    unsupported: list[str]  # the other variants asked for, left out
+    variants: list[Variant]  # those whose method applies to the architecture's family and serves the suite's task
+    unsupported: list[str]  # variants asked for whose method does not apply to the family, left out
+    unserved: list[str] = field(default_factory=list)  # variants asked for whose method does not serve the task, left out
 
 
 @dataclass
@@ -200,14 +201,23 @@ def make_job(
     )
     names = methods or shipped()
     variants = [load_variant(name) for name in names]
-    family = architecture.family
-    supported = [v for v in variants if get_method(v.method).unsupported_reason(family) is None]
+    family, task = architecture.family, get_task(suite_cfg.task)
+    unsupported = [v.name for v in variants if get_method(v.method).unsupported_reason(family) is not None]
+    unserved = [v.name for v in variants if v.name not in unsupported and task.unsupported_reason(v.method) is not None]
+    supported = [v for v in variants if v.name not in unsupported and v.name not in unserved]
     if not supported:
-        applicable = ", ".join(sorted(name for name, spec in registered().items() if spec.unsupported_reason(family) is None))
-        raise ConfigError(
-            f"--variants {','.join(names)}: none applies to the {family!r} family of {model!r}; methods that do: {applicable}"
+        applicable = ", ".join(
+            sorted(
+                name
+                for name, spec in registered().items()
+                if spec.unsupported_reason(family) is None and task.unsupported_reason(name) is None
+            )
         )
-    return Job(model, architecture, suite_cfg, supported, [v.name for v in variants if v not in supported])
+        raise ConfigError(
+            f"--variants {','.join(names)}: none applies to the {family!r} family of {model!r} and serves the task {task.name!r}; "
+            f"methods that do: {applicable}"
+        )
+    return Job(model, architecture, suite_cfg, supported, unsupported, unserved)
 
 
 def at_text_length(suite: SuiteConfig, text_length: int) -> SuiteConfig:

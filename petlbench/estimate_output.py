@@ -35,7 +35,7 @@ def describe(job: Job, batch: str) -> str:
         f" Left out, their methods do not apply to the {job.architecture.family!r} family: {', '.join(job.unsupported)}."
         if job.unsupported
         else ""
-    )
+    ) + (f" Left out, their methods do not serve the task {job.suite.task!r}: {', '.join(job.unserved)}." if job.unserved else "")
     return (
         f"Estimated training peak on a GPU (torch.cuda.max_memory_allocated) of {job.model}, {batch}, {side}x{side} images, "
         f"{job.suite.data.text_length} text tokens, {precision}{checkpointing}, AdamW {train.optimizer_impl}, "

@@ -33,7 +33,7 @@ from petlbench.models.backbone import DualEncoder
 from petlbench.models.loader import load_backbone
 from petlbench.precision import autocast
 from petlbench.records import memory_section
-from petlbench.registry import SetupData
+from petlbench.registry import SetupData, UnsupportedError
 from petlbench.tasks import get_task
 from petlbench.tasks.base import Batch, Split
 from petlbench.variants import Variant
@@ -116,7 +116,10 @@ def prepare(
     backbone's device (checked, `PlacementError`). ``data(batch_size)`` feeds the set-up of
     methods that read training data (`MethodSpec.needs_data`), with the task's loss
     (`registry.SetupData`)."""
-    device, spec, implementation = backbone.device, get_method(variant.method), get_task(task).implementation
+    device, spec, task_spec = backbone.device, get_method(variant.method), get_task(task)
+    if (reason := task_spec.unsupported_reason(variant.method)) is not None:
+        raise UnsupportedError(reason)
+    implementation = task_spec.implementation
     head = implementation.new_head(backbone)
     if head is not None:  # made first, so that a set-up running the task's loss on the backbone reaches it
         backbone.task_head = head

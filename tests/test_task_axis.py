@@ -181,3 +181,17 @@ def test_the_counting_task_is_registered_from_the_tests_alone():
     """Nothing in petlbench names it: the package's own tasks are retrieval only."""
     assert get_task(count_task.NAME).module == "tests.count_task"
     assert not any("count" in p.name for p in (config.PROJECT_ROOT / "petlbench" / "tasks").iterdir())
+
+
+def test_a_method_a_task_cannot_serve_is_unsupported_with_its_reason(cli, tmp_path, monkeypatch):
+    """A task declares the methods it cannot serve: their runs are records with status
+    unsupported and the reason, the estimate leaves them out and says so, the others run."""
+    monkeypatch.setitem(count_task.SPEC.unsupported, "lora", "declared by a test")
+    code, out, err = cli("run", "--suite", str(SUITE), "--device", "cpu", "--variants", "lora,linear", "--output", str(tmp_path))
+    assert code == 0, err
+    lora, linear = (json.loads(records.record_path(tmp_path, v, 0).read_text())["run"] for v in ("lora", "linear"))
+    assert lora["status"] == "unsupported" and linear["status"] == "ok"
+    assert lora["error"] == "method 'lora' does not serve the 'count-objects' task: declared by a test"
+    code, out, err = cli("estimate", "--model", "embedded-clip", "--suite", str(SUITE), "--variants", "lora,linear", "--batch-size", "8")
+    assert code == 0, err
+    assert "Left out, their methods do not serve the task 'count-objects': lora." in out

@@ -60,6 +60,9 @@ class TaskSpec:
     unit: str = "items"  # what its splits hold, for messages ("images")
     # The head that always trains, for every method, in words (None: the task adds none).
     head: str | None = None
+    # Methods that cannot serve the task, each with why in one line: their runs are
+    # records with status unsupported, as for a backbone family a method has no builder for.
+    unsupported: dict[str, str] = field(default_factory=dict)
     # How a paper table shows the metrics at each width ("text", "column"); a width not
     # here gets every metric under its own label. And what its caption adds at each width.
     paper: dict[str, PaperColumns] = field(default_factory=dict)
@@ -73,6 +76,12 @@ class TaskSpec:
         shown = {metric for columns in self.paper.values() for _, under in columns for metric, _ in under}
         if len(set(names)) < len(names) or self.primary not in names or not shown <= set(names):
             raise ValueError(f"task {self.name!r}: metric names must be distinct, and the primary and paper metrics among {names}")
+
+    def unsupported_reason(self, method: str) -> str | None:
+        """None when ``method`` serves this task; else why not, in one line."""
+        if method not in self.unsupported:
+            return None
+        return f"method {method!r} does not serve the {self.name!r} task: {self.unsupported[method]}"
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
