@@ -44,6 +44,19 @@ class TowerShape:
     stage_widths: tuple[int, ...] = ()  # a CNN's channels per stage, first to last
     stage_depths: tuple[int, ...] = ()  # a CNN's residual units per stage, first to last
 
+    @classmethod
+    def of_transformer(cls, config: PreTrainedConfig, **more: int) -> TowerShape:
+        """A transformer tower's sizes from its library config (the names CLIP's and BERT's
+        configs share); ``more``: what only some towers have (a ViT's patch side, channels)."""
+        return cls(
+            width=config.hidden_size,
+            depth=config.num_hidden_layers,
+            heads=config.num_attention_heads,
+            mlp_width=config.intermediate_size,
+            norm_eps=config.layer_norm_eps,
+            **more,
+        )
+
 
 class DualEncoder(nn.Module, ABC):
     """An image tower and a text tower mapping into one embedding space."""

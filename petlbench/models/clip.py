@@ -66,16 +66,8 @@ class ClipDualEncoder(DualEncoder):
     def tower_shape(self, tower: str) -> TowerShape:
         """From the tower's sub-config (`vision_config`, `text_config`)."""
         config = self.block_config(tower)
-        vision = tower == "vision"
-        return TowerShape(
-            width=config.hidden_size,
-            depth=config.num_hidden_layers,
-            heads=config.num_attention_heads,
-            mlp_width=config.intermediate_size,
-            norm_eps=config.layer_norm_eps,
-            patch_size=config.patch_size if vision else None,
-            channels=config.num_channels if vision else None,
-        )
+        image = {"patch_size": config.patch_size, "channels": config.num_channels} if tower == "vision" else {}
+        return TowerShape.of_transformer(config, **image)
 
     def block_config(self, tower: str) -> PreTrainedConfig:
         """The tower's sub-config, the object its encoder layers hold."""

@@ -125,14 +125,7 @@ class VseDualEncoder(DualEncoder):
                 stage_widths=tuple(config.hidden_sizes),
                 stage_depths=tuple(config.depths),
             )
-        config = self.bert.config
-        return TowerShape(
-            width=config.hidden_size,
-            depth=config.num_hidden_layers,
-            heads=config.num_attention_heads,
-            mlp_width=config.intermediate_size,
-            norm_eps=config.layer_norm_eps,
-        )
+        return TowerShape.of_transformer(self.bert.config)
 
     def _text_only(self, tower: str, role: str) -> None:
         if tower != "text":
