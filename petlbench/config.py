@@ -293,7 +293,9 @@ class SuiteConfig:
     train: TrainConfig
     task: str = field(
         default=DEFAULT_TASK,
-        metadata={"help": "what is learned and how it is judged: a registered task (`petlbench list`)", **HASHED_UNLESS_DEFAULT},
+        metadata=rule(
+            "what is learned and how it is judged: a registered task (`petlbench list`)", nonempty=True, hashed=HashedUnlessDefault()
+        ),
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: list[int] = field(

@@ -26,7 +26,7 @@ def test_a_spawned_run_reports_every_step_and_its_loss():
     plan = make_plan("vl-retrieval", ["linear"], [0], None, TINY)
     losses = []
     status, error, outcome, env = attempt_in_fresh_process(plan, plan.variants[0], 0, CPU, losses.append)
-    assert (status, error) == ("ok", None) and outcome.metrics["rsum"] >= 0 and env["device"] == "cpu"
+    assert (status, error) == ("ok", None) and outcome.metrics["values"]["rsum"] >= 0 and env["device"] == "cpu"
     assert len(losses) == plan.suite.train.steps and all(math.isfinite(loss) for loss in losses)
 
 

@@ -9,6 +9,9 @@ from petlbench import records
 from petlbench.measure.params import parameter_counts
 from petlbench.methods import lst
 from petlbench.models.loader import load_backbone
+from petlbench.registry import SetupData
+from petlbench.tasks import get_task
+from petlbench.tasks.retrieval.task import contrastive_loss
 from petlbench.variants import load_variant
 from tests.conftest import tiny_args
 from tests.saved import saved_bytes
@@ -77,14 +80,19 @@ def test_fisher_importance_is_the_sum_of_squared_gradients_per_batch():
     pixels, ids, mask = _inputs(tok, batch=4)
     ids[2:, 2] = 7  # two distinct captions so the contrastive loss has a gradient
     batches = [{"pixel_values": pixels[:2] + k, "input_ids": ids[k : k + 2], "attention_mask": mask[k : k + 2]} for k in (0, 2)]
-    scores = lst.fisher_importance(backbone, iter(batches), 2)
+    sizes = []
+
+    def batches_of(size: int):
+        sizes.append(size)
+        return iter(batches)
+
+    scores = lst.fisher_importance(backbone, SetupData(batches_of, get_task("retrieval").implementation.loss), 2, 2)
+    assert sizes == [2]  # one sampler, of the batch size asked for
     weight = backbone.blocks()["vision"][0].mlp.fc1.weight
     expected = torch.zeros_like(weight)
     for batch in batches:  # independent route: .backward() and .grad, one batch at a time
         backbone.zero_grad(set_to_none=True)
         backbone.requires_grad_(True)
-        from petlbench.tasks.retrieval.task import contrastive_loss
-
         contrastive_loss(
             backbone.encode_image(batch["pixel_values"]),
             backbone.encode_text(batch["input_ids"], batch["attention_mask"]),

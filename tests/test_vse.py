@@ -14,6 +14,7 @@ from petlbench.measure.params import parameter_counts
 from petlbench.methods import registered
 from petlbench.methods.unipt import CnnUniPT, TokenUniPT
 from petlbench.models.vse import tiny_vse
+from petlbench.registry import SetupData
 from petlbench.tasks import get_task
 from petlbench.tasks.retrieval.task import contrastive_loss
 from petlbench.train import RunOutcome, prepare
@@ -46,7 +47,7 @@ def _loss(model, batch):
 def _apply(method: str, backbone, *overrides: str):
     spec, cfg = registered()[method], load_variant(method, list(overrides)).config
     if spec.needs_data:
-        return spec.apply(backbone, cfg, data=lambda _batch_size: itertools.repeat(_batch()))
+        return spec.apply(backbone, cfg, data=SetupData(lambda _batch_size: itertools.repeat(_batch()), _loss))
     return spec.apply(backbone, cfg)
 
 
