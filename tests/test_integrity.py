@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from petlbench import records
+from petlbench.config import ConfigError
 from tests.test_report import make_record, markdown_tables, write
 
 
@@ -132,3 +137,40 @@ def test_a_checkpoint_that_does_not_fill_the_model_is_refused_before_any_run(cli
                              *tiny_args(f"model.name={folder}"), *dry)  # fmt: skip
         assert code == 2 and fragment in err and str(folder / "model.safetensors") in err, err
         assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    runs=st.sets(st.tuples(st.sampled_from(["linear", "lora", "full"]), st.integers(0, 2)), min_size=1, max_size=6),
+    layout=st.lists(st.sampled_from(["copy-file", "link-file", "copy-sweep", "nested-copy", "name-twice", "name-parent"]), max_size=4),
+    strict=st.booleans(),
+)
+def test_the_run_count_is_the_number_of_distinct_runs_or_the_reader_refuses(runs, layout, strict):
+    """Whatever copies, links and overlapping folders the layout holds, the reader gives
+    one record per distinct (suite hash, variant, seed), or (strict) refuses."""
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = Path(tmp) / "parent"
+        sweep = write(parent / "sweep", [make_record(v, s) for v, s in sorted(runs)])
+        first = sorted(sweep.glob("*.json"))[0]
+        args = [sweep]
+        for i, step in enumerate(layout):
+            if step == "copy-file":
+                shutil.copy(first, sweep / f"copy {i}.json")
+            elif step == "link-file":
+                (sweep / f"link {i}.json").symlink_to(first)
+            elif step == "copy-sweep":
+                shutil.copytree(sweep, parent / f"copy-{i}", symlinks=True)
+                args = [parent]
+            elif step == "nested-copy":
+                shutil.copytree(sweep, sweep / f"sub-{i}", symlinks=True, ignore=shutil.ignore_patterns("sub-*"))
+                args += [sweep / f"sub-{i}"]
+            elif step == "name-twice":
+                args += [args[0]]
+            else:
+                args += [parent]
+        try:
+            found = records.read_folders(args, strict=strict)
+        except ConfigError:
+            assert strict  # refusing is the strict reader's answer to copies
+            return
+        assert sorted((r["run"]["variant"], r["run"]["seed"]) for r in found) == sorted(runs)
