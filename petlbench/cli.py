@@ -228,19 +228,27 @@ def _write_report(folder: Path, sweeps: list[Path] | None = None) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from petlbench.records import read_folders
+    """The report; the runs a folder's manifest plans that have no record are named, and
+    make the exit code 1 under --strict (a shard never started is not a smaller result)."""
+    from petlbench.folder import runs_without_record
+    from petlbench.records import read_folders, sweep_folders
 
+    found = read_folders(args.dirs, args.strict)
     if args.style == "paper":
         from petlbench.report import paper
 
         if args.format not in ("md", "latex"):
             raise ConfigError(f"report --style paper: --format {args.format} is not one of md, latex")
-        print(paper.report(read_folders(args.dirs, args.strict), args.format, args.width), end="")
-        return 0
-    from petlbench.report.tables import report
+        print(paper.report(found, args.format, args.width), end="")
+    else:
+        from petlbench.report.tables import report
 
-    print(report(read_folders(args.dirs, args.strict), args.format, args.by), end="")
-    return 0
+        print(report(found, args.format, args.by), end="")
+    missing = runs_without_record(sweep_folders(args.dirs))
+    for folder, runs in missing.items():
+        planned = f"{len(runs)} runs of its manifest have" if len(runs) > 1 else "1 run of its manifest has"
+        print(f"petlbench: {folder}: {planned} no record: {', '.join(runs)}", file=sys.stderr)
+    return 1 if missing and args.strict else 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -256,7 +264,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from petlbench.records import read_all
     from petlbench.report.compare import compare
 
-    result = compare(read_all(args.baseline, args.strict), read_all(args.current, args.strict), args.tolerance, args.metric_tolerance)
+    # a folder with two records of one run is refused: `compare` would judge one of them
+    baseline, current = (read_all(folder, args.strict, refuse_copies=True) for folder in (args.baseline, args.current))
+    result = compare(baseline, current, args.tolerance, args.metric_tolerance)
     print(result.text())
     return result.exit_code
 

@@ -16,12 +16,15 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from petlbench import config as cfgmod
 from petlbench import records
 from petlbench.config import ConfigError, SuiteConfig
 from petlbench.variants import Variant
+
+if TYPE_CHECKING:
+    from petlbench.plan import Shard
 
 MANIFEST_SCHEMA = 1
 # How long to wait for another process's hold on the manifest (it holds it for milliseconds).
@@ -156,11 +159,13 @@ def _entries(suite: SuiteConfig, grid: list[tuple[Variant, int]]) -> dict[str, d
     }
 
 
-def _conflicts(folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entries: dict[str, dict[str, Any]], sharded: bool) -> list[str]:
+def _conflicts(
+    folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entries: dict[str, dict[str, Any]], shard: Shard | None
+) -> list[str]:
     """Why the plan (``suite``, ``entries``) cannot share ``folder`` with what ``manifest``
     pins: another suite configuration, another configuration of a (variant, seed), or (for
-    a shard) another grid than the one its sibling shards split: shards of two grids
-    would each leave runs out."""
+    a shard) another grid than the one its sibling shards split, or another number of
+    parts: shards of two grids, or of one grid cut two ways, would leave runs out."""
     if manifest["suite_hash"] != cfgmod.suite_hash(suite):
         why = cfgmod.suite_differences([manifest["suite_config"], cfgmod.to_dict(suite)])
         return [
@@ -176,11 +181,14 @@ def _conflicts(folder: Path, manifest: dict[str, Any], suite: SuiteConfig, entri
                 f"{key} was planned with another method configuration ({changed or 'same values, another hash'}; folder vs this run)"
             )
     grid = manifest.get("shard_grid")
-    if sharded and grid is not None and grid != list(entries):
+    if shard is not None and grid is not None and grid != list(entries):
         out.append(
             f"its shards split the grid {', '.join(grid[:4])}{' ...' if len(grid) > 4 else ''} ({len(grid)} runs), this shard's grid "
             f"has {len(entries)}: every shard must be started with the same --variants and --seeds"
         )
+    count = manifest.get("shard_count")
+    if shard is not None and count is not None and count != shard.count:
+        out.append(f"its shards split the grid into {count} parts, this shard is {shard}: every shard must be started with the same N")
     return out
 
 
@@ -224,13 +232,13 @@ def _adopted(folder: Path, suite: SuiteConfig) -> dict[str, Any] | None:
     }
 
 
-def check_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]], sharded: bool = False) -> None:
+def check_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]], shard: Shard | None = None) -> None:
     """Raise `ConfigError` (exit 2) when the plan disagrees with what ``folder`` holds; reads only."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     manifest = _read_manifest(folder) or _adopted(folder, suite)
-    if manifest is not None and (conflicts := _conflicts(folder, manifest, suite, _entries(suite, grid), sharded)):
+    if manifest is not None and (conflicts := _conflicts(folder, manifest, suite, _entries(suite, grid), shard)):
         raise ConfigError(
             f"--output {folder}: {conflicts[0]}"
             + (f" (and {len(conflicts) - 1} more runs)" if len(conflicts) > 1 else "")
@@ -238,7 +246,7 @@ def check_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, i
         )
 
 
-def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]], sharded: bool = False) -> None:
+def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, int]], shard: Shard | None = None) -> None:
     """Check the plan against ``folder``'s manifest and add its runs (a shard: pin the grid
     its siblings must split), under the manifest's lock, so that two processes starting at
     once agree or one of them stops."""
@@ -250,7 +258,7 @@ def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, 
             raise ConfigError(f"--output {folder}: its manifest is held by {holder} (remove {lock.path} if no such process runs)")
         time.sleep(0.05)
     try:
-        check_manifest(folder, suite, grid, sharded)
+        check_manifest(folder, suite, grid, shard)
         manifest = (
             _read_manifest(folder)
             or _adopted(folder, suite)
@@ -263,8 +271,31 @@ def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, 
             }
         )
         manifest["runs"].update(entries := _entries(suite, grid))
-        if sharded:
+        if shard is not None:
             manifest.setdefault("shard_grid", list(entries))
+            manifest.setdefault("shard_count", shard.count)
         records.write_atomic(folder / records.MANIFEST, manifest)
     finally:
         lock.release()
+
+
+def runs_without_record(folders: list[Path]) -> dict[Path, list[str]]:
+    """For each record folder that has a manifest, the (variant, seed) runs it plans whose
+    record is missing or unreadable ("linear--seed1"): a shard never started, a run lost."""
+    out = {}
+    for folder in folders:
+        try:
+            manifest = _read_manifest(folder)
+        except ConfigError:
+            continue  # an unreadable manifest is named where it matters: when a run uses the folder
+        if manifest is None:
+            continue
+        missing = []
+        for key in manifest["runs"]:
+            try:
+                records.read(Path(folder) / f"{key}{records.SUFFIX}")
+            except records.UnreadableRecord:
+                missing.append(key)
+        if missing:
+            out[Path(folder)] = missing
+    return out

@@ -198,7 +198,7 @@ def make_plan(
         output = output / f"budget-{size_label(budget)}"
     plan = Plan(suite_cfg, variants, list(seeds), list(overrides), output, shard, unsupported=unsupported)
     folder.check_writable(output, create=False)
-    folder.check_manifest(output, suite_cfg, plan.grid(), sharded=shard is not None)
+    folder.check_manifest(output, suite_cfg, plan.grid(), shard)
     if suite_cfg.budget.bytes:
         target = "cuda" if device is not None and device.type == "cuda" else "cpu"
         supported = [v for v in variants if v.name not in unsupported]

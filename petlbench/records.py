@@ -204,14 +204,26 @@ def _finite_float(text: str) -> float:
     return number
 
 
+def _no_key_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct (JSON itself would keep the last silently)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
 def read(path: Path) -> dict[str, Any]:
     """The record at ``path``; raises `UnreadableRecord` with the reason when the file is
-    not one (missing, too large, not UTF-8 JSON, off-schema)."""
+    not one (missing, too large, not UTF-8 JSON, a key twice, off-schema)."""
     path = Path(path)
     try:
         if path.stat().st_size > MAX_RECORD_BYTES:
             raise UnreadableRecord(f"{path.stat().st_size:,} bytes, larger than a record can be")
-        record = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float)
+        record = json.loads(
+            path.read_bytes().decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float, object_pairs_hook=_no_key_twice
+        )
     except FileNotFoundError:
         raise UnreadableRecord("no such file") from None
     except IsADirectoryError:
@@ -232,10 +244,12 @@ def read(path: Path) -> dict[str, Any]:
 
 @dataclass
 class Loaded:
-    """The records of a folder and the files skipped, each with the reason."""
+    """The records of a folder (with the file of each) and the files skipped, each with
+    the reason; a file reached twice (a link to another) is read once."""
 
     records: list[dict[str, Any]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # the file of each record, in order
 
 
 def candidates(directory: Path) -> list[Path]:
@@ -245,21 +259,66 @@ def candidates(directory: Path) -> list[Path]:
 
 
 def load(directory: Path) -> Loaded:
-    """Every record in ``directory``, sorted by variant and seed, and what was skipped."""
-    loaded = Loaded([])
+    """Every record in ``directory``, sorted by variant and seed, and what was skipped;
+    each file once, by its real path (a link to a file already read is that file)."""
+    found: list[tuple[Path, dict[str, Any]]] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
     for path in candidates(directory):
+        if (real := path.resolve()) in seen:
+            continue
+        seen.add(real)
         try:
-            loaded.records.append(read(path))
+            found.append((path, read(path)))
         except UnreadableRecord as exc:
-            loaded.skipped.append((path, str(exc)))
-    loaded.records.sort(key=lambda r: (r["run"]["variant"], r["run"]["seed"]))
-    return loaded
+            skipped.append((path, str(exc)))
+    found.sort(key=lambda pr: (pr[1]["run"]["variant"], pr[1]["run"]["seed"], pr[0]))
+    return Loaded([r for _, r in found], skipped, [p for p, _ in found])
 
 
-def read_all(directory: Path, strict: bool = False) -> list[dict[str, Any]]:
-    """The records of ``directory`` for a report, a plot or a comparison: every skipped
-    file is named on stderr with its reason, and counted; ``strict``: any skipped file is
-    an error. An error too where no record is left."""
+def run_key(record: dict[str, Any]) -> tuple[str, str, int, str | None]:
+    """What makes two records the same run: (suite hash, variant, seed) and how its memory
+    was measured (a CUDA and a CPU record of one run are two measurements, not copies)."""
+    run, cost = record["run"], record.get("cost") or {}
+    return run["suite_hash"], run["variant"], run["seed"], cost.get("memory", {}).get("source")
+
+
+def _named_as_its_run(path: Path, record: dict[str, Any]) -> bool:
+    return path.name == record_path(Path(), record["run"]["variant"], record["run"]["seed"]).name
+
+
+def one_per_run(found: list[tuple[Path, dict[str, Any]]], refuse: bool) -> list[dict[str, Any]]:
+    """One record per run (`run_key`) of the (file, record) pairs ``found``: where several
+    files hold one run, the one named as its run (else the first) is kept and the others
+    are named on stderr, or, with ``refuse``, a `ConfigError` names them all. A record
+    whose file name is not its run's is named too (an error with ``refuse``)."""
+    by_run: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
+    for path, record in found:
+        by_run.setdefault(run_key(record), []).append((path, record))
+    out, problems = [], []
+    for (suite_hash, variant, seed, _), copies in by_run.items():
+        copies.sort(key=lambda pr: not _named_as_its_run(*pr))
+        if len(copies) > 1:
+            files = ", ".join(str(path) for path, _ in copies)
+            problems.append(f"{len(copies)} files hold the same run ({variant} seed {seed}, suite_hash {suite_hash}): {files}")
+            if not refuse:
+                print(f"petlbench: {problems[-1]}; only {copies[0][0]} is read", file=sys.stderr)
+        for path, record in copies:
+            if not _named_as_its_run(path, record):
+                expected = record_path(Path(), variant, seed).name
+                problems.append(f"{path}: its file name is not its run's ({expected})")
+                if not refuse:
+                    print(f"petlbench: {problems[-1]}", file=sys.stderr)
+        out.append(copies[0][1])
+    if refuse and problems:
+        raise ConfigError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "") + ": keep one file per run")
+    return out
+
+
+def _found(directory: Path, strict: bool) -> list[tuple[Path, dict[str, Any]]]:
+    """The (file, record) pairs of ``directory``: every skipped file is named on stderr with
+    its reason, and counted; ``strict``: any skipped file is an error. An error too where no
+    record is left."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"{directory}: no such folder")
@@ -272,21 +331,35 @@ def read_all(directory: Path, strict: bool = False) -> list[dict[str, Any]]:
             raise ConfigError(f"{directory}: {len(loaded.skipped)} files are not valid records (named above; --strict)")
     if not loaded.records:
         raise ConfigError(f"{directory}: no result records (*.json of schema {', '.join(map(str, schema.READABLE))})")
-    return loaded.records
+    return list(zip(loaded.files, loaded.records, strict=True))
 
 
-def read_folders(directories: list[Path], strict: bool = False) -> list[dict[str, Any]]:
-    """The records of several folders (`read_all` each). A folder that holds no record
-    file itself but subfolders that do (the parent of a `run --budget` sweep) stands for
-    those subfolders."""
-    out = []
+def read_all(directory: Path, strict: bool = False, refuse_copies: bool | None = None) -> list[dict[str, Any]]:
+    """The records of one folder for a report, a plot or a comparison, one per run
+    (`one_per_run`: copies refused with ``refuse_copies``, default ``strict``)."""
+    return one_per_run(_found(directory, strict), strict if refuse_copies is None else refuse_copies)
+
+
+def sweep_folders(directories: list[Path]) -> list[Path]:
+    """The record folders ``directories`` stand for, each once (by its real path): a folder
+    that holds no record file itself but subfolders that do (the parent of a `run --budget`
+    sweep, or of several sweeps) stands for those subfolders."""
+    out, seen = [], set()
     for directory in map(Path, directories):
         sweeps = [directory]
         if directory.is_dir() and not candidates(directory):
             sweeps = sorted(sub for sub in directory.iterdir() if sub.is_dir() and candidates(sub)) or sweeps
         for sweep in sweeps:
-            out += read_all(sweep, strict)
+            if (real := sweep.resolve()) not in seen:
+                seen.add(real)
+                out.append(sweep)
     return out
+
+
+def read_folders(directories: list[Path], strict: bool = False) -> list[dict[str, Any]]:
+    """The records of several folders (`sweep_folders`), one record per run across them
+    all (`one_per_run`; copies are an error with ``strict``)."""
+    return one_per_run([pair for sweep in sweep_folders(directories) for pair in _found(sweep, strict)], strict)
 
 
 VERSIONED = ("torch", "transformers", "peft")

@@ -47,7 +47,7 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
     raise `Interrupted` with how far the sweep got."""
     isolate = device.type == "cuda" if isolate is None else isolate
     folder.check_writable(plan.output, create=True)
-    folder.update_manifest(plan.output, plan.suite, plan.grid(), sharded=plan.shard is not None)
+    folder.update_manifest(plan.output, plan.suite, plan.grid(), plan.shard)
     for path in folder.clean_temporaries(plan.output):
         print(f"removed {path.name}, left by a writer that is gone", file=sys.stderr)
     out: list[dict[str, Any]] = []

@@ -115,7 +115,7 @@ def test_a_model_bound_names_the_file_and_the_override(cli, tmp_path):
 
 
 BAD_LISTS = [
-    (["--methods", ""], "--methods '': expected comma-separated names, none empty"),
+    (["--methods", ""], "--variants '': expected comma-separated names, none empty"),
     (["--methods", ","], "none empty"),
     (["--methods", "full,,linear"], "none empty"),
     (["--methods", "linear,linear"], "--variants: linear asked for twice"),

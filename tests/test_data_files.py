@@ -355,3 +355,33 @@ def test_a_bad_manifest_line_is_refused(cli, tmp_path, line, fragments):
     manifest = root / "manifest.jsonl"
     manifest.write_text(manifest.read_text() + line + "\n")
     _expect_error(cli, tmp_path, jsonl_args(root), *fragments)
+
+
+@pytest.mark.parametrize("alias", ["dotdot", "symlink"])
+def test_a_test_image_that_is_a_training_image_by_another_path_is_leakage(cli, tmp_path, alias):
+    """The same file reached through ``..`` or a symbolic link is the same image: listed in
+    the test split after training lists it, it is leakage (exit 2), whatever its path says."""
+    root = tmp_path / "data"
+    write_jsonl(root)
+    if alias == "symlink":
+        (root / "pictures" / "test" / "link.png").symlink_to(root / "pictures" / "train" / "0.png")
+        image = "test/link.png"
+    else:
+        image = "test/../train/0.png"
+    manifest = root / "manifest.jsonl"
+    entry = {"image": image, "captions": [f"caption {i}" for i in range(5)], "split": "test"}
+    manifest.write_text(manifest.read_text() + json.dumps(entry) + "\n")
+    _expect_error(cli, tmp_path, jsonl_args(root), "in two splits (train and test: test images would leak into training)", "train/0.png")
+
+
+def test_an_image_outside_data_root_is_named(cli, tmp_path):
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    write_jsonl(root)
+    elsewhere.mkdir()
+    moved = elsewhere / "0.png"
+    (root / "pictures" / "train" / "0.png").rename(moved)
+    manifest = root / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace('"train/0.png"', json.dumps(str(moved))))
+    code, _, err = cli("run", "--suite", "vl-retrieval", "--methods", "linear", "--dry-run", *tiny_args(*jsonl_args(root), *WHOLE))
+    assert code == 0, err
+    assert f"1 of {sum(SIZES.values())} images named in {manifest} lie outside data.root {root.resolve()}" in err and str(moved) in err

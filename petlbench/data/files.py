@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -138,7 +139,9 @@ def _read(kind: str, annotations: Path, images: Path, k: int, sizes: tuple[int, 
         entries = list(READERS[kind](annotations, images))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{annotations}: not UTF-8 text: {exc}") from None
-    first: dict[Path, tuple[str, str]] = {}  # image -> (where, split) of its first entry
+    # the file (its real path: another spelling, through `..` or a link, is the same image)
+    # -> (where, split, path as listed) of its first entry
+    first: dict[Path, tuple[str, str, Path]] = {}
     for where, split, path, captions in entries:
         for caption in captions:
             _text(caption, where, "every caption")
@@ -146,15 +149,22 @@ def _read(kind: str, annotations: Path, images: Path, k: int, sizes: tuple[int, 
             raise ConfigError(f"{where}: {len(captions)} captions, fewer than data.captions_per_image = {k}")
         if blank := [i for i, caption in enumerate(captions[:k]) if not caption.strip()]:
             raise ConfigError(f"{where}: caption {blank[0]} is empty or only whitespace (captions are the retrieval targets)")
-        if path in first:
-            earlier, earlier_split = first[path]
+        file = path.resolve()
+        if file in first:
+            earlier, earlier_split, earlier_path = first[file]
             rule = (
                 f"in two splits ({earlier_split} and {split}: test images would leak into training)" if earlier_split != split else "twice"
             )
-            raise ConfigError(
-                f"{where}: image {path.name} is listed {rule}, first at {earlier.rsplit(': ', 1)[-1]}; each image must appear once"
+            alias = (
+                f" as {earlier_path.relative_to(images) if earlier_path.is_relative_to(images) else earlier_path}"
+                if earlier_path != path
+                else ""
             )
-        first[path] = (where, split)
+            raise ConfigError(
+                f"{where}: image {path.name} is listed {rule}, first at {earlier.rsplit(': ', 1)[-1]}{alias} (the same file, {file}); "
+                "each image must appear once"
+            )
+        first[file] = (where, split, path)
         splits[split].append(ImageItem(path, tuple(captions[:k])))
     for split, size in zip(SPLITS, sizes, strict=True):
         if not splits[split]:
@@ -198,6 +208,13 @@ def validate(cfg: DataConfig) -> dict[str, list[ImageItem]]:
     paths = sorted({item.path for items in splits.values() for item in items})
     if tuple(paths) in _VALIDATED:
         return splits
+    root = Path(cfg.root).expanduser().resolve()
+    if outside := [(path, f"the file {path.resolve()}") for path in paths if not path.resolve().is_relative_to(root)]:
+        print(
+            f"petlbench: {len(outside)} of {len(paths)} images named in {annotations} lie outside data.root {root} "
+            f"(an absolute path, `..` or a link): {_listed(outside)}",
+            file=sys.stderr,
+        )
     with ThreadPoolExecutor(max_workers=8) as pool:  # file reads: threads overlap the I/O
         checked = pool.map(_unreadable, paths, chunksize=64)
         reasons = list(tqdm(checked, total=len(paths), desc="checking images", unit="image", leave=False, disable=None))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, CLIPConfig, CLIPModel, PreTrainedConfig, ResNetConfig, ResNetModel
@@ -108,26 +109,89 @@ def load_architecture(name: str, weights: bool = False) -> Architecture:
     return clip_architecture(_config(folder, CLIPConfig, f"model {name!r}"))
 
 
-def _weight_folders(name: str) -> list[Path]:
-    """The folders whose weights `load_backbone` loads for model ``name``."""
+def check_weights(name: str, allow_pickle: bool) -> None:
+    """Weights load from safetensors only, unless ``allow_pickle``: a pickled checkpoint
+    (pytorch_model.bin) can run code when it is loaded. And a safetensors checkpoint must
+    fill the model: every weight it needs, of its shape, and nothing it does not have
+    (`_check_filled`; transformers would start a missing weight from random values and say
+    so only in a log line). Raises `ConfigError` naming the folder or file at fault."""
     folder = resolve(name)
     if (folder / VSE_FILE).is_file():
         vse = _VseFolder.read(folder, weights=True)
-        return [vse.image, vse.text]
-    return [folder]
-
-
-def check_weights(name: str, allow_pickle: bool) -> None:
-    """Weights load from safetensors only, unless ``allow_pickle``: a pickled checkpoint
-    (pytorch_model.bin) can run code when it is loaded. Raises `ConfigError` naming the
-    folder where only pickled weights exist and pickle is not allowed."""
-    for folder in _weight_folders(name):
-        if not allow_pickle and not any(folder.glob("*.safetensors*")) and any(folder.glob("pytorch_model*.bin*")):
+        towers = [(vse.image, lambda: ResNetModel(vse.resnet)), (vse.text, lambda: BertModel(vse.bert, add_pooling_layer=False))]
+    else:
+        towers = [(folder, lambda: CLIPModel(_config(folder, CLIPConfig, f"model {name!r}")))]
+    for tower, model in towers:
+        if not allow_pickle and not any(tower.glob("*.safetensors*")) and any(tower.glob("pytorch_model*.bin*")):
             raise ConfigError(
-                f"model {name!r}: {folder} holds pickled weights only (pytorch_model.bin), which can run code when loaded: "
+                f"model {name!r}: {tower} holds pickled weights only (pytorch_model.bin), which can run code when loaded: "
                 "convert them to safetensors (save_pretrained(..., safe_serialization=True)), or allow them with "
                 "--set model.allow_pickle=true"
             )
+        _check_filled(tower, model, whole=tower == folder)
+
+
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def _header(folder: Path) -> tuple[Path, dict[str, tuple[int, ...]]] | None:
+    """(the file named in messages, weight name -> shape) from the header(s) of ``folder``'s
+    safetensors checkpoint, one file or shards listed by an index; None without one."""
+    if (folder / SAFETENSORS).is_file():
+        named, files = folder / SAFETENSORS, [folder / SAFETENSORS]
+    elif (folder / SAFETENSORS_INDEX).is_file():
+        named = folder / SAFETENSORS_INDEX
+        try:
+            files = sorted({folder / shard for shard in json.loads(named.read_text())["weight_map"].values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{named}: not a safetensors index ({type(exc).__name__}: {exc})") from None
+    else:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(file, "pt") as tensors:
+                shapes.update({key: tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()})  # noqa: SIM118 (not a dict)
+        except Exception as exc:  # safetensors raises its own error types for a broken header
+            raise ConfigError(f"{file}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    return named, shapes
+
+
+def _listed_keys(keys: list[str], shown: int = 4) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def _check_filled(folder: Path, model: Callable[[], nn.Module], whole: bool) -> None:
+    """``folder``'s safetensors checkpoint against the weights of the library model
+    ``model()`` builds (on the meta device: no memory): every one present with its shape. A ``whole`` checkpoint is
+    the model itself, so a weight it does not have is an error too; a tower's checkpoint
+    may be a larger model's (BERT with its pre-training heads, a ResNet with its
+    classifier), whose weights carry the model's prefix ("bert.") and whose extra heads
+    transformers leaves out, as here."""
+    found = _header(folder)
+    if found is None:
+        return
+    file, shapes = found
+    with torch.device("meta"):
+        built = model()
+        expected = {key: tuple(t.shape) for key, t in built.state_dict().items()}
+    if not whole:
+        prefix = f"{built.base_model_prefix}."
+        shapes = {key.removeprefix(prefix): shape for key, shape in shapes.items()}
+    if missing := sorted(set(expected) - set(shapes)):
+        many = len(missing) > 1
+        raise ConfigError(
+            f"{file}: {len(missing)} weight{'s' if many else ''} the model needs {'are' if many else 'is'} missing "
+            f"({_listed_keys(missing)}): it would start from random values; use the checkpoint the config belongs to"
+        )
+    if whole and (unexpected := sorted(set(shapes) - set(expected))):
+        many = len(unexpected) > 1
+        raise ConfigError(
+            f"{file}: {len(unexpected)} weight{'s' if many else ''} the model does not have: {_listed_keys(unexpected)} "
+            "(a checkpoint of another model, or of this one with other heads)"
+        )
+    if wrong := [f"{key} {shapes[key]}, the model's is {shape}" for key, shape in expected.items() if shapes[key] != shape]:
+        raise ConfigError(f"{file}: weights of another shape than config.json says: {_listed_keys(wrong, 3)}")
 
 
 def load_backbone(name: str, attn_implementation: str, device: torch.device, allow_pickle: bool = False) -> LoadedModel:

@@ -1,0 +1,176 @@
+"""No silent wrong result from how records lie on disk: a record read twice (the same
+folder named twice, a folder and its subfolder, two copies of a sweep, a copy under another
+file name) is one run, never two rows; `compare` refuses a folder with two records of one
+run; a file whose name disagrees with its record, or JSON with a key twice, is named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from petlbench import records
+from petlbench.config import ConfigError
+from tests.test_report import make_record, markdown_tables, write
+
+
+def _sweep(folder, peak_mib: int = 100):
+    return write(folder, [make_record("linear", 0, peak=peak_mib * 2**20), make_record("lora", 0)])
+
+
+def _runs(out: str) -> dict[str, str]:
+    """variant -> the "runs" cell of the report's one table."""
+    (table,) = markdown_tables(out)
+    return {row["variant"]: row["runs"] for row in table}
+
+
+@pytest.mark.parametrize("layout", ["same-folder-twice", "folder-and-subfolder", "two-copies", "renamed-copy"])
+def test_a_record_read_twice_is_one_run(cli, tmp_path, layout):
+    parent = tmp_path / "parent"
+    sweep = _sweep(parent / "a")
+    if layout == "same-folder-twice":
+        args = [sweep, sweep]
+    elif layout == "folder-and-subfolder":
+        args = [parent, sweep]
+    elif layout == "two-copies":
+        shutil.copytree(sweep, parent / "b")
+        args = [parent]
+    else:
+        shutil.copy(sweep / "linear--seed0.json", sweep / "linear--seed0 (copy).json")
+        args = [sweep]
+    code, out, err = cli("report", *map(str, args))
+    assert code == 0, err
+    assert _runs(out) == {"linear": "1 ok", "lora": "1 ok"}
+    if layout in ("two-copies", "renamed-copy"):
+        assert "hold the same run (linear seed 0" in err
+        code, _, err = cli("report", *map(str, args), "--strict")
+        assert code == 2 and "hold the same run (linear seed 0" in err
+
+
+def test_the_copy_under_its_own_name_is_the_one_read(cli, tmp_path):
+    sweep = _sweep(tmp_path / "a")
+    other = make_record("linear", 0, peak=999 * 2**20)
+    records.write_atomic(sweep / "a linear copy.json", other)
+    code, out, err = cli("report", str(sweep))
+    assert code == 0 and "only " + str(sweep / "linear--seed0.json") + " is read" in err
+    assert "a linear copy.json: its file name is not its run's (linear--seed0.json)" in err
+    (table,) = markdown_tables(out)
+    assert {row["variant"]: row["train peak (MiB, CPU accounting)"] for row in table}["linear"] == "100.00"
+
+
+def test_compare_refuses_a_folder_with_two_records_of_one_run(cli, tmp_path):
+    """A regressed duplicate under another file name must not pass the memory gate."""
+    baseline, current = _sweep(tmp_path / "baseline"), _sweep(tmp_path / "current")
+    records.write_atomic(current / "linear-regressed.json", make_record("linear", 0, peak=500 * 2**20))
+    code, out, err = cli("compare", str(baseline), str(current), "--tolerance", "0")
+    assert code == 2 and "hold the same run (linear seed 0" in err and "linear-regressed.json" in err
+
+
+def test_a_key_written_twice_makes_a_file_unreadable(tmp_path):
+    path = tmp_path / "linear--seed0.json"
+    text = json.dumps(make_record("linear"))
+    path.write_text(text[:-1] + ', "schema": 3}')
+    with pytest.raises(records.UnreadableRecord, match="key 'schema' twice"):
+        records.read(path)
+
+
+def test_a_link_to_a_record_is_the_record(cli, tmp_path):
+    sweep = _sweep(tmp_path / "a")
+    (sweep / "linear--seed1.json").symlink_to(sweep / "linear--seed0.json")
+    code, out, err = cli("report", str(sweep), "--strict")
+    assert code == 0 and _runs(out) == {"linear": "1 ok", "lora": "1 ok"}
+
+
+def test_shards_of_another_count_are_refused_and_report_names_the_runs_never_run(cli, tmp_path):
+    """`--shard 0/2`, then `1/3` and `2/3` of the same grid: before, all exited 0 and one
+    (variant, seed) was never run, unseen by `report`. The manifest pins the count."""
+    from tests.conftest import tiny_args
+
+    out = tmp_path / "out"
+    grid = ["run", "--suite", "vl-retrieval", "--output", str(out), "--variants", "linear,bitfit", "--seeds", "0", *tiny_args()]
+    assert cli(*grid, "--shard", "0/2")[0] == 0
+    code, _, err = cli(*grid, "--shard", "1/3")
+    assert code == 2 and "its shards split the grid into 2 parts, this shard is 1/3" in err
+    code, out_text, err = cli("report", str(out))
+    assert code == 0 and "1 run of its manifest has no record: bitfit--seed0" in err
+    assert cli("report", str(out), "--strict")[0] == 1
+    assert cli(*grid, "--shard", "1/2")[0] == 0
+    code, _, err = cli("report", str(out), "--strict")
+    assert code == 0 and "no record" not in err
+
+
+def _clip_copy(tmp_path, edit):
+    """The shipped model copied, its weights file rewritten by ``edit(tensors)``."""
+    from safetensors.torch import load_file, save_file
+
+    from petlbench.models.resolve import resolve
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve("embedded-clip"), folder)
+    tensors = load_file(folder / "model.safetensors")
+    save_file(edit(tensors), folder / "model.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda t: {"unrelated.weight": t["logit_scale"].clone()}, "142 weights the model needs are missing"),
+        (lambda t: {k: v for k, v in t.items() if not k.startswith("text_model.")}, "weights the model needs are missing"),
+        (lambda t: {**t, "extra_head.weight": t["logit_scale"].clone()}, "1 weight the model does not have: extra_head.weight"),
+        (lambda t: {**t, "logit_scale": t["logit_scale"].repeat(2)}, "logit_scale (2,), the model's is ()"),
+    ],
+    ids=["none-of-its-keys", "a-tower-removed", "an-unexpected-key", "a-wrong-shape"],
+)
+def test_a_checkpoint_that_does_not_fill_the_model_is_refused_before_any_run(cli, tmp_path, edit, fragment):
+    """Before, a checkpoint missing weights trained from random initialisation as `ok`."""
+    from tests.conftest import tiny_args
+
+    folder = _clip_copy(tmp_path, edit)
+    for dry in (["--dry-run"], []):
+        code, out, err = cli("run", "--suite", "vl-retrieval", "--variants", "linear", "--output", str(tmp_path / "out"),
+                             *tiny_args(f"model.name={folder}"), *dry)  # fmt: skip
+        assert code == 2 and fragment in err and str(folder / "model.safetensors") in err, err
+        assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    runs=st.sets(st.tuples(st.sampled_from(["linear", "lora", "full"]), st.integers(0, 2)), min_size=1, max_size=6),
+    layout=st.lists(st.sampled_from(["copy-file", "link-file", "copy-sweep", "nested-copy", "name-twice", "name-parent"]), max_size=4),
+    strict=st.booleans(),
+)
+def test_the_run_count_is_the_number_of_distinct_runs_or_the_reader_refuses(runs, layout, strict):
+    """Whatever copies, links and overlapping folders the layout holds, the reader gives
+    one record per distinct (suite hash, variant, seed), or (strict) refuses."""
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = Path(tmp) / "parent"
+        sweep = write(parent / "sweep", [make_record(v, s) for v, s in sorted(runs)])
+        first = sorted(sweep.glob("*.json"))[0]
+        args = [sweep]
+        for i, step in enumerate(layout):
+            if step == "copy-file":
+                shutil.copy(first, sweep / f"copy {i}.json")
+            elif step == "link-file":
+                (sweep / f"link {i}.json").symlink_to(first)
+            elif step == "copy-sweep":
+                shutil.copytree(sweep, parent / f"copy-{i}", symlinks=True)
+                args = [parent]
+            elif step == "nested-copy":
+                shutil.copytree(sweep, sweep / f"sub-{i}", symlinks=True, ignore=shutil.ignore_patterns("sub-*"))
+                args += [sweep / f"sub-{i}"]
+            elif step == "name-twice":
+                args += [args[0]]
+            else:
+                args += [parent]
+        try:
+            found = records.read_folders(args, strict=strict)
+        except ConfigError:
+            assert strict  # refusing is the strict reader's answer to copies
+            return
+        assert sorted((r["run"]["variant"], r["run"]["seed"]) for r in found) == sorted(runs)
