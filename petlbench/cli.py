@@ -303,8 +303,17 @@ STRICT = "exit 2 when a file in the folder is not a valid record (default: name 
 DEPRECATED_VARIANTS_FLAG = ("--methods",)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as every other error of petlbench: one line, exit 2 (``--help`` shows
+    the usage)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("petlbench").strip()  # "run" in the subcommand's parser
+        self.exit(2, f"petlbench: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="petlbench", description="Benchmark of memory-efficient parameter-efficient transfer learning.")
+    parser = _Parser(prog="petlbench", description="Benchmark of memory-efficient parameter-efficient transfer learning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train and evaluate method variants on a suite")

@@ -14,6 +14,7 @@ import json
 import math
 import operator
 import reprlib
+import stat
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -542,8 +543,13 @@ def load_yaml(text: str) -> Any:
 
 def read_yaml(path: Path) -> dict:
     try:
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, larger than a config file can be ({MAX_YAML_BYTES:,})")
+        status = path.stat()
+        if stat.S_ISDIR(status.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(status.st_mode):  # a FIFO or a device: reading it could block forever
+            raise ConfigError(f"{path}: not a regular file")
+        if status.st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {status.st_size:,} bytes, larger than a config file can be ({MAX_YAML_BYTES:,})")
         data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None

@@ -86,8 +86,11 @@ class Plan:
 
 
 def default_output(suite: SuiteConfig) -> Path:
-    """Where a sweep's records go without `--output`: ``results/<suite>/<start time>/``."""
-    return Path("results") / suite.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    """Where a sweep's records go without `--output`: ``results/<suite>/<start time>/``,
+    the suite's name made a single folder name (a name such as ``../../x`` cannot steer
+    the records outside ``results/``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", suite.name).strip(".-") or "suite"
+    return Path("results") / name / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -219,8 +220,13 @@ def read(path: Path) -> dict[str, Any]:
     not one (missing, too large, not UTF-8 JSON, a key twice, off-schema)."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_RECORD_BYTES:
-            raise UnreadableRecord(f"{path.stat().st_size:,} bytes, larger than a record can be")
+        status = path.stat()
+        if stat.S_ISDIR(status.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(status.st_mode):  # a FIFO or a device: reading it could block forever
+            raise UnreadableRecord("not a regular file")
+        if status.st_size > MAX_RECORD_BYTES:
+            raise UnreadableRecord(f"{status.st_size:,} bytes, larger than a record can be")
         record = json.loads(
             path.read_bytes().decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float, object_pairs_hook=_no_key_twice
         )

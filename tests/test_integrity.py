@@ -6,7 +6,10 @@ run; a file whose name disagrees with its record, or JSON with a key twice, is n
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -174,3 +177,40 @@ def test_the_run_count_is_the_number_of_distinct_runs_or_the_reader_refuses(runs
             assert strict  # refusing is the strict reader's answer to copies
             return
         assert sorted((r["run"]["variant"], r["run"]["seed"]) for r in found) == sorted(runs)
+
+
+def _petlbench(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    """The command line in a process of its own, stopped after 60 s: a read that blocks
+    (a FIFO) must not hang the suite, it must fail the test."""
+    return subprocess.run([sys.executable, "-m", "petlbench.cli", *argv], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_a_record_path_that_is_not_a_regular_file_is_named_not_read(tmp_path):
+    sweep = _sweep(tmp_path / "a")
+    os.mkfifo(sweep / "fifo--seed0.json")
+    done = _petlbench("report", str(sweep))
+    assert done.returncode == 0 and f"skipped {sweep / 'fifo--seed0.json'}: not a regular file" in done.stderr
+
+
+def test_a_suite_file_that_is_not_a_regular_file_is_exit_2(tmp_path):
+    os.mkfifo(tmp_path / "suite.yaml")
+    done = _petlbench("run", "--suite", str(tmp_path / "suite.yaml"), "--dry-run")
+    assert done.returncode == 2 and done.stderr == f"petlbench: error: {tmp_path / 'suite.yaml'}: not a regular file\n"
+
+
+def test_the_default_output_folder_stays_inside_results(tmp_path, monkeypatch):
+    from petlbench.config import load_suite
+    from petlbench.plan import default_output
+
+    suite = tmp_path / "escape.yaml"
+    suite.write_text(
+        (Path(__file__).parent.parent / "suites" / "vl-retrieval.yaml").read_text().replace("name: vl-retrieval", "name: ../../escape")
+    )
+    monkeypatch.chdir(tmp_path)
+    output = default_output(load_suite(str(suite)))
+    assert output.resolve().is_relative_to((tmp_path / "results").resolve()) and output.parts[1] == "escape"
+
+
+def test_a_usage_error_is_one_line(tmp_path):
+    done = _petlbench("run", "--suite", "vl-retrieval", "--seeds", "x")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "argument --seeds: expected comma-separated integers" in done.stderr
