@@ -88,6 +88,22 @@ def _sizes(text: str) -> list[int]:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
+    """The estimate; SIGINT and SIGTERM end it with one line and exit 130 / 143, its
+    workers stopped, nothing written."""
+    from petlbench.signals import Interrupted, interruptible
+
+    with interruptible():
+        try:
+            return _estimate(args)
+        except KeyboardInterrupt:
+            signum = signal.SIGINT
+        except Interrupted as exc:
+            signum = exc.signum
+    print(f"petlbench: interrupted by {signal.Signals(signum).name} during the estimate; nothing was written", file=sys.stderr)
+    return 128 + signum
+
+
+def _estimate(args: argparse.Namespace) -> int:
     from petlbench import estimate
     from petlbench import estimate_output as output
 
@@ -112,8 +128,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     """Plan (every check), then run; SIGINT and SIGTERM end it with one line and exit
     130 / 143, a record that cannot be written with exit 1."""
-    from petlbench.isolation import Interrupted, interruptible
     from petlbench.records import OutputError
+    from petlbench.signals import Interrupted, interruptible
 
     with interruptible():
         try:
@@ -155,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_one_plan(plan, device, dry_run: bool) -> bool:
     """Run one plan and write its report; True where a run ended in ``error``."""
-    from petlbench.isolation import Interrupted
+    from petlbench.signals import Interrupted
     from petlbench.sweep import run_plan
 
     runs, grid = len(plan.runs()), len(plan.grid())

@@ -9,8 +9,8 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, host_batches
 from petlbench.measure.params import parameter_counts
 from petlbench.methods import get_method, registered
 from petlbench.models.loader import Architecture, load_architecture
+from petlbench.signals import die_with_parent
 from petlbench.tasks import get_task
 from petlbench.train import Training, prepare
 from petlbench.variants import Variant, data_free, load_variant, shipped
@@ -251,7 +252,10 @@ def _estimate(job: Job, variant: Variant, batch_size: int | None, budget: int | 
 _WORK: dict[str, Any] = {}
 
 
-def _start_worker(job: Job, batch_size: int | None, budget: int | None) -> None:
+def _start_worker(parent: int, job: Job, batch_size: int | None, budget: int | None) -> None:
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (`signals.interruptible`) is the parent's
     torch.set_num_threads(1)  # fake tensors compute nothing: a worker's cost is Python dispatch
     _WORK.update(job=job, batch_size=batch_size, budget=budget)
 
@@ -271,14 +275,16 @@ def workers(variants: int) -> int:
 
 def _estimates(job: Job, batch_size: int | None = None, budget: int | None = None) -> list[Row]:
     """A row per variant, in the variants' order, estimated in `workers` processes: each
-    estimate is independent and deterministic, so the figures are those of one process."""
+    estimate is independent and deterministic, so the figures are those of one process.
+    However the command ends (an interrupt included), the pool's exit stops every worker,
+    and a worker dies with the command (`signals.die_with_parent`)."""
     n = workers(len(job.variants))
     with contextlib.ExitStack() as stack:
         stack.enter_context(frozen_heap())
         if n > 1:
             context = multiprocessing.get_context("fork")
-            pool = stack.enter_context(ProcessPoolExecutor(n, context, _start_worker, (job, batch_size, budget)))
-            rows = pool.map(_estimate_in_worker, range(len(job.variants)))
+            pool = stack.enter_context(context.Pool(n, _start_worker, (os.getpid(), job, batch_size, budget)))
+            rows = pool.imap(_estimate_in_worker, range(len(job.variants)))
         else:
             rows = (_estimate(job, variant, batch_size, budget) for variant in job.variants)
         return list(tqdm(rows, total=len(job.variants), desc="estimate", unit="variant", leave=False, disable=None))

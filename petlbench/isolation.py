@@ -4,11 +4,10 @@ the next one's figures), and how SIGINT and SIGTERM stop a sweep cleanly."""
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import signal
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
@@ -131,28 +130,3 @@ def attempt_in_fresh_process(
                 process.kill()
                 process.join()
     return result if result is not None else Attempt("error", died(process.exitcode), None, records.environment(device, query_device=False))
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM stopped the sweep: which signal, and how far it got. Not an
-    `Exception`: no run records it as its own failure."""
-
-    def __init__(self, signum: int, message: str = ""):
-        super().__init__(message or f"interrupted by {signal.Signals(signum).name} before any run started; nothing was run")
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM (what SLURM sends at a time limit) raises `Interrupted` like Ctrl-C raises
-    `KeyboardInterrupt`, so that the current run is abandoned cleanly: its lock released,
-    its process stopped, no temporary file left."""
-
-    def stop(signum, _frame):
-        raise Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 from petlbench import budget as budgeting
 from petlbench import config as cfgmod
 from petlbench import faults, folder, records
-from petlbench.isolation import Interrupted, attempt, attempt_in_fresh_process
+from petlbench.isolation import attempt, attempt_in_fresh_process
 from petlbench.plan import Plan
+from petlbench.signals import Interrupted
 from petlbench.tasks import get_task
 from petlbench.variants import Variant
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -214,3 +217,27 @@ def test_the_default_output_folder_stays_inside_results(tmp_path, monkeypatch):
 def test_a_usage_error_is_one_line(tmp_path):
     done = _petlbench("run", "--suite", "vl-retrieval", "--seeds", "x")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "argument --seeds: expected comma-separated integers" in done.stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_estimate_stopped_by_a_signal_leaves_no_worker_behind(signum, code):
+    """`estimate` forks a worker per core: stopped, it says so in one line and no worker
+    outlives it (before, a SIGTERM left them running, holding the output pipe)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "petlbench.cli", "estimate", "--model", "clip-vit-base-patch32", "--batch-size", "64"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a test session in the background ignores SIGINT
+    )
+    parent = psutil.Process(process.pid)
+    deadline = time.monotonic() + 60
+    while not (workers := parent.children()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers, "no worker started"
+    time.sleep(1)  # the workers are estimating
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code and err.count("\n") == 1 and "interrupted by" in err, err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, [p.pid for p in alive]

@@ -50,7 +50,7 @@ def test_exit_codes_are_named():
 # once it has started a run's process: the run's process must go with it.
 SIGTERMED_SWEEP = """
 import sys, torch
-from petlbench.isolation import Interrupted, interruptible
+from petlbench.signals import Interrupted, interruptible
 from petlbench.plan import make_plan
 from petlbench.sweep import run_plan
 plan = make_plan("vl-retrieval", ["linear"], [0], sys.argv[1], sys.argv[2:])
