@@ -18,6 +18,7 @@ import stat
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -576,7 +577,7 @@ def find(kind: str, name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return path
-    candidate = PROJECT_ROOT / kind / f"{name_or_path}.yaml"
+    candidate = shipped_folder(kind) / f"{name_or_path}.yaml"
     try:
         found = "/" not in name_or_path and candidate.is_file()
     except OSError:  # a name too long for the file system
@@ -587,9 +588,19 @@ def find(kind: str, name_or_path: str) -> Path:
     return candidate
 
 
+def shipped_folder(kind: str) -> Path:
+    """The folder of the YAML files of ``kind`` ('suites' or 'methods') shipped with
+    petlbench. Installed from a wheel, they are package data (`petlbench/_shipped/<kind>/`,
+    mapped from the top-level folders by setup.py; a Path: petlbench is installed as files,
+    never zipped); a checkout (an editable install, PYTHONPATH) has no copy there and reads
+    the top-level folder."""
+    packaged = resources.files("petlbench") / "_shipped" / kind
+    return packaged if packaged.is_dir() else PROJECT_ROOT / kind
+
+
 def available(kind: str) -> list[Path]:
-    """The YAML files of ``kind`` ('suites' or 'methods') shipped with the project."""
-    return sorted((PROJECT_ROOT / kind).glob("*.yaml"), key=lambda p: p.stem)
+    """The YAML files of ``kind`` shipped with petlbench."""
+    return sorted(shipped_folder(kind).glob("*.yaml"), key=lambda p: p.stem)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
