@@ -381,6 +381,10 @@ def is_done(record: dict[str, Any] | None, run_hash: str, device: torch.device) 
 
 
 def _git(*args: str) -> str | None:
+    """Ask git about petlbench's checkout; None for an installed petlbench, whose folder may
+    lie inside a repository that is not petlbench's (a user's project and its .venv)."""
+    if not (PROJECT_ROOT / ".git").exists():  # a folder, or a file in a worktree
+        return None
     try:
         out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):

@@ -38,8 +38,9 @@ def _check(*argv: str | Path, cwd: Path, **env: str) -> str:
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
-    """A fresh virtual environment holding petlbench from the wheel; its dependencies are
-    the test environment's packages."""
+    """A fresh virtual environment holding petlbench from the wheel, inside a git
+    repository that is not petlbench's (a user's project); its dependencies are the test
+    environment's packages."""
     root = tmp_path_factory.mktemp("install")
     build = root / "build"
     hook = "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])"
@@ -47,7 +48,12 @@ def venv(tmp_path_factory) -> Path:
     (sdist,) = (build / "sdist").glob("petlbench-*.tar.gz")
     _check(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", build / "wheel", sdist, cwd=root)
     (wheel,) = (build / "wheel").glob("petlbench-*.whl")
-    env = root / "venv"
+    project = root / "project"
+    project.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    _check(*git, "init", "-q", cwd=project)
+    _check(*git, "commit", "-q", "--allow-empty", "-m", "a user's project", cwd=project)
+    env = project / ".venv"
     _check(sys.executable, "-m", "venv", "--without-pip", env, cwd=root)
     _check(sys.executable, "-m", "pip", "--python", env / "bin" / "python", "install", "-q", "--no-deps", "--no-index", wheel, cwd=root)
     # A folder named in a .pth file joins sys.path after the environment's own packages, and
@@ -76,3 +82,5 @@ def test_a_dry_run_and_a_run_of_a_shipped_suite(venv, tmp_path):
     _check(petlbench, "run", "--suite", "vl-retrieval", "--variants", "linear", "--seeds", "0", "--output", out, *tiny_args(), cwd=tmp_path)
     record = json.loads((out / "linear--seed0.json").read_text())
     assert record["run"]["status"] == "ok" and record["env"]["petlbench"] == "0.1.0"
+    # the installed package is not the git repository around it: no commit is claimed
+    assert record["env"]["git_commit"] is None and record["env"]["dirty"] is None
