@@ -292,16 +292,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from petlbench.tasks import registered as registered_tasks
     from petlbench.variants import load_variant
 
-    print("suites:")
-    for path in cfgmod.available("suites"):
-        suite = cfgmod.load_suite(str(path))
-        print(f"  {path.stem:<24} v{suite.version}  {suite.task:<10} {suite.description}")
-    print("method variants:")
-    variants = [load_variant(str(path)) for path in cfgmod.available("methods")]
-    width = max(len(v.method) for v in variants)
-    for variant in variants:
-        options = ", ".join(f"{k}={v}" for k, v in cfgmod.to_dict(variant.config).items())
-        print(f"  {variant.name:<24} {variant.method:<{width}}  {options}")
+    suites, variants = cfgmod.catalogue("suites"), cfgmod.catalogue("methods")  # both checked before anything is printed
+    for folder in suites:
+        print(f"suites ({folder.origin}: {folder.path}):")
+        for path in folder.files:
+            suite = cfgmod.load_suite(str(path))
+            print(f"  {path.stem:<24} v{suite.version}  {suite.task:<10} {suite.description}")
+    loaded = [(folder, [load_variant(str(path)) for path in folder.files]) for folder in variants]
+    width = max((len(v.method) for _, group in loaded for v in group), default=0)
+    for folder, group in loaded:
+        print(f"method variants ({folder.origin}: {folder.path}):")
+        for variant in group:
+            options = ", ".join(f"{k}={v}" for k, v in cfgmod.to_dict(variant.config).items())
+            print(f"  {variant.name:<24} {variant.method:<{width}}  {options}")
     print("registered methods: " + ", ".join(sorted(registered())))
     print("tasks:")
     for task in sorted(registered_tasks().values(), key=lambda t: t.name):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import operator
+import os
 import reprlib
 import stat
 import typing
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
@@ -571,21 +572,8 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def find(kind: str, name_or_path: str) -> Path:
-    if not name_or_path.strip():
-        raise ConfigError(f"an empty {kind[:-1]} name; known: {', '.join(p.stem for p in available(kind))}")
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    candidate = shipped_folder(kind) / f"{name_or_path}.yaml"
-    try:
-        found = "/" not in name_or_path and candidate.is_file()
-    except OSError:  # a name too long for the file system
-        found = False
-    if not found:
-        known = ", ".join(p.stem for p in available(kind))
-        raise ConfigError(f"unknown {kind[:-1]} {clip(name_or_path)!r}; known: {known} (or pass a .yaml path)")
-    return candidate
+# Folders of a user's suites and variants, found by name beside the shipped ones.
+PATH_VARIABLE = "PETLBENCH_PATH"
 
 
 def shipped_folder(kind: str) -> Path:
@@ -601,6 +589,63 @@ def shipped_folder(kind: str) -> Path:
 def available(kind: str) -> list[Path]:
     """The YAML files of ``kind`` shipped with petlbench."""
     return sorted(shipped_folder(kind).glob("*.yaml"), key=lambda p: p.stem)
+
+
+def user_folders() -> list[Path]:
+    """The folders `PATH_VARIABLE` names (separated by os.pathsep, empty entries ignored),
+    each holding a `suites/` folder, a `methods/` folder or both."""
+    folders = []
+    for entry in filter(None, os.environ.get(PATH_VARIABLE, "").split(os.pathsep)):
+        if not os.path.isdir(entry):
+            raise ConfigError(f"{PATH_VARIABLE}: {clip(entry)}: {'not a folder' if os.path.exists(entry) else 'no such folder'}")
+        if not any(os.path.isdir(os.path.join(entry, kind)) for kind in ("suites", "methods")):
+            raise ConfigError(f"{PATH_VARIABLE}: {clip(entry)}: holds neither a suites/ nor a methods/ folder")
+        folders.append(Path(entry))
+    return folders
+
+
+class Folder(NamedTuple):
+    """A folder whose YAML files are known by name: where it comes from ('shipped' or
+    `PATH_VARIABLE`), its path and its YAML files."""
+
+    origin: str
+    path: Path
+    files: list[Path]
+
+
+def catalogue(kind: str) -> list[Folder]:
+    """The folders whose YAML files of ``kind`` are known by name (the file name without
+    .yaml): the shipped one, then the ``kind`` subfolder of each `PATH_VARIABLE` folder that
+    has one. A name means one file: records, reports and baselines know a suite or a variant
+    by its name alone, so a second file of a name already taken (a shipped one among them)
+    is an error naming both, never a silent override."""
+    folders = {shipped_folder(kind).resolve(): "shipped"}
+    for folder in user_folders():
+        if (folder / kind).is_dir():
+            folders.setdefault((folder / kind).resolve(), PATH_VARIABLE)  # a folder named twice is read once
+    out, taken = [], {}
+    for path, origin in folders.items():
+        out.append(Folder(origin, path, sorted(path.glob("*.yaml"), key=lambda p: p.stem)))
+        for file in out[-1].files:
+            if file.stem in taken:
+                raise ConfigError(
+                    f"{PATH_VARIABLE}: {kind[:-1]} name {file.stem!r} taken twice, by {taken[file.stem]} and {file}: rename one (a file still runs by its path)"
+                )
+            taken[file.stem] = file
+    return out
+
+
+def find(kind: str, name_or_path: str) -> Path:
+    """The YAML file of ``kind`` that a name on the command line means: a path ending in
+    .yaml or .yml as it is, any other a name `catalogue` knows."""
+    if Path(name_or_path).suffix in (".yaml", ".yml"):
+        return Path(name_or_path)
+    known = {path.stem: path for folder in catalogue(kind) for path in folder.files}
+    if not name_or_path.strip():
+        raise ConfigError(f"an empty {kind[:-1]} name; known: {', '.join(sorted(known))}")
+    if name_or_path not in known:
+        raise ConfigError(f"unknown {kind[:-1]} {clip(name_or_path)!r}; known: {', '.join(sorted(known))} (or pass a .yaml path)")
+    return known[name_or_path]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,8 +25,9 @@ VARIANTS = sorted(p.stem for p in (PROJECT_ROOT / "methods").glob("*.yaml"))
 
 
 def _environ(**extra: str) -> dict[str, str]:
-    """The test's environment without what would import petlbench from the checkout."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """The test's environment without what would import petlbench from the checkout or
+    add folders of suites."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PETLBENCH_PATH")}
     return {**env, **extra}
 
 
@@ -71,6 +73,8 @@ def test_the_installed_package_is_the_wheel(venv, tmp_path):
 
 def test_list_shows_every_shipped_suite_and_variant(venv, tmp_path):
     out = _check(venv / "bin" / "petlbench", "list", cwd=tmp_path)
+    shipped = next(line for line in out.splitlines() if line.startswith("suites (shipped: "))
+    assert shipped.startswith(f"suites (shipped: {venv}") and shipped.endswith("/petlbench/_shipped/suites):"), shipped
     for name in SUITES + VARIANTS:
         assert f"  {name} " in out, name
 
@@ -84,3 +88,16 @@ def test_a_dry_run_and_a_run_of_a_shipped_suite(venv, tmp_path):
     assert record["run"]["status"] == "ok" and record["env"]["petlbench"] == "0.1.0"
     # the installed package is not the git repository around it: no commit is claimed
     assert record["env"]["git_commit"] is None and record["env"]["dirty"] is None
+
+
+def test_a_users_suite_and_variant_by_name_from_petlbench_path(venv, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "suites").mkdir(parents=True)
+    (mine / "methods").mkdir()
+    suite = (PROJECT_ROOT / "suites" / "vl-retrieval.yaml").read_text().replace("name: vl-retrieval", "name: my-suite")
+    (mine / "suites" / "my-suite.yaml").write_text(suite)
+    shutil.copy(PROJECT_ROOT / "methods" / "linear.yaml", mine / "methods" / "my-linear.yaml")
+    petlbench = venv / "bin" / "petlbench"
+    listed = _check(petlbench, "list", cwd=tmp_path, PETLBENCH_PATH=str(mine))
+    assert "  my-suite " in listed and "  my-linear " in listed and str(mine / "suites") in listed
+    _check(petlbench, "run", "--suite", "my-suite", "--variants", "my-linear,linear", "--dry-run", cwd=tmp_path, PETLBENCH_PATH=str(mine))
