@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from petlbench import config as cfgmod
-from petlbench.config import ConfigError
+from petlbench.config import ConfigError, OutputError
 from petlbench.report import WIDTHS
 from petlbench.report.tables import BY, FORMATS, summary_table
 
@@ -106,8 +106,11 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 def _estimate(args: argparse.Namespace) -> int:
     from petlbench import estimate
     from petlbench import estimate_output as output
+    from petlbench.folder import check_writable
 
     variants = _names("--variants", args.variants)
+    if args.output:
+        check_writable(args.output, keep=False)
     job = estimate.make_job(args.model, args.suite, variants, args.seq_len, args.precision, args.grad_checkpointing)
     if args.budget is None:
         rows, batch = estimate.at_batch(job, args.batch_size), f"batch {args.batch_size}"
@@ -128,7 +131,6 @@ def _estimate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     """Plan (every check), then run; SIGINT and SIGTERM end it with one line and exit
     130 / 143, a record that cannot be written with exit 1."""
-    from petlbench.records import OutputError
     from petlbench.signals import Interrupted, interruptible
 
     with interruptible():
@@ -268,10 +270,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    from petlbench.folder import check_writable
     from petlbench.records import read_folders
     from petlbench.report.plots import write_plots
 
-    plots = write_plots(read_folders(args.dirs, args.strict), args.out or args.dirs[0], width=args.width)
+    out = args.out or args.dirs[0]
+    check_writable(out, option="--out" if args.out else "DIR")
+    plots = write_plots(read_folders(args.dirs, args.strict), out, width=args.width)
     print("\n".join(str(p) for p in plots) or "nothing to plot: no successful run with figures")
     return 0
 
@@ -475,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"petlbench: error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:  # a report or a figure that could not be written (`run` says more)
+        print(f"petlbench: error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -39,6 +39,11 @@ class ConfigError(ValueError):
         self.key = key
 
 
+class OutputError(Exception):
+    """A record, report or figure could not be written (a full disk, a folder gone): exit
+    code 1 with one line; a sweep stops cleanly, its finished records in place."""
+
+
 INT64 = (-(2**63), 2**63 - 1)
 SEED_RANGE = (0, 2**32 - 1)  # what every generator a run seeds accepts (torch, numpy)
 

@@ -11,6 +11,7 @@ alone (its process cannot be checked from here).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -50,19 +51,16 @@ def alive(holder: str) -> bool | None:
     return True
 
 
-def check_writable(folder: Path, create: bool) -> None:
-    """``folder`` is (or, with ``create``, is made) a folder this process can write records
-    to; proven by writing and removing a file. Without ``create``, an absent folder is
-    judged by its nearest existing parent. Raises `ConfigError` naming the folder."""
+def check_writable(folder: Path, keep: bool = True, option: str = "--output") -> None:
+    """``folder`` is (or is made) a folder this process can write to, proven by writing and
+    removing a file: what a dry run checks is what the run will do. Without ``keep``, the
+    folders the proof made are removed again (a dry run leaves nothing behind). Raises
+    `ConfigError` naming ``option`` and the folder."""
     folder = Path(folder)
-    where = f"--output {folder}"
+    where = f"{option} {folder}"
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{where}: exists and is not a folder")
-    if not create:
-        parent = next((p for p in [folder, *folder.parents] if p.exists()), None)
-        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"{where}: cannot be written ({parent} is not a writable folder)")
-        return
+    made = [p for p in [folder, *folder.parents] if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".petlbench-probe~{socket.gethostname()}~{os.getpid()}~x.tmp"  # `clean_temporaries` knows this form
@@ -70,6 +68,11 @@ def check_writable(folder: Path, create: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"{where}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        if not keep:
+            for path in made:
+                with contextlib.suppress(OSError):  # another process's files are in it now: it stays
+                    path.rmdir()
 
 
 class Lock:

@@ -200,7 +200,7 @@ def make_plan(
     if budget is not None:
         output = output / f"budget-{size_label(budget)}"
     plan = Plan(suite_cfg, variants, list(seeds), list(overrides), output, shard, unsupported=unsupported)
-    folder.check_writable(output, create=False)
+    folder.check_writable(output, keep=False)
     folder.check_manifest(output, suite_cfg, plan.grid(), shard)
     if suite_cfg.budget.bytes:
         target = "cuda" if device is not None and device.type == "cuda" else "cpu"

@@ -15,17 +15,18 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 
 from petlbench import config as cfgmod
 from petlbench import faults, schema
-from petlbench.config import PROJECT_ROOT, ConfigError, SuiteConfig
+from petlbench.config import PROJECT_ROOT, ConfigError, OutputError, SuiteConfig
 from petlbench.measure.kernels import cuda_settings
 from petlbench.measure.memory import PhasePeak
 from petlbench.measure.nvml import driver_version
@@ -77,10 +78,16 @@ def _umask() -> int:
 
 
 def write_text_atomic(path: Path, text: str, variant: str | None = None) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader (or an
-    interrupted sweep) sees the old file or the new one, never half of one. The file is
-    readable like any other the user writes (0644 under the usual umask). Raises
-    `OutputError` where it cannot be written."""
+    """``text`` through `write_file_atomic`."""
+    write_file_atomic(path, lambda f: f.write(text.encode()), variant)
+
+
+def write_file_atomic(path: Path, write: Callable[[BinaryIO], Any], variant: str | None = None) -> None:
+    """What ``write`` writes into a file object, to a temporary file in the same folder,
+    then renamed: a reader (or an interrupted sweep) sees the old file or the new one,
+    never half of one (a record, a report, a figure). The file is readable like any other
+    the user writes (0644 under the usual umask). Raises `OutputError` where it cannot be
+    written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
@@ -88,8 +95,8 @@ def write_text_atomic(path: Path, text: str, variant: str | None = None) -> None
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         faults.inject("record.write", variant)
@@ -120,10 +127,6 @@ def finite(value: Any, where: str = "") -> tuple[Any, list[str]]:
         items = [finite(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return [clean for clean, _ in items], [p for _, paths in items for p in paths]
     return value, []
-
-
-class OutputError(Exception):
-    """A record could not be written (a full disk, a folder gone): the sweep stops cleanly."""
 
 
 def make_record(

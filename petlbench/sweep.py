@@ -47,7 +47,7 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
     leaves it alone (and this one leaves alone the runs another holds). SIGINT or SIGTERM
     raise `Interrupted` with how far the sweep got."""
     isolate = device.type == "cuda" if isolate is None else isolate
-    folder.check_writable(plan.output, create=True)
+    folder.check_writable(plan.output)
     folder.update_manifest(plan.output, plan.suite, plan.grid(), plan.shard)
     for path in folder.clean_temporaries(plan.output):
         print(f"removed {path.name}, left by a writer that is gone", file=sys.stderr)

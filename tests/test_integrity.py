@@ -241,3 +241,50 @@ def test_an_estimate_stopped_by_a_signal_leaves_no_worker_behind(signum, code):
     assert process.returncode == code and err.count("\n") == 1 and "interrupted by" in err, err
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, [p.pid for p in alive]
+
+
+def test_a_figure_write_that_fails_leaves_no_partial_file(cli, tmp_path, monkeypatch):
+    """Before, savefig wrote under the final name: a write cut short left a truncated PDF."""
+    from matplotlib.figure import Figure
+
+    sweep = _sweep(tmp_path / "a")
+    assert cli("plot", str(sweep))[0] == 0
+    before = {p.name: p.read_bytes() for p in sweep.glob("*.p[dn][fg]")}
+
+    def cut_short(self, target, **kwargs):
+        data = b"%PDF-1.4 half a figure"
+        target.write(data) if hasattr(target, "write") else Path(target).write_bytes(data)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", cut_short)
+    code, _, err = cli("plot", str(sweep))
+    assert code == 1 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert {p.name: p.read_bytes() for p in sweep.glob("*.p[dn][fg]")} == before
+    assert not [p for p in sweep.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("command", ["plot", "estimate"])
+def test_an_output_path_that_cannot_be_a_folder_is_refused_before_any_work(cli, tmp_path, command):
+    sweep = _sweep(tmp_path / "a")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    if command == "plot":
+        argv = ["plot", str(sweep), "--out", str(a_file)]
+    else:
+        argv = ["estimate", "--model", "embedded-clip", "--batch-size", "2", "--variants", "linear", "--output", str(a_file)]
+    code, out, err = cli(*argv)
+    option = "--out" if command == "plot" else "--output"
+    assert code == 2 and err == f"petlbench: error: {option} {a_file}: exists and is not a folder\n" and out == "", err
+
+
+def test_a_dry_run_refuses_the_output_folder_the_run_refuses(cli, tmp_path):
+    """Before, the dry run judged an absent folder by its parent's permission bits and passed
+    a folder that cannot be made; it now makes the folder as the run will, then removes it."""
+    from tests.conftest import tiny_args
+
+    for output in ["/proc/petlbench-out", "/sys/petlbench-out"]:  # kernel folders: no folder can be made in them
+        for dry in (["--dry-run"], []):
+            code, _, err = cli("run", "--suite", "vl-retrieval", "--variants", "linear", "--output", output, *tiny_args(), *dry)
+            assert code == 2 and f"--output {output}: cannot be written" in err, err
+    code, _, err = cli("run", "--suite", "vl-retrieval", "--variants", "linear", "--output", str(tmp_path / "a" / "b"), *tiny_args(), "--dry-run")
+    assert code == 0 and not (tmp_path / "a").exists(), err

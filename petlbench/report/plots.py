@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from petlbench.methods import registered
+from petlbench.records import write_file_atomic
 from petlbench.report import (
     PRIMARY,
     WIDTHS,
@@ -234,10 +235,11 @@ def score_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
 
 
 def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=300)
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible bytes for committed figures
-    return paths
+    """``fig`` as PNG and PDF, each written whole or not at all (`write_file_atomic`)."""
+    png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
+    write_file_atomic(png, lambda f: fig.savefig(f, format="png", dpi=300))
+    write_file_atomic(pdf, lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None}))  # reproducible bytes
+    return [png, pdf]
 
 
 def _suites_figure(split: dict[str, list[dict]], width: float) -> Figure | None:
@@ -266,7 +268,6 @@ def write_plots(records: list[dict], out: Path, per_suite: bool = True, width: s
     of budget runs; the paths written."""
     inches = WIDTHS[width]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     split = by_suite(records) if per_suite else {}
     written = []
     with mpl.rc_context(STYLE):
