@@ -28,7 +28,7 @@ from petlbench.units import parse_size, size_label
 from petlbench.variants import Variant
 
 LR_EXPONENT = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
-# On the CUDA target: why a budget result is not yet trusted (measurement.md).
+# On the CUDA target: why a budget result is not yet trusted (docs/measurement.md, "Memory budgets").
 UNCHECKED_CUDA_BUDGET = (
     "CUDA budget choices rest on the estimate of max_memory_allocated plus a headroom, neither checked on a GPU until "
     "the estimate fixture of the GPU acceptance run exists (tests/fixtures/cuda_memory*.json)"

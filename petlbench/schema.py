@@ -47,7 +47,7 @@ class Run:
 
 @dataclass
 class Memory:
-    """Peak memory, in bytes (measurement.md says what each figure includes)."""
+    """Peak memory, in bytes (docs/measurement.md says what each figure includes)."""
 
     source: str  # how it was measured: cuda, cpu-accounting or estimate
     train_peak_bytes: int  # the training window's peak (headline)

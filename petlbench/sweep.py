@@ -41,11 +41,11 @@ def existing_record(path: Path, unreadable: list[Path] | None = None) -> dict[st
 def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> list[dict[str, Any]]:
     """Run every (variant, seed) of the plan (of its shard) not already done; return their
     records in grid order. ``isolate`` (default: on CUDA) runs each in a fresh process
-    (measurement.md). The output folder is made and proven writable, its manifest checked
-    and extended, and the temporary files of writers that are gone removed, before the first
-    run; each run holds its lock while it runs, so that another process sharing the folder
-    leaves it alone (and this one leaves alone the runs another holds). SIGINT or SIGTERM
-    raise `Interrupted` with how far the sweep got."""
+    (docs/measurement.md, "The step that is measured"). The output folder is made and
+    proven writable, its manifest checked and extended, and the temporary files of writers
+    that are gone removed, before the first run; each run holds its lock while it runs, so
+    that another process sharing the folder leaves it alone (and this one leaves alone the
+    runs another holds). SIGINT or SIGTERM raise `Interrupted` with how far the sweep got."""
     isolate = device.type == "cuda" if isolate is None else isolate
     folder.check_writable(plan.output)
     folder.update_manifest(plan.output, plan.suite, plan.grid(), plan.shard)

@@ -1,4 +1,4 @@
-"""Learning-rate sweep on the suite's *validation* split (methods.md, fairness rules).
+"""Learning-rate sweep on the suite's *validation* split (docs/methods.md, "Fairness rules").
 
     python scripts/lr_sweep.py --suite vl-retrieval --seed 0        # its section of docs/lr-sweep.md
     python scripts/lr_sweep.py --suite vl-retrieval-near --seed 0

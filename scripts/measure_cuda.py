@@ -3,7 +3,7 @@ method variant on a random-weight model of a shipped architecture, next to the e
 (`petlbench estimate`); write both to a fixture that tests/test_estimate.py then uses on
 the CPU to guard the estimate.
 
-Each (variant, batch size) runs in a fresh process (measurement.md: allocator state and
+Each (variant, batch size) runs in a fresh process (docs/measurement.md: allocator state and
 cuBLAS handles of one run would otherwise change the next); ``--jobs`` processes share the
 GPU at once (each has its own allocator and peak counters). The fixture is rewritten after
 every measurement, so a run cut short keeps what it measured. Run on a CUDA machine:

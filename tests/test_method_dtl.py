@@ -23,14 +23,14 @@ def _apply(variant: str, backbone, *overrides: str):
 
 def test_first_injection_is_the_start_of_the_last_half():
     cfg = load_variant("dtl").config
-    assert first_injection(cfg, 12) == 6  # blocks 6..11 of ViT-B's 12 (methods.md)
+    assert first_injection(cfg, 12) == 6  # blocks 6..11 of ViT-B's 12 (docs/methods.md)
     assert first_injection(cfg, 4) == 2
     assert first_injection(load_variant("dtl", ["method.late=1.0"]).config, 12) == 0
 
 
 @pytest.mark.parametrize("variant, conv", [("dtl", 0), ("dtl-plus", 3 * 3 * 768)])
 def test_trainable_count_at_clip_vit_b32_size(variant, conv):
-    """methods.md, r = 2: 61,440 (vision 36,864 = 12·2·2·768, text 24,576); DTL+'s shared
+    """docs/methods.md, r = 2: 61,440 (vision 36,864 = 12·2·2·768, text 24,576); DTL+'s shared
     depthwise 3x3 conv adds 6,912 at d = 768."""
     with torch.device("meta"):
         model = _apply(variant, load_architecture("clip-vit-base-patch32").build("sdpa"))

@@ -27,7 +27,7 @@ def _shipped():
 
 
 def test_trainable_count_at_clip_vit_b32_size():
-    """methods.md: 245,760 trainable for q, v at r = 8 (vision 147,456, text 98,304)."""
+    """docs/methods.md: 245,760 trainable for q, v at r = 8 (vision 147,456, text 98,304)."""
     with torch.device("meta"):
         model = _apply("lora-fa", load_architecture("clip-vit-base-patch32").build("sdpa"))
     cfg = load_variant("lora-fa").config

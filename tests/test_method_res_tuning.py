@@ -1,5 +1,5 @@
 """Res-Tuning-Bypass: sizes in closed form, the bypass recurrence by hand, a body that builds
-no graph, and saved bytes within methods.md's formula."""
+no graph, and saved bytes within docs/methods.md's formula."""
 
 import pytest
 import torch
@@ -26,7 +26,7 @@ def _per_block(d: int, bottleneck: int) -> int:
 
 
 def test_trainable_count_at_clip_vit_b32_size():
-    """methods.md, l = 32: 1,998,336 trainable (vision 1,198,848, text 799,488)."""
+    """docs/methods.md, l = 32: 1,998,336 trainable (vision 1,198,848, text 799,488)."""
     with torch.device("meta"):
         model = _apply(load_architecture("clip-vit-base-patch32").build("sdpa"))
     counts = {tower: sum(p.numel() for p in bypass.parameters()) for tower, bypass in model.bypasses.items()}
@@ -61,7 +61,7 @@ def test_init_and_zero_init_last():
 
 
 def test_at_init_the_bypass_sums_the_hidden_states_when_its_adapters_are_identities():
-    """The design methods.md warns of: with every adapter the identity, b_L is the sum of
+    """The design docs/methods.md notes: with every adapter the identity, b_L is the sum of
     h_0..h_L, not h_L; the tower's head then reads that sum."""
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     model = _apply(loaded.backbone).eval()
@@ -78,7 +78,7 @@ def test_at_init_the_bypass_sums_the_hidden_states_when_its_adapters_are_identit
 
 @pytest.mark.parametrize("tower", TOWERS)
 def test_no_backbone_body_module_saves_and_saved_bytes_follow_the_formula(tower):
-    """methods.md: saved ≈ 2L·B·N·d (lateral and vertical inputs) + 4L·B·N·l (GELU input
+    """docs/methods.md: saved ≈ 2L·B·N·d (lateral and vertical inputs) + 4L·B·N·l (GELU input
     and output of every adapter) + the head's: the final norm's input (the pooled token),
     mean and rstd, and the pooling indices; the frozen projection needs only its weight."""
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""SHERL: sizes in closed form (CLIP ViT-B/32 against methods.md; the VSE size computed),
+"""SHERL: sizes in closed form (CLIP ViT-B/32 against docs/methods.md; the VSE size computed),
 the anti-redundancy aggregation and token pooling by hand, and what each form keeps of the
 backbone for backward."""
 
@@ -34,7 +34,7 @@ def _clip_tower(taps: int, d: int, p: int, m: int, gate: bool = False) -> int:
 
 @pytest.mark.parametrize("gate", [False, True])
 def test_trainable_count_at_clip_vit_b32_size(gate):
-    """methods.md, m = 512: 9,597,980 (vision 5,650,958, text 3,947,022; +13 per tower with
+    """docs/methods.md, m = 512: 9,597,980 (vision 5,650,958, text 3,947,022; +13 per tower with
     `pool_gate`)."""
     with torch.device("meta"):
         model = _apply(load_architecture("clip-vit-base-patch32").build("sdpa"), f"method.pool_gate={str(gate).lower()}")
@@ -68,7 +68,7 @@ def _resnet_side(channels: list[int], m: int) -> int:
 def test_vse_side_counts_at_the_authors_size():
     """BERT-base (12 layers, d = 768) with m = 512 (joint width 1024 / 2): the authors' BERT
     side is 5,133,058. ResNet-50-style widths (256, 512, 1024, 2048): 3,023,362 without
-    conv biases (methods.md: about 3.02M). Total at the VSE size: 8,156,420."""
+    conv biases (docs/methods.md: about 3.02M). Total at the VSE size: 8,156,420."""
     text, image = SherlText(12, 768, 512), SherlImage([256, 512, 1024, 2048], 512)
     text_count, image_count = (sum(p.numel() for p in part.parameters()) for part in (text, image))
     assert text_count == _bert_side(12, 768, 512) == 5_133_058
@@ -139,7 +139,7 @@ def test_clip_output_is_the_frozen_embedding_plus_the_side_output():
 
 @pytest.mark.parametrize("tower", TOWERS)
 def test_clip_body_saves_nothing_and_the_side_saves_about_the_formula(tower):
-    """methods.md: saved ≈ (L+1)·B·N·(d + 2m) per tower (the ReLU'd taps, t_i, g ⊙ t_i),
+    """docs/methods.md: saved ≈ (L+1)·B·N·(d + 2m) per tower (the ReLU'd taps, t_i, g ⊙ t_i),
     nothing from the backbone."""
     loaded = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     backbone = loaded.backbone

@@ -88,7 +88,7 @@ def test_trainable_count_at_clip_vit_b32_size():
     )  # fmt: skip
     with torch.device("meta"):
         model = _unipt(ClipDualEncoder(CLIPModel(config)))
-    authors_millions = {"vision": 5.6, "text": 3.9, "total": 9.6}  # methods.md, counted from the authors' code
+    authors_millions = {"vision": 5.6, "text": 3.9, "total": 9.6}  # docs/methods.md, counted from the authors' code
     counts = {tower: sum(p.numel() for p in model.towers[tower].parameters()) for tower in TOWERS}
     counts["total"] = parameter_counts(model)["params_trainable"]
     expected = {tower: _tower_params(*dims, m=512) for tower, dims in _dims(config).items()}

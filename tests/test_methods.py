@@ -1,4 +1,4 @@
-"""Baselines train exactly what methods.md says, counted in closed form from the config."""
+"""Baselines train exactly what docs/methods.md says, counted in closed form from the config."""
 
 import pytest
 import torch

@@ -112,7 +112,7 @@ def test_unipt_trainable_counts_in_closed_form(downsample):
 
 
 def test_unipt_vse_at_the_authors_size():
-    """ResNet-50-sized stages, BERT-base, joint width 1024, m = 512: methods.md quotes
+    """ResNet-50-sized stages, BERT-base, joint width 1024, m = 512: docs/methods.md quotes
     about 12.4M trainable parameters for the authors' BERT-base + ResNeXt setting."""
     channels = [256, 512, 1024, 2048]
     image, text = CnnUniPT(channels, 512, 1024), TokenUniPT(13, 768, 512, 1024)

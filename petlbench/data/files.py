@@ -4,7 +4,8 @@ Layout (the suite's `data` section): ``data.root`` holds the annotation file
 (``data.annotations``) and the images folder (``data.images``).
 - Karpathy JSON (``dataset_flickr30k.json``, ``dataset_coco.json``): ``{"images": [{"filename",
   "split", "sentences": [{"raw"}], "filepath"?}]}``; an image lies at
-  ``images/[filepath/]filename``; ``restval`` (COCO) joins training (measurement.md).
+  ``images/[filepath/]filename``; ``restval`` (COCO) joins training (docs/measurement.md,
+  "Retrieval accuracy").
 - JSONL manifest: one ``{"image": path, "captions": [...], "split": "train"|"val"|"test"}``
   per line, ``image`` relative to the images folder (or absolute).
 Each image keeps its first ``data.captions_per_image`` captions; fewer is an error.

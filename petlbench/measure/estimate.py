@@ -1,6 +1,6 @@
-"""The pieces of an estimate of training memory on fake tensors (measurement.md, "Without
-the hardware: estimation with fake tensors"); `petlbench.estimate.FakeTraining` assembles
-them around the one measured phase.
+"""The pieces of an estimate of training memory on fake tensors (docs/measurement.md,
+"Without the hardware: the fake-tensor estimate"); `petlbench.estimate.FakeTraining`
+assembles them around the one measured phase.
 
 For the CUDA target the figure is shaped like `torch.cuda.max_memory_allocated`: every
 storage rounded up to the caching allocator's granularity (`CUDA_GRANULARITY`), AdamW's

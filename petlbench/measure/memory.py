@@ -1,8 +1,9 @@
 """Peak memory of a measured phase, measured identically for every method (the phase
 itself: `petlbench.measure.phase`).
 
-Two meters share one protocol (measurement.md): `gc.collect()` before the phase, the
-garbage collector off during it, peaks taken over the phase only.
+Two meters share one protocol (docs/measurement.md, "The step that is measured"):
+`gc.collect()` before the phase, the garbage collector off during it, peaks taken over the
+phase only.
 
 - `CudaMeter`: `torch.cuda.max_memory_allocated` (headline) and `max_memory_reserved`,
   reset at the start of the phase.
@@ -191,7 +192,8 @@ class CpuAccountingMeter:
 
 
 class CudaMeter:
-    """Allocator peaks over the phase (measurement.md: what they include and exclude)."""
+    """Allocator peaks over the phase (docs/measurement.md, "Memory on CUDA": what they
+    include and exclude)."""
 
     source = "cuda"
 

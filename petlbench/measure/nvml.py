@@ -1,11 +1,11 @@
 """What `nvidia-smi` shows: the process's used GPU memory, sampled by NVML in a background
 thread during a measured phase (CUDA context and allocator cache included).
 
-A secondary figure (measurement.md): sampling can miss short peaks. Where NVML lists no
-per-process figure for this process (PID namespaces in containers, MIG), the device's used
-memory minus its reading before the phase stands in, marked approximate. Every NVML call is
-guarded: without a driver `nvmlInit` raises `NVMLError_LibraryNotFound`, and the figure is
-then simply absent, with the reason.
+A secondary figure (docs/measurement.md, "Memory on CUDA"): sampling can miss short
+peaks. Where NVML lists no per-process figure for this process (PID namespaces in
+containers, MIG), the device's used memory minus its reading before the phase stands in,
+marked approximate. Every NVML call is guarded: without a driver `nvmlInit` raises
+`NVMLError_LibraryNotFound`, and the figure is then simply absent, with the reason.
 
 NVML numbers the physical GPUs and ignores ``CUDA_VISIBLE_DEVICES`` (and
 ``CUDA_DEVICE_ORDER``), so torch's device index is not an NVML index: a device is matched by

@@ -1,4 +1,4 @@
-"""The one measured training phase (measurement.md, "The step that is measured"), for every
+"""The one measured training phase (docs/measurement.md, "The step that is measured"), for every
 caller that measures a step: the run loop, the estimate, the scripts and the tests.
 
 Warm-up steps first (they create the optimizer state), then the measured window under a

@@ -18,9 +18,9 @@ grid is the input's size over the model's patch size, never a constant. The text
 has no grid and stays plain DTL.
 
 Decided where the reading leaves it open: the late blocks' ``u_j`` reads the stream with
-its gradient (the stream after an injection is no longer a backbone feature, and methods.md
-counts their inputs among what is saved); the convolution keeps PyTorch's default init
-(it filters a zero signal at step 0, so the start is exact either way).
+its gradient (the stream after an injection is no longer a backbone feature, and its inputs
+count among what backward keeps: docs/methods.md, `dtl`); the convolution keeps PyTorch's
+default init (it filters a zero signal at step 0, so the start is exact either way).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ network on frozen hidden states whose layer weights penalise redundant layers.
 Width ``m = p / downsample`` with ``p`` the joint width (`projection_dim` on CLIP); on VSE
 ``m = p / (2 * downsample)``, the authors' VSE setting halving the joint width.
 
-Decided where the reading leaves it open (methods.md):
+Decided where the reading leaves it open (docs/methods.md, `sherl`):
 - the anti-redundancy weights divide by ``rho_i + 1e-6`` and L1-normalise over layers as
   ``w / (sum w + 1e-6)`` (the same epsilon as the token pooling's L1 norm; ``rho_i >= 1``
   unless ``f_i = 0``, and a sample whose scores are all truncated gets zero weights, so

@@ -94,9 +94,10 @@ class LoraConfig(MethodConfig):
 
 @dataclass
 class PromptConfig(MethodConfig):
-    # 8, the low end of methods.md's 8..16: prompts lengthen every sequence of both towers
-    # (37 vision and 40 text tokens on the shipped model, 50 and 77 on ViT-B/32), and the
-    # activations kept for backward grow with it; the validation sweep may ask for more.
+    # 8, the low end of the usual 8..16 (docs/methods.md, `prompt`): prompts lengthen every
+    # sequence of both towers (37 vision and 40 text tokens on the shipped model, 50 and 77
+    # on ViT-B/32), and the activations kept for backward grow with it; the validation sweep
+    # may ask for more.
     prompts: int = field(default=8, metadata=rule("prompt tokens per tower and set (p)", ge=1, le=10_000))
     depth: Literal["deep", "shallow"] = field(
         default="deep", metadata={"help": "deep: a fresh set of prompts before every block; shallow: one set before the first block"}
@@ -169,8 +170,9 @@ class DTLPlusConfig(DTLConfig):
 
 
 def first_injection(cfg: DTLConfig, depth: int) -> int:
-    """The index of the first block after which DTL's side path is added back (methods.md's
-    `add_after` as a suffix of the blocks; half-way cases round up, not to even)."""
+    """The index of the first block after which DTL's side path is added back (the late
+    blocks of docs/methods.md, `dtl`, as a suffix of the blocks; half-way cases round up,
+    not to even)."""
     return depth - max(1, math.floor(cfg.late * depth + 0.5))
 
 

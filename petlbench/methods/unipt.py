@@ -4,14 +4,14 @@ whose body ran under ``no_grad``, so backward never enters the backbone.
 - CLIP: the dual-encoder variant, a residual added to each tower's frozen embedding
   (`UniPTTower`, assembled the way the authors' CLIP4Clip code does).
 - VSE (ResNet + BERT): the token-level variant on the BERT text tower and the CNN variant
-  on the ResNet image tower, as methods.md describes them. Both bodies run under an explicit
-  ``no_grad`` and in eval mode (the CNN's BatchNorm statistics and BERT's dropout are those
-  of a frozen feature extractor). Each variant ends in ReLU and a Linear to the joint width
-  per token, then the pooling head: masked mean over text tokens, mean over C5's positions
-  for the image (methods.md gives that output stage for the token-level variant; the CNN
-  variant uses the same, since the image head pools C5 by its average). The backbone's own
-  projections are not on this path: under a suite's `train.head: trainable` they would
-  train without a gradient.
+  on the ResNet image tower, as docs/methods.md (`unipt`) describes them. Both bodies run
+  under an explicit ``no_grad`` and in eval mode (the CNN's BatchNorm statistics and BERT's
+  dropout are those of a frozen feature extractor). Each variant ends in ReLU and a Linear
+  to the joint width per token, then the pooling head: masked mean over text tokens, mean
+  over C5's positions for the image (the method's description gives that output stage for
+  the token-level variant; the CNN variant uses the same, since the image head pools C5 by
+  its average). The backbone's own projections are not on this path: under a suite's
+  `train.head: trainable` they would train without a gradient.
 
 The building blocks shared by the variants (truncated attention, masked mean, confidence
 over layers) are functions and modules of their own.

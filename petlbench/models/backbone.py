@@ -80,7 +80,7 @@ class DualEncoder(nn.Module, ABC):
 
     @abstractmethod
     def projections(self) -> list[nn.Module]:
-        """The towers' final projection layers (the "head" of methods.md)."""
+        """The towers' final projection layers (the "head" of `train.head`, docs/methods.md)."""
 
     @abstractmethod
     def blocks(self) -> dict[str, nn.ModuleList]:

@@ -48,7 +48,7 @@ class ClipDualEncoder(DualEncoder):
         return self.clip.config.projection_dim  # the towers' own sub-configs carry another projection_dim
 
     def projections(self) -> list[nn.Module]:
-        """The towers' final projection layers (the "head" of methods.md)."""
+        """The towers' final projection layers (the "head" of `train.head`, docs/methods.md)."""
         return [self.clip.visual_projection, self.clip.text_projection]
 
     def blocks(self) -> dict[str, nn.ModuleList]:
