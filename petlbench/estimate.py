@@ -34,7 +34,8 @@ from petlbench.measure.estimate import (
 from petlbench.measure.memory import CpuAccountingMeter, PhasePeak, host_batches, training_state
 from petlbench.measure.params import parameter_counts
 from petlbench.methods import get_method, registered
-from petlbench.models.loader import Architecture, load_architecture
+from petlbench.models.loader import Architecture, check_weights, load_architecture
+from petlbench.models.resolve import ARCHITECTURES
 from petlbench.signals import die_with_parent
 from petlbench.tasks import get_task
 from petlbench.train import Training, prepare
@@ -185,6 +186,8 @@ def make_job(
     whose method does not apply to the model's family are left out (`Job.unsupported`);
     an error when that leaves none."""
     architecture = load_architecture(model)
+    if model not in ARCHITECTURES:  # weights, where the folder has them, must be the model's (nothing loads them here)
+        check_weights(model, allow_pickle=True)
     max_text = architecture.max_text_positions
     if text_length is not None and not 1 <= text_length <= max_text:
         raise ConfigError(f"--seq-len {text_length}: the model {model!r} has 1 to {max_text} text positions")

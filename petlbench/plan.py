@@ -17,7 +17,7 @@ from petlbench import config as cfgmod
 from petlbench import folder
 from petlbench.config import ConfigError, RunSettings, SuiteConfig, clip
 from petlbench.methods import get_method
-from petlbench.models.loader import Architecture, check_weights, load_architecture
+from petlbench.models.loader import Architecture, check_weights, load_architecture, load_preprocessors
 from petlbench.registry import UnsupportedError
 from petlbench.schema import Budget
 from petlbench.tasks import get_task
@@ -177,6 +177,7 @@ def make_plan(
             f"key 'data.text_length': {suite_cfg.data.text_length} exceeds the {architecture.max_text_positions} text positions of {suite_cfg.model.name}"
         )
     check_weights(suite_cfg.model.name, suite_cfg.model.allow_pickle)
+    load_preprocessors(suite_cfg.model.name)
     n_train, n_eval = _check_data(suite_cfg)
     names = default_variants() if methods is None else methods
     if names == ["all"]:

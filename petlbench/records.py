@@ -167,7 +167,11 @@ def make_record(
         "cost": {**outcome.cost, "wall_s": wall_s} if outcome else None,
         "env": env,
     }
-    return {**record, "budget": budget} if budget is not None else record
+    if budget is not None:
+        record["budget"] = budget
+    if outcome is not None and outcome.weights is not None:
+        record["weights"] = outcome.weights
+    return record
 
 
 def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:

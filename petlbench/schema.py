@@ -134,6 +134,16 @@ class Budget:
 
 
 @dataclass
+class Weights:
+    """What the backbone was loaded from (`petlbench.models.loader`): every weight the model
+    needs came from these files, except those listed as new."""
+
+    folder: str  # the model folder, resolved
+    files: list[str]  # the weight files read (resolved paths)
+    new: list[str]  # weights no file held, started from the run's seed (a ResNet + BERT pair's joint heads without heads.safetensors)
+
+
+@dataclass
 class Record:
     """One (variant, seed) of a sweep, or one estimate."""
 
@@ -145,9 +155,10 @@ class Record:
     cost: Cost | None  # none for runs that did not finish
     env: dict[str, Any]  # provenance: git commit, package versions, device, threads, CUDA settings
     budget: Budget | None = None  # runs under `--budget`: what the budget decided
+    weights: Weights | None = None  # runs: what the backbone was loaded from (absent in estimates and earlier records)
 
 
-SECTIONS = {"run": Run, "cost": Cost, "memory": Memory, "metrics": Metrics, "folds": Folds, "budget": Budget}
+SECTIONS = {"run": Run, "cost": Cost, "memory": Memory, "metrics": Metrics, "folds": Folds, "budget": Budget, "weights": Weights}
 
 
 class OffSchema(ValueError):

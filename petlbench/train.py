@@ -55,6 +55,7 @@ class RunOutcome:
     metrics: dict[str, float] | None = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     trainable_rule: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, Any] | None = None  # the record's `weights` section (runs only)
 
 
 _SPLITS_CACHE: dict[tuple, dict[str, Split]] = {}
@@ -270,7 +271,7 @@ def run(
     settings = settings or RunSettings.of(suite, variant.config.lr)
     train = settings.train
     torch.manual_seed(seed)
-    backbone, tokenizer, image_processor = load_backbone(
+    backbone, tokenizer, image_processor, weights = load_backbone(
         suite.model.name, suite.model.attn_implementation, device, suite.model.allow_pickle
     )
     task_spec = get_task(suite.task)
@@ -351,4 +352,4 @@ def run(
         "train_s": train_s,
         "eval_s": eval_s,
     }
-    return RunOutcome(metrics=metrics, cost=cost, trainable_rule=trainable_rule(suite, variant))
+    return RunOutcome(metrics=metrics, cost=cost, trainable_rule=trainable_rule(suite, variant), weights=weights)

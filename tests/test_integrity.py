@@ -145,6 +145,18 @@ def test_a_checkpoint_that_does_not_fill_the_model_is_refused_before_any_run(cli
         assert err.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
+def test_the_record_says_which_weights_loaded(cli, tmp_path):
+    """Before, nothing in a record named the checkpoint files a run trained from."""
+    from tests.conftest import tiny_args
+
+    folder = _clip_copy(tmp_path, lambda t: t)
+    code, _, err = cli("run", "--suite", "vl-retrieval", "--variants", "linear", "--seeds", "0", "--output", str(tmp_path / "out"),
+                       *tiny_args(f"model.name={folder}"))  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "linear--seed0.json").read_text())
+    assert record["weights"] == {"folder": str(folder.resolve()), "files": [str((folder / "model.safetensors").resolve())], "new": []}
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     runs=st.sets(st.tuples(st.sampled_from(["linear", "lora", "full"]), st.integers(0, 2)), min_size=1, max_size=6),
@@ -286,5 +298,7 @@ def test_a_dry_run_refuses_the_output_folder_the_run_refuses(cli, tmp_path):
         for dry in (["--dry-run"], []):
             code, _, err = cli("run", "--suite", "vl-retrieval", "--variants", "linear", "--output", output, *tiny_args(), *dry)
             assert code == 2 and f"--output {output}: cannot be written" in err, err
-    code, _, err = cli("run", "--suite", "vl-retrieval", "--variants", "linear", "--output", str(tmp_path / "a" / "b"), *tiny_args(), "--dry-run")
+    code, _, err = cli(
+        "run", "--suite", "vl-retrieval", "--variants", "linear", "--output", str(tmp_path / "a" / "b"), *tiny_args(), "--dry-run"
+    )
     assert code == 0 and not (tmp_path / "a").exists(), err

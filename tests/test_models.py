@@ -74,18 +74,25 @@ def test_vse_checkpoint_loads_offline_with_the_towers_weights(tmp_path, monkeypa
 def test_vse_heads_are_seeded_unless_saved(tmp_path):
     saved = _vse_folder(tmp_path / "vse")
 
+    towers = [str((tmp_path / "vse" / tower / "model.safetensors").resolve()) for tower in ("resnet", "bert")]
+    loaded_from = {}
+
     def heads(seed: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(seed)
         loaded = load_backbone(str(tmp_path / "vse"), "sdpa", CPU)
         assert loaded.image_processor is None  # the image tower has no preprocessor_config.json
+        loaded_from.update(loaded.weights)
         return _heads(loaded.backbone)
 
     first, again, other = heads(1), heads(1), heads(2)
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first["text_projection.weight"], other["text_projection.weight"])
+    # the record says which weights no file held
+    assert loaded_from == {"folder": str((tmp_path / "vse").resolve()), "files": towers, "new": sorted(_heads(saved))}
     save_file(_heads(saved), tmp_path / "vse" / "heads.safetensors")
     for key, t in heads(1).items():
         torch.testing.assert_close(t, _heads(saved)[key], rtol=0, atol=0, msg=key)
+    assert loaded_from["files"] == [*towers, str((tmp_path / "vse" / "heads.safetensors").resolve())] and loaded_from["new"] == []
 
 
 def test_vse_heads_of_another_width_are_refused(tmp_path):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -50,6 +51,20 @@ OFFLINE: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
 # ResNets are trained and evaluated at (microsoft/resnet-50's processor resizes to 256 and
 # crops the centre 224x224).
 RESNET_IMAGE_SIZE = 224
+# Config keys that are sizes or counts (CLIP, BERT and ResNet configs, at any depth): each a
+# positive integer (a list of them for a ResNet's per-stage widths and depths), at most
+# MAX_SIZE. A zero, a negative or a float would fail deep inside the library, or build a
+# model that is not the checkpoint's.
+SIZE_KEYS = frozenset(
+    {
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "max_position_embeddings",
+        "image_size", "patch_size", "num_channels", "projection_dim", "embedding_size", "hidden_sizes", "depths",
+    }
+)  # fmt: skip
+MAX_SIZE = 2**24  # beyond any published model's width, depth, vocabulary or image side
+# What a tokenizer is made of: without one of these files transformers builds a tokenizer
+# with no vocabulary, which maps every word to <unk> and trains without a word of warning.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
 class LoadedModel(NamedTuple):
@@ -58,6 +73,7 @@ class LoadedModel(NamedTuple):
     backbone: nn.Module  # ClipDualEncoder or VseDualEncoder
     tokenizer: Any
     image_processor: Any  # None when the folder has no preprocessor_config.json
+    weights: dict[str, Any]  # what the weights came from: the record's `weights` section (`schema.Weights`)
 
 
 @dataclass(frozen=True)
@@ -137,16 +153,10 @@ SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.j
 def _header(folder: Path) -> tuple[Path, dict[str, tuple[int, ...]]] | None:
     """(the file named in messages, weight name -> shape) from the header(s) of ``folder``'s
     safetensors checkpoint, one file or shards listed by an index; None without one."""
-    if (folder / SAFETENSORS).is_file():
-        named, files = folder / SAFETENSORS, [folder / SAFETENSORS]
-    elif (folder / SAFETENSORS_INDEX).is_file():
-        named = folder / SAFETENSORS_INDEX
-        try:
-            files = sorted({folder / shard for shard in json.loads(named.read_text())["weight_map"].values()})
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"{named}: not a safetensors index ({type(exc).__name__}: {exc})") from None
-    else:
+    files = _weight_files(folder, allow_pickle=False)
+    if not files:
         return None
+    named = folder / SAFETENSORS if (folder / SAFETENSORS).is_file() else folder / SAFETENSORS_INDEX
     shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
         try:
@@ -206,27 +216,71 @@ def load_backbone(name: str, attn_implementation: str, device: torch.device, all
         resnet = ResNetModel.from_pretrained(vse.image, **weights)
         bert = BertModel.from_pretrained(vse.text, attn_implementation=attn_implementation, add_pooling_layer=False, **weights)
         backbone = VseDualEncoder(resnet, bert, vse.embed_dim)
+        files, new = [*_weight_files(vse.image, allow_pickle), *_weight_files(vse.text, allow_pickle)], []
         if (folder / HEADS_FILE).is_file():
             _load_heads(backbone, folder / HEADS_FILE)
+            files.append(folder / HEADS_FILE)
+        else:
+            new = sorted(key for key in backbone.state_dict() if not key.startswith(("resnet.", "bert.")))
     else:
         _config(folder, CLIPConfig, f"model {name!r}")
         backbone = ClipDualEncoder(CLIPModel.from_pretrained(folder, attn_implementation=attn_implementation, **weights))
-    return LoadedModel(backbone.to(device), *load_preprocessors(name))
+        files, new = _weight_files(folder, allow_pickle), []
+    loaded = {"folder": str(folder.resolve()), "files": [str(file.resolve()) for file in files], "new": new}
+    return LoadedModel(backbone.to(device), *load_preprocessors(name), loaded)
+
+
+def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
+    """The files transformers loads ``folder``'s weights from: its safetensors checkpoint
+    (one file, or the shards its index lists), else, where allowed, its pickled one."""
+    if (folder / SAFETENSORS).is_file():
+        return [folder / SAFETENSORS]
+    if (index := folder / SAFETENSORS_INDEX).is_file():
+        try:
+            return sorted({folder / shard for shard in read_json_object(index)["weight_map"].values()})
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{index}: not a safetensors index ({type(exc).__name__}: {exc})") from None
+    return sorted(folder.glob("pytorch_model*.bin")) if allow_pickle else []
 
 
 def load_preprocessors(name: str) -> tuple[Any, Any]:
     """The tokenizer and the image processor (None without preprocessor_config.json) of
-    model ``name``: what turns data into its inputs, checked before a sweep starts."""
+    model ``name``: what turns data into its inputs, checked before a sweep starts. The
+    tokenizer must be made of its files (`TOKENIZER_FILES`) and give no id past the text
+    tower's embeddings; the image processor must make the images a CLIP's position
+    embeddings are sized for."""
     folder = resolve(name)
-    text_folder = image_folder = folder
     if (folder / VSE_FILE).is_file():
         vse = _VseFolder.read(folder, weights=True)
-        text_folder, image_folder = vse.text, vse.image
+        text_folder, image_folder, vocab_size, image_size = vse.text, vse.image, vse.bert.vocab_size, None
+    else:
+        config = _config(folder, CLIPConfig, f"model {name!r}")
+        text_folder = image_folder = folder
+        vocab_size, image_size = config.text_config.vocab_size, config.vision_config.image_size
+    files = [file for file in (*TOKENIZER_FILES, "tokenizer_config.json") if (text_folder / file).is_file()]
+    if not set(files) & set(TOKENIZER_FILES):
+        raise ConfigError(
+            f"model {name!r}: {text_folder} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); transformers would make "
+            "a tokenizer without a vocabulary: save the checkpoint's tokenizer next to it (tokenizer.save_pretrained)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(text_folder, **OFFLINE)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"model {name!r}: no usable tokenizer in {text_folder} ({exc})") from None
-    return tokenizer, _image_processor(image_folder)
+    except Exception as exc:  # the library raises whatever its parsers raise on a broken file
+        raise ConfigError(
+            f"model {name!r}: the tokenizer in {text_folder} ({', '.join(files)}) does not load ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(
+            f"model {name!r}: the tokenizer in {text_folder} has {len(tokenizer)} tokens, more than the {vocab_size} "
+            "the text tower embeds (a tokenizer of another model)"
+        )
+    processor = _image_processor(image_folder)
+    if image_size is not None and (size := _processor_image_size(image_folder)) is not None and size != image_size:
+        raise ConfigError(
+            f"{image_folder / IMAGE_PROCESSOR_FILE}: makes {size}x{size} images; the model's position embeddings are for "
+            f"{image_size}x{image_size} (config.json key 'vision_config.image_size')"
+        )
+    return tokenizer, processor
 
 
 @dataclass(frozen=True)
@@ -244,10 +298,7 @@ class _VseFolder:
     def read(cls, folder: Path, weights: bool) -> _VseFolder:
         """The vse.json of ``folder``; ``weights`` as in `resolve`, for both towers."""
         path = folder / VSE_FILE
-        try:
-            spec = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        spec = read_json_object(path)
         keys = ("image_tower", "text_tower", "embed_dim")
         if not isinstance(spec, dict) or set(spec) != set(keys):
             found = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
@@ -272,15 +323,69 @@ def _tower(vse_file: Path, key: str, name: Any, weights: bool) -> Path:
 
 
 def _config(folder: Path, config_cls: type[PreTrainedConfig], where: str) -> PreTrainedConfig:
-    """``config_cls`` from ``folder``/config.json, which must describe that model type."""
+    """``config_cls`` from ``folder``/config.json, which must describe that model type with
+    sane sizes (`_check_sizes`), and from which the library model must build (on the meta
+    device: no memory). Raises `ConfigError` naming the file."""
     path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(f"{where}: {folder} has no config.json")
-    model_type = json.loads(path.read_text()).get("model_type")
+    spec = read_json_object(path)
+    model_type = spec.get("model_type")
     if model_type != config_cls.model_type:
         vse = f" (a ResNet + BERT pair is a folder with {VSE_FILE})" if config_cls is CLIPConfig else ""
         raise ConfigError(f"{where}: {path} describes a {model_type!r} model; expected {config_cls.model_type!r}{vse}")
-    return config_cls.from_pretrained(folder, local_files_only=True)
+    _check_sizes(path, spec)
+    try:
+        config = config_cls.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            AutoModel.from_config(config)
+    except (StrictDataclassError, TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError) as exc:  # the library's checks
+        raise ConfigError(f"{path}: not a config the model can be built from ({type(exc).__name__}: {_first_line(exc)})") from None
+    return config
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in the regular file ``path``; `ConfigError` naming it where it is
+    anything else (not JSON, not UTF-8, nested past what Python parses, a FIFO)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _check_sizes(path: Path, spec: dict[str, Any], where: str = "") -> None:
+    """Every `SIZE_KEYS` value in ``spec`` and its nested sections a positive integer of at
+    most `MAX_SIZE` (or a list of them), and a patch no larger than its image."""
+    for key, value in spec.items():
+        at = f"{where}{key}"
+        if isinstance(value, dict):
+            _check_sizes(path, value, f"{at}.")
+        elif key in SIZE_KEYS:
+            values = value if isinstance(value, list) and value else [value]
+            if not all(type(v) is int and 1 <= v <= MAX_SIZE for v in values):
+                raise ConfigError(
+                    f"{path} key {at!r}: expected a positive integer of at most {MAX_SIZE:,} (a size or a count), got {value!r}"
+                )
+    if isinstance(spec.get("patch_size"), int) and isinstance(spec.get("image_size"), int) and spec["patch_size"] > spec["image_size"]:
+        raise ConfigError(
+            f"{path} key '{where}patch_size': {spec['patch_size']} is larger than the image ('{where}image_size' {spec['image_size']})"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message on one line (the library's span several)."""
+    return " ".join(str(exc).split())[:300]
 
 
 def _load_heads(model: VseDualEncoder, path: Path) -> None:
@@ -301,9 +406,14 @@ def _image_processor(folder: Path) -> Any:
     PIL backend: the same pixels on every machine (the torchvision backend resizes
     differently), and no warning where torchvision is missing. Imported from its module:
     transformers 5.17 exports a placeholder that demands torchvision."""
-    if not (folder / IMAGE_PROCESSOR_FILE).is_file():
+    path = folder / IMAGE_PROCESSOR_FILE
+    if not path.is_file():
         return None
-    return AutoImageProcessor.from_pretrained(folder, backend="pil", **OFFLINE)
+    read_json_object(path)
+    try:
+        return AutoImageProcessor.from_pretrained(folder, backend="pil", **OFFLINE)
+    except Exception as exc:  # the library raises whatever a broken value makes it raise
+        raise ConfigError(f"{path}: not an image processor that loads ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def _processor_image_size(folder: Path) -> int | None:
@@ -312,7 +422,7 @@ def _processor_image_size(folder: Path) -> int | None:
     path = folder / IMAGE_PROCESSOR_FILE
     if not path.is_file():
         return None
-    config = json.loads(path.read_text())
+    config = read_json_object(path)
     keys = ("crop_size", "size") if config.get("do_center_crop", True) else ("size",)
     for key in keys:
         value = config.get(key)  # an int (legacy), or {"height", "width"} / {"shortest_edge"}
