@@ -9,9 +9,11 @@ exits with 1 on a regression and 2 when the two folders are not comparable.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
@@ -22,6 +24,8 @@ from petlbench.report.tables import BY, FORMATS, summary_table
 
 if TYPE_CHECKING:
     from petlbench.plan import Shard
+
+Command = Callable[[argparse.Namespace], int]
 
 
 def _fraction(text: str) -> float:
@@ -87,20 +91,34 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _cmd_estimate(args: argparse.Namespace) -> int:
-    """The estimate; SIGINT and SIGTERM end it with one line and exit 130 / 143, its
-    workers stopped, nothing written."""
-    from petlbench.signals import Interrupted, interruptible
+def _stoppable(what: str, left: str) -> Callable[[Command], Command]:
+    """A command that SIGINT and SIGTERM end with one line saying what they stopped (``what``)
+    and what is ``left``, and exit 130 / 143 (128 + the signal), as `run` does."""
 
-    with interruptible():
-        try:
-            return _estimate(args)
-        except KeyboardInterrupt:
-            signum = signal.SIGINT
-        except Interrupted as exc:
-            signum = exc.signum
-    print(f"petlbench: interrupted by {signal.Signals(signum).name} during the estimate; nothing was written", file=sys.stderr)
-    return 128 + signum
+    def wrap(command: Command) -> Command:
+        @functools.wraps(command)
+        def stoppable(args: argparse.Namespace) -> int:
+            from petlbench.signals import Interrupted, interruptible
+
+            with interruptible():
+                try:
+                    return command(args)
+                except KeyboardInterrupt:
+                    signum = signal.SIGINT
+                except Interrupted as exc:
+                    signum = exc.signum
+            print(f"petlbench: interrupted by {signal.Signals(signum).name} during {what}; {left}", file=sys.stderr)
+            return 128 + signum
+
+        return stoppable
+
+    return wrap
+
+
+@_stoppable("the estimate", "nothing was written")
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    """The estimate; its workers stop with it (`signals.die_with_parent`)."""
+    return _estimate(args)
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -245,9 +263,11 @@ def _write_report(folder: Path, sweeps: list[Path] | None = None) -> None:
     print(f"report and plots in {folder}: " + ", ".join(["report.md", *(p.name for p in plots)]))
 
 
+@_stoppable("the report", "nothing was written")
 def _cmd_report(args: argparse.Namespace) -> int:
-    """The report; the runs a folder's manifest plans that have no record are named, and
-    make the exit code 1 under --strict (a shard never started is not a smaller result)."""
+    """The report; the runs a folder's manifest plans that have no record are named, and so
+    is a manifest that cannot be read: either makes the exit code 1 under --strict (a shard
+    never started is not a smaller result)."""
     from petlbench.folder import runs_without_record
     from petlbench.records import read_folders, sweep_folders
 
@@ -262,13 +282,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from petlbench.report.tables import report
 
         print(report(found, args.format, args.by), end="")
-    missing = runs_without_record(sweep_folders(args.dirs))
+    missing, unreadable = runs_without_record(sweep_folders(args.dirs))
     for folder, runs in missing.items():
         planned = f"{len(runs)} runs of its manifest have" if len(runs) > 1 else "1 run of its manifest has"
         print(f"petlbench: {folder}: {planned} no record: {', '.join(runs)}", file=sys.stderr)
-    return 1 if missing and args.strict else 0
+    for problem in unreadable:  # what such a folder planned is unknown: the report may be missing runs
+        print(f"petlbench: {problem}", file=sys.stderr)
+    return 1 if (missing or unreadable) and args.strict else 0
 
 
+@_stoppable("the plots", "each figure written is whole, the others were not written")
 def _cmd_plot(args: argparse.Namespace) -> int:
     from petlbench.folder import check_writable
     from petlbench.records import read_folders
@@ -281,6 +304,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+@_stoppable("the comparison", "nothing was written")
 def _cmd_compare(args: argparse.Namespace) -> int:
     from petlbench.records import read_all
     from petlbench.report.compare import compare

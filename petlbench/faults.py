@@ -17,6 +17,7 @@ POINTS = (
     "run.spawned",  # the sweep has started a run's own process (in the sweep's process)
     "record.write",  # a record's temporary file is written, not yet renamed into place
     "sweep.recorded",  # a run's record is in place
+    "figure.png",  # a figure's PNG is in place, its PDF not yet written (`run`'s report phase, `plot`)
 )
 
 

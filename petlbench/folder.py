@@ -12,15 +12,15 @@ alone (its process cannot be checked from here).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from petlbench import config as cfgmod
-from petlbench import records
+from petlbench import jsonfile, records, schema
 from petlbench.config import ConfigError, SuiteConfig
 from petlbench.variants import Variant
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from petlbench.plan import Shard
 
 MANIFEST_SCHEMA = 1
+MAX_MANIFEST_BYTES = 2**28  # a grid of many thousand runs, each pinned with its method configuration
 # How long to wait for another process's hold on the manifest (it holds it for milliseconds).
 MANIFEST_WAIT_S = 30.0
 
@@ -195,18 +196,48 @@ def _conflicts(
     return out
 
 
+@dataclass
+class PinnedRun:
+    """A (variant, seed) the manifest pins: its run hash and method configuration."""
+
+    run_hash: str
+    method: dict[str, Any]
+
+
+@dataclass
+class Manifest:
+    """What a record folder holds (`records.MANIFEST`): one suite configuration, the runs
+    planned into it, and for shards the grid they split and into how many parts."""
+
+    schema: int
+    suite: str
+    suite_hash: str
+    suite_config: dict[str, Any]
+    runs: dict[str, PinnedRun]
+    shard_grid: list[str] | None = None
+    shard_count: int | None = None
+
+
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    """``folder``'s manifest, None where it has none; `ConfigError` naming the file where it
+    is unreadable or not of `Manifest`'s shape."""
     path = Path(folder) / records.MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    try:
+        manifest = jsonfile.read(path, MAX_MANIFEST_BYTES, "manifest")
+    except jsonfile.Unreadable as exc:
         raise ConfigError(
             f"{path}: unreadable manifest ({exc}); it pins what the folder holds: restore it or use another --output"
         ) from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA or not isinstance(manifest.get("runs"), dict):
-        raise ConfigError(f"{path}: not a petlbench manifest (schema {MANIFEST_SCHEMA}); restore it or use another --output")
+    try:
+        schema.check_fields(manifest, Manifest)
+        if manifest["schema"] != MANIFEST_SCHEMA:
+            raise schema.OffSchema(f"schema {manifest['schema']}")
+    except schema.OffSchema as exc:
+        raise ConfigError(
+            f"{path}: not a petlbench manifest (schema {MANIFEST_SCHEMA}: {exc}); restore it or use another --output"
+        ) from None
     return manifest
 
 
@@ -282,15 +313,17 @@ def update_manifest(folder: Path, suite: SuiteConfig, grid: list[tuple[Variant, 
         lock.release()
 
 
-def runs_without_record(folders: list[Path]) -> dict[Path, list[str]]:
+def runs_without_record(folders: list[Path]) -> tuple[dict[Path, list[str]], list[str]]:
     """For each record folder that has a manifest, the (variant, seed) runs it plans whose
-    record is missing or unreadable ("linear--seed1"): a shard never started, a run lost."""
-    out = {}
+    record is missing or unreadable ("linear--seed1"): a shard never started, a run lost;
+    and why each manifest that cannot be read says nothing (what it plans is unknown)."""
+    out, unreadable = {}, []
     for folder in folders:
         try:
             manifest = _read_manifest(folder)
-        except ConfigError:
-            continue  # an unreadable manifest is named where it matters: when a run uses the folder
+        except ConfigError as exc:
+            unreadable.append(str(exc))
+            continue
         if manifest is None:
             continue
         missing = []
@@ -301,4 +334,4 @@ def runs_without_record(folders: list[Path]) -> dict[Path, list[str]]:
                 missing.append(key)
         if missing:
             out[Path(folder)] = missing
-    return out
+    return out, unreadable

@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import torch
 
 from petlbench import config as cfgmod
-from petlbench import faults, schema
+from petlbench import faults, jsonfile, schema
 from petlbench.config import PROJECT_ROOT, ConfigError, OutputError, SuiteConfig
 from petlbench.measure.kernels import cuda_settings
 from petlbench.measure.memory import PhasePeak
@@ -201,54 +200,13 @@ class UnreadableRecord(Exception):
     """A file in a record folder that is not a valid record: the reason."""
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"non-finite number {name}")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text[:20]} is beyond the float range")
-    return number
-
-
-def _no_key_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are distinct (JSON itself would keep the last silently)."""
-    seen = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise ValueError(f"key {key!r} twice in one object")
-        seen.add(key)
-    return dict(pairs)
-
-
 def read(path: Path) -> dict[str, Any]:
     """The record at ``path``; raises `UnreadableRecord` with the reason when the file is
     not one (missing, too large, not UTF-8 JSON, a key twice, off-schema)."""
-    path = Path(path)
     try:
-        status = path.stat()
-        if stat.S_ISDIR(status.st_mode):
-            raise IsADirectoryError(path)
-        if not stat.S_ISREG(status.st_mode):  # a FIFO or a device: reading it could block forever
-            raise UnreadableRecord("not a regular file")
-        if status.st_size > MAX_RECORD_BYTES:
-            raise UnreadableRecord(f"{status.st_size:,} bytes, larger than a record can be")
-        record = json.loads(
-            path.read_bytes().decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float, object_pairs_hook=_no_key_twice
-        )
-    except FileNotFoundError:
-        raise UnreadableRecord("no such file") from None
-    except IsADirectoryError:
-        raise UnreadableRecord("a folder, not a file") from None
-    except PermissionError:
-        raise UnreadableRecord("not readable (permission denied)") from None
-    except UnicodeDecodeError as exc:
-        raise UnreadableRecord(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except RecursionError:
-        raise UnreadableRecord("nested too deeply to be a record") from None
-    except ValueError as exc:  # json.JSONDecodeError included
-        raise UnreadableRecord(f"not valid JSON: {exc}") from None
+        record = jsonfile.read(Path(path), MAX_RECORD_BYTES, "record")
+    except jsonfile.Unreadable as exc:
+        raise UnreadableRecord(str(exc)) from None
     try:
         return schema.check(record)
     except schema.OffSchema as exc:

@@ -186,7 +186,7 @@ def _check(value: Any, tp: Any, where: str) -> None:
             raise OffSchema(f"{where} is {type(value).__name__}, not null")
         return
     if dataclasses.is_dataclass(tp):
-        _check_fields(value, tp, where)
+        check_fields(value, tp, where)
         return
     if origin is list:
         if not isinstance(value, list):
@@ -210,7 +210,9 @@ def _check(value: Any, tp: Any, where: str) -> None:
         raise OffSchema(f"{where} is {type(value).__name__}, not {tp.__name__}")
 
 
-def _check_fields(data: Any, cls: type, where: str) -> None:
+def check_fields(data: Any, cls: type, where: str = "") -> None:
+    """``data`` as the dataclass ``cls`` describes it: exactly its fields, each of its type;
+    raises `OffSchema` naming the first field at fault."""
     if not isinstance(data, dict):
         raise OffSchema(f"{where or 'the record'} is {type(data).__name__}, not an object")
     hints = typing.get_type_hints(cls)
@@ -263,7 +265,7 @@ def check(data: Any) -> dict[str, Any]:
         raise OffSchema(f"schema {data.get('schema')!r}, not one of {', '.join(map(str, READABLE))}")
     if data["schema"] < 3 and data.get("metrics") is not None:
         data = {**data, "metrics": _legacy_metrics(data["metrics"])}
-    _check_fields(data, Record, "")
+    check_fields(data, Record, "")
     run = data["run"]
     if run["status"] not in STATUSES:
         raise OffSchema(f"run.status {run['status']!r} is not one of {', '.join(STATUSES)}")

@@ -110,6 +110,35 @@ def test_shards_of_another_count_are_refused_and_report_names_the_runs_never_run
     assert code == 0 and "no record" not in err
 
 
+MANIFEST_DAMAGE = {
+    "suite_hash-missing": lambda m: m.pop("suite_hash"),
+    "a-run-a-list": lambda m: m["runs"].update({next(iter(m["runs"])): ["not", "a", "run"]}),
+    "run_hash-a-number": lambda m: next(iter(m["runs"].values())).update(run_hash=7),
+    "shard_count-a-string": lambda m: m.update(shard_count="2"),
+    "shard_grid-an-object": lambda m: m.update(shard_grid={"linear--seed0": 1}),
+    "an-unknown-key": lambda m: m.update(extra=1),
+}
+
+
+@pytest.mark.parametrize("damage", MANIFEST_DAMAGE)
+def test_a_manifest_of_the_wrong_shape_is_named_not_a_traceback(cli, tmp_path, damage):
+    """Before, a manifest with a key missing or of another type ended in a traceback."""
+    from petlbench.records import MANIFEST
+    from tests.conftest import tiny_args
+
+    out = tmp_path / "out"
+    grid = ["run", "--suite", "vl-retrieval", "--output", str(out), "--variants", "linear", "--seeds", "0", *tiny_args()]
+    assert cli(*grid, "--shard", "0/2")[0] == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    MANIFEST_DAMAGE[damage](manifest)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    for argv in (grid, [*grid, "--dry-run"]):
+        code, _, err = cli(*argv)
+        assert code == 2 and err.count("\n") == 1 and f"{out / MANIFEST}: not a petlbench manifest" in err, err
+    code, _, err = cli("report", str(out))
+    assert code == 0 and f"{out / MANIFEST}: not a petlbench manifest" in err, err
+
+
 def _clip_copy(tmp_path, edit):
     """The shipped model copied, its weights file rewritten by ``edit(tensors)``."""
     from safetensors.torch import load_file, save_file
@@ -302,3 +331,33 @@ def test_a_dry_run_refuses_the_output_folder_the_run_refuses(cli, tmp_path):
         "run", "--suite", "vl-retrieval", "--variants", "linear", "--output", str(tmp_path / "a" / "b"), *tiny_args(), "--dry-run"
     )
     assert code == 0 and not (tmp_path / "a").exists(), err
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_figures_are_written_is_one_line_and_leaves_whole_files(tmp_path, signum, code):
+    """`plot` stopped between a figure's PNG and its PDF: before, SIGINT was a traceback and
+    SIGTERM a silent death; now one line and 128 + the signal, every file whole."""
+    sweep = _sweep(tmp_path / "a")
+    env = {**os.environ, "PETLBENCH_FAULT": f"figure.png:{signal.Signals(signum).name}"}
+    done = subprocess.run([sys.executable, "-m", "petlbench.cli", "plot", str(sweep)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == code and done.stderr == (
+        f"petlbench: interrupted by {signal.Signals(signum).name} during the plots; "
+        "each figure written is whole, the others were not written\n"
+    ), done.stderr
+    written = sorted(p.name for p in sweep.iterdir() if p.suffix in (".png", ".pdf") or p.name.startswith("."))
+    assert len(written) == 1 and written[0].endswith(".png"), written
+
+
+def test_a_signal_in_the_report_phase_of_a_run_says_every_run_finished(tmp_path):
+    from tests.conftest import tiny_args
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PETLBENCH_FAULT": "figure.png:SIGTERM"}
+    argv = ["run", "--suite", "vl-retrieval", "--variants", "linear", "--seeds", "0", "--output", str(out), *tiny_args()]
+    done = subprocess.run([sys.executable, "-m", "petlbench.cli", *argv], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 143 and done.stderr.endswith(
+        f"interrupted by SIGTERM while writing the report: every run finished, records in {out}; write it with "
+        f"`petlbench report {out}` and `petlbench plot {out}`\n"
+    ), done.stderr
+    assert records.read(out / "linear--seed0.json")["run"]["status"] == "ok"
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"]

@@ -23,7 +23,6 @@ A model folder is one of two families:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, CLIPCo
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from transformers.utils import logging as hf_logging
 
+from petlbench import jsonfile
 from petlbench.config import ConfigError
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.resolve import VSE_FILE, ModelNotFoundError, resolve
@@ -61,6 +61,7 @@ SIZE_KEYS = frozenset(
         "image_size", "patch_size", "num_channels", "projection_dim", "embedding_size", "hidden_sizes", "depths",
     }
 )  # fmt: skip
+MAX_CONFIG_BYTES = 2**24  # a model's config.json is a few KiB; its weights and vocabulary live elsewhere
 MAX_SIZE = 2**24  # beyond any published model's width, depth, vocabulary or image side
 # What a tokenizer is made of: without one of these files transformers builds a tokenizer
 # with no vocabulary, which maps every word to <unk> and trains without a word of warning.
@@ -345,20 +346,12 @@ def _config(folder: Path, config_cls: type[PreTrainedConfig], where: str) -> Pre
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in the regular file ``path``; `ConfigError` naming it where it is
-    anything else (not JSON, not UTF-8, nested past what Python parses, a FIFO)."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: not a regular file")
+    """The JSON object in ``path`` (`petlbench.jsonfile`: strictly read); `ConfigError`
+    naming it where it is anything else."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a config") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        data = jsonfile.read(path, MAX_CONFIG_BYTES, "config")
+    except jsonfile.Unreadable as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a JSON {type(data).__name__}, not an object")
     return data

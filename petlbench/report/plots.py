@@ -20,6 +20,7 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from petlbench import faults
 from petlbench.methods import registered
 from petlbench.records import write_file_atomic
 from petlbench.report import (
@@ -238,6 +239,7 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     """``fig`` as PNG and PDF, each written whole or not at all (`write_file_atomic`)."""
     png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
     write_file_atomic(png, lambda f: fig.savefig(f, format="png", dpi=300))
+    faults.inject("figure.png")
     write_file_atomic(pdf, lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None}))  # reproducible bytes
     return [png, pdf]
 
