@@ -35,7 +35,7 @@ def main() -> None:
     device = torch.device("cpu")
     for name in args.methods.split(","):
         torch.manual_seed(0)
-        backbone, tok, _ = load_backbone(suite.model.name, suite.model.attn_implementation, device)
+        backbone, tok, *_ = load_backbone(suite.model.name, suite.model.attn_implementation, device)
         split = suite_splits(suite.data, tok, None)["train"]
         batches = split.training_batches(suite.train.batch_size, torch.Generator().manual_seed(0))
         variant = load_variant(name)

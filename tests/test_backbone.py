@@ -7,7 +7,7 @@ from petlbench.models.loader import load_backbone
 
 
 def test_tower_states_and_head_reproduce_the_model_embeddings():
-    model, tok, _ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    model, tok, *_ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     model.eval()
     pixels = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     enc = tok(["a big red circle in the middle", "a small blue square at the top left and a tiny white ring in the bottom", "we see"],

@@ -3,6 +3,7 @@ argument, output folder or model is exit 2 with one line naming the culprit, bef
 runs (no output folder appears)."""
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -224,11 +225,16 @@ def test_dry_run_checks_everything_and_runs_nothing(cli, tmp_path):
 
 @pytest.fixture
 def pickled_clip(tmp_path):
-    """A checkpoint as older tools wrote it: config.json and a pickled pytorch_model.bin."""
+    """A checkpoint as older tools wrote it: config.json and a pickled pytorch_model.bin
+    (and the shipped model's tokenizer, whose 48 tokens its 50 embeddings hold)."""
+    from petlbench.models.resolve import resolve
+
     folder = tmp_path / "pickled"
     model = CLIPModel(tiny_config())
     model.save_pretrained(folder)
     (folder / "model.safetensors").unlink()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(resolve("embedded-clip") / name, folder / name)
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     return folder
 

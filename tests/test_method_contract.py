@@ -39,7 +39,7 @@ def _backbone_and_batch(family: str) -> tuple[nn.Module, dict[str, torch.Tensor]
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     if family == "clip":
-        backbone, tok, _ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+        backbone, tok, *_ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
         enc = tok(CAPTIONS, padding="max_length", max_length=40, return_tensors="pt")
         return backbone, {
             "pixel_values": torch.randn(4, 3, 48, 48, generator=generator),

@@ -19,7 +19,7 @@ from tests.test_methods import _block_params
 
 
 def _backbone():
-    model, tok, _ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    model, tok, *_ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     return model, tok
 
 

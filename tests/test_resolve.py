@@ -12,7 +12,7 @@ from petlbench.models.resolve import ModelNotFoundError
 
 @pytest.fixture
 def shipped():
-    model, tok, _ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
+    model, tok, *_ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
     return model.eval(), tok
 
 
@@ -30,7 +30,7 @@ def _save(model, tok, folder):
 
 def test_folder_saved_with_save_pretrained(shipped, tmp_path):
     _save(*shipped, tmp_path / "ckpt")
-    loaded, tok, image_processor = load_backbone(str(tmp_path / "ckpt"), "sdpa", torch.device("cpu"))
+    loaded, tok, image_processor, _ = load_backbone(str(tmp_path / "ckpt"), "sdpa", torch.device("cpu"))
     for a, b in zip(_embeddings(loaded.eval(), tok), _embeddings(*shipped), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert image_processor is None  # no preprocessor_config.json was saved
@@ -44,7 +44,7 @@ def test_hub_id_from_the_local_cache_without_network(shipped, tmp_path, monkeypa
     (repo / "refs" / "main").write_text("0123456789abcdef")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    loaded, tok, _ = load_backbone("someorg/tiny-clip", "sdpa", torch.device("cpu"))
+    loaded, tok, *_ = load_backbone("someorg/tiny-clip", "sdpa", torch.device("cpu"))
     for a, b in zip(_embeddings(loaded.eval(), tok), _embeddings(*shipped), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

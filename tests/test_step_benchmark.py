@@ -25,7 +25,7 @@ BATCH = 16
 def test_training_step(benchmark, method):
     torch.manual_seed(0)
     suite = load_suite("vl-retrieval")
-    backbone, tok, _ = load_backbone(suite.model.name, suite.model.attn_implementation, torch.device("cpu"))
+    backbone, tok, *_ = load_backbone(suite.model.name, suite.model.attn_implementation, torch.device("cpu"))
     enc = tok(["a big red circle in the middle and a tiny blue ring at the top left"] * BATCH, padding="max_length",
               max_length=suite.data.text_length, return_tensors="pt")  # fmt: skip
     batch = {"pixel_values": torch.randn(BATCH, 3, 48, 48), "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
