@@ -6,8 +6,8 @@ vs the score a panel per suite. Files are named after the metric (``memory_vs_rs
 Text is at least 7 pt at that size, methods and variants go by their display names, and
 PDFs embed TrueType fonts.
 
-Each method (registry name) keeps one colour and marker in every figure and every run,
-whatever subset of methods a folder holds. Figures use matplotlib's object API (no
+Each variant keeps one colour and marker in every figure of a report (`variant_styles`),
+and a label lies where it covers no other label and no marker (`place_labels`). Figures use matplotlib's object API (no
 pyplot), so plotting needs no display and leaves no global state behind.
 """
 
