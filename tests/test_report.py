@@ -264,11 +264,13 @@ def test_pareto_front_against_a_hand_checked_set():
     assert plots.pareto_front([]) == []
 
 
-def test_each_method_keeps_its_style_whatever_else_is_plotted():
-    alone = plots.method_styles(["lora"])
-    assert alone["lora"] == plots.method_styles(["full", "lora", "lst"])["lora"]
-    styles = plots.method_styles(["full", "linear", "lora", "lst"])
-    assert len(set(styles.values())) == 4
+def test_each_variant_has_its_own_style_in_a_report():
+    """Variants of one method are told apart; the order follows the registry, then the name."""
+    styles = plots.variant_styles([LINEAR_0, *RECORDS])
+    assert (
+        len(set((s.colour, s.marker) for s in styles.values())) == len(styles) == len({r["run"]["variant"] for r in [LINEAR_0, *RECORDS]})
+    )
+    assert all(s.label for s in styles.values())
 
 
 def test_plot_writes_png_and_pdf(cli, tmp_path):

@@ -115,7 +115,7 @@ def test_a_lower_is_better_metric_ranks_its_minimum_first():
     low = copy.deepcopy(rec) | {"run": {**rec["run"], "variant": "low", "seed": 0, "status": "ok"}}
     high = copy.deepcopy(rec) | {"run": {**rec["run"], "variant": "high", "seed": 0, "status": "ok"}}
     high["metrics"]["values"].update(accuracy=60.0, loss=1.2)
-    table = tables.build([low, high], figures=("accuracy", "loss"))
+    table = tables.build([low, high], figures=("metric.accuracy", "metric.loss"))  # columns of the record frame
     assert [c.header for c in table.columns] == ["accuracy (%)", "eval loss"]
     assert tables._best(table, 0) == {0} and tables._best(table, 1) == {1}  # rows sort by variant: high, low
 

@@ -13,14 +13,16 @@ import dataclasses
 import json
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+
+import pandas as pd
 
 from petlbench import config as cfgmod
 from petlbench.config import DEFAULT_TASK, ConfigError, SuiteConfig
 from petlbench.methods import registered
 from petlbench.registry import GROUPS
+from petlbench.results import frame, value
 from petlbench.schema import STATUSES
 from petlbench.tasks import Metric, TaskSpec, get_task
 from petlbench.units import size_label
@@ -31,44 +33,6 @@ WIDTHS = {"column": 3.3, "text": 6.9}
 
 STATUS_LABELS = {**{status: status for status in STATUSES}, "oom": "OOM", "over_budget": "over budget"}
 SOURCE_LABELS = {"cuda": "CUDA", "cpu-accounting": "CPU accounting", "estimate": "estimate"}
-
-# The figure names of metrics: besides each metric by its name, the task's primary metric,
-# and a metric's mean over the evaluation folds (`FOLDS + name`, the primary one included).
-PRIMARY, FOLDS = "primary", "folds:"
-
-# How each named figure other than a metric is read from a record, in base units (bytes,
-# parameters, seconds). A figure a record lacks (a failed run, an estimate) is None.
-FIGURES: dict[str, Callable[[dict], Any]] = {
-    "params_trainable": lambda r: r["cost"]["params_trainable"],
-    "params_total": lambda r: r["cost"]["params_total"],
-    "params_percent": lambda r: 100 * r["cost"]["params_trainable"] / r["cost"]["params_total"],
-    "memory_source": lambda r: r["cost"]["memory"]["source"],
-    "train_peak_bytes": lambda r: r["cost"]["memory"]["train_peak_bytes"],
-    "eval_peak_bytes": lambda r: r["cost"]["memory"]["eval_peak_bytes"],
-    "train_breakdown": lambda r: r["cost"]["memory"]["train_breakdown"],
-    "step_time_s": lambda r: r["cost"]["step_time_s_median"],
-    "data_wait_s": lambda r: r["cost"]["data_wait_s_median"],
-    "eval_s": lambda r: r["cost"]["eval_s"],
-    "budget_bytes": lambda r: r["budget"]["bytes"],
-    "budget_batch": lambda r: r["budget"]["batch_size"],
-    "budget_steps": lambda r: r["budget"]["steps"],
-}
-
-
-def _metric(record: dict, figure: str) -> Any:
-    metrics = record["metrics"]
-    values = metrics["folds"]["values"] if figure.startswith(FOLDS) else metrics["values"]
-    name = figure.removeprefix(FOLDS)
-    return values[metrics["primary"] if name == PRIMARY else name]
-
-
-def value(record: dict, figure: str) -> Any:
-    """The named figure of ``record`` (a key of `FIGURES`, or a metric's name, `PRIMARY`
-    or `FOLDS` + either), or None where it was not recorded."""
-    try:
-        return FIGURES[figure](record) if figure in FIGURES else _metric(record, figure)
-    except (KeyError, TypeError):  # the section or the key is absent (None for a failed run)
-        return None
 
 
 def task_of(record: dict) -> TaskSpec:
@@ -150,10 +114,12 @@ def source_label(records: Iterable[dict]) -> str:
 
 @dataclass
 class Group:
-    """The records behind one row or one point: one variant (and seed, or memory source)."""
+    """The records behind one row or one point: one variant (and seed, memory source or
+    budget), with their rows of the records' `petlbench.results.frame`."""
 
     key: tuple
     records: list[dict]
+    rows: pd.DataFrame
 
     @property
     def variant(self) -> str:
@@ -178,23 +144,26 @@ class Group:
 
     def stats(self, figure: str, scale: float = 1) -> tuple[float, float | None, int] | None:
         """Mean, sample standard deviation (None for a single seed) and count of the
-        figure over the successful runs, divided by ``scale``; None where none recorded it."""
-        values = [v / scale for r in self.ok if (v := value(r, figure)) is not None]
-        if not values:
+        column ``figure`` over the successful runs, divided by ``scale``; None where none
+        recorded it. `statistics` reduces, not pandas: its mean is exactly rounded and its
+        spread of equal values exactly zero (pandas' float sums leave 1e-16, which a table
+        would show as "± 0.00")."""
+        if figure not in self.rows:
+            return None
+        values = self.rows.loc[self.rows["status"] == "ok", figure].dropna().astype(float) / scale
+        if values.empty:
             return None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
 
 
 def group(records: list[dict], by: tuple[str, ...]) -> list[Group]:
-    """Records grouped by run fields (``variant``, ``seed``) in the order of their keys;
-    when the records mix memory sources, the source is part of the key, so that a mean
-    never mixes a CUDA figure with a CPU one."""
-    mixed = len(sources(records)) > 1
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        key = tuple(r["run"][field] for field in by) + ((value(r, "memory_source") or "",) if mixed else ())
-        groups.setdefault(key, []).append(r)
-    return [Group(key, rs) for key, rs in sorted(groups.items())]
+    """Records grouped by columns of their frame (``variant``, ``seed``, ``budget_bytes``)
+    in the order of their keys; when the records mix memory sources, the source is part of
+    the key, so that a mean never mixes a CUDA figure with a CPU one."""
+    table = frame(records)
+    keys = [*by, *(["memory_source"] if len(sources(records)) > 1 else [])]
+    table[keys] = table[keys].fillna("")
+    return [Group(key, [records[i] for i in rows.index], rows) for key, rows in table.groupby(keys, sort=True)]
 
 
 def by_suite(records: list[dict]) -> dict[str, list[dict]]:

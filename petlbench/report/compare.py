@@ -14,7 +14,8 @@ from tabulate import tabulate
 from petlbench import config as cfgmod
 from petlbench.config import ConfigError
 from petlbench.records import VERSIONED
-from petlbench.report import PRIMARY, status_label, task_of, value
+from petlbench.report import status_label, task_of
+from petlbench.results import PRIMARY, value
 from petlbench.units import memory_unit
 
 # The figures that fail a comparison when they grow past the tolerance.

@@ -27,10 +27,10 @@ from petlbench.report import (
     sources,
     split_note,
     task_of,
-    value,
     variant_name,
 )
 from petlbench.report.tables import Cell, Column, _cell, _tex, metric_column, ranked
+from petlbench.results import value
 from petlbench.tasks import TaskSpec
 from petlbench.units import memory_unit, size_label
 

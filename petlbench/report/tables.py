@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from petlbench.report import (
-    FOLDS,
-    PRIMARY,
     Group,
     budget_families,
     by_suite,
@@ -31,8 +29,8 @@ from petlbench.report import (
     suite_names,
     suite_title,
     task_of,
-    value,
 )
+from petlbench.results import FOLDS, METRIC, PRIMARY, value
 from petlbench.tasks import Metric, TaskSpec
 from petlbench.units import memory_unit, size_label
 
@@ -42,7 +40,7 @@ FORMATS = ("md", "latex", "csv")
 
 @dataclass(frozen=True)
 class Column:
-    figure: str  # a figure `petlbench.report.value` reads
+    figure: str  # a column of `petlbench.results.frame`
     header: str  # with "{unit}" (the table's memory unit) and "{source}" (its memory source)
     decimals: int
     lower_is_better: bool
@@ -68,8 +66,8 @@ SUMMARY_COLUMNS = ("params_trainable", "train_peak_bytes", PRIMARY)
 
 
 def metric_column(metric: Metric, figure: str | None = None, header: str | None = None) -> Column:
-    """The column of ``metric`` (read as ``figure``, default its name), one decimal."""
-    return Column(figure or metric.name, header or metric.label, 1, not metric.higher_is_better)
+    """The column of ``metric`` (read as ``figure``, default its ``metric.<name>``), one decimal."""
+    return Column(figure or METRIC + metric.name, header or metric.label, 1, not metric.higher_is_better)
 
 
 def columns(task: TaskSpec) -> tuple[Column, ...]:
@@ -129,7 +127,7 @@ def build(records: list[dict], by: str = "variant", figures: tuple[str, ...] | N
     # A figure no run recorded (evaluation in an estimate) has no column; where no run
     # succeeded, every column stays to show the status.
     succeeded = any(r["run"]["status"] == "ok" for r in records)
-    primary = primary_metric(records).name
+    primary = METRIC + primary_metric(records).name
     wanted = None if figures is None else {primary if f == PRIMARY else f for f in figures}
     shown = [
         c
@@ -239,18 +237,18 @@ def budget_table(records: list[dict], fmt: str = "md") -> str | None:
     for family in budget_families(records).values():
         metric = primary_metric(family)
         budgets = sorted({r["budget"]["bytes"] for r in family})
+        cells = {(at.variant, at.key[1]): at for at in group(family, ("variant", "budget_bytes"))}
         rows = []
-        for row in group(family, ("variant",)):
-            cells = []
+        for variant in dict.fromkeys(v for v, _ in cells):
+            row = [variant]
             for nbytes in budgets:
-                at = Group(row.key, [r for r in row.records if r["budget"]["bytes"] == nbytes])
-                if not at.records:
-                    cells.append("-")
+                if (at := cells.get((variant, nbytes))) is None:
+                    row.append("-")
                 elif stats := at.stats(PRIMARY):
-                    cells.append(f"{stats[0]:.1f} (batch {at.ok[0]['budget']['batch_size']})")
+                    row.append(f"{stats[0]:.1f} (batch {at.ok[0]['budget']['batch_size']})")
                 else:
-                    cells.append(at.failure_label())
-            rows.append([row.variant, *cells])
+                    row.append(at.failure_label())
+            rows.append(row)
         headers = ["variant", *(f"{metric.label} at {size_label(b)}" for b in budgets)]
         table = tabulate(
             rows, headers=headers, tablefmt={"md": "github", "latex": "latex_booktabs", "csv": "tsv"}[fmt], disable_numparse=True

@@ -1,0 +1,127 @@
+"""The record frame (`petlbench.results`) and the reports and figures built on it, checked
+on the committed baselines against figures computed here from the raw JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib as mpl
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
+from matplotlib.legend import Legend
+from matplotlib.text import Text
+
+from petlbench import results
+from petlbench.records import read_folders
+from petlbench.report import plots
+from petlbench.report.tables import report
+from petlbench.units import GiB, MiB
+
+BASELINES = Path(__file__).resolve().parents[1] / "results" / "baselines"
+# every folder of records that makes one suite configuration's table
+SWEEPS = sorted(p.parent for p in BASELINES.rglob("*--seed*.json"))
+SWEEPS = sorted(set(SWEEPS))
+
+
+def _raw(folder: Path) -> list[dict]:
+    """The folder's records as JSON, read here without petlbench."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*--seed*.json"))]
+
+
+def _rsum(record: dict) -> float:
+    """rSum of a schema-3 record, or of a schema-2 one (its metrics at the top of the section)."""
+    metrics = record["metrics"]
+    return metrics["values"]["rsum"] if "values" in metrics else metrics["rsum"]
+
+
+def test_the_frame_holds_one_row_per_record_with_its_figures():
+    folder = BASELINES / "vl-retrieval-ci"
+    frame = results.load(folder)
+    raw = {(r["run"]["variant"], r["run"]["seed"]): r for r in _raw(folder)}
+    assert len(frame) == len(raw)
+    assert {"suite", "suite_hash", "variant", "method", "seed", "status", "params_trainable", "train_peak_bytes", "memory_source"} <= set(
+        frame.columns
+    )
+    for row in frame.itertuples(index=False):
+        r = raw[(row.variant, row.seed)]
+        assert row.train_peak_bytes == r["cost"]["memory"]["train_peak_bytes"]
+        assert row.primary == _rsum(r)
+        assert frame.loc[(frame.variant == row.variant) & (frame.seed == row.seed), "metric.rsum"].item() == _rsum(r)
+    # a parent of sweeps stands for them; several folders make one frame
+    budget = results.load(BASELINES / "vl-retrieval-budget")
+    assert len(budget) == sum(len(_raw(f)) for f in SWEEPS if f.parent.name == "vl-retrieval-budget")
+    assert set(budget.budget_bytes) == {44 * MiB, 128 * MiB, 1536 * MiB}
+    both = results.load([BASELINES / "vl-retrieval-transfer" / "far", BASELINES / "vl-retrieval-transfer" / "near"])
+    assert both.suite.nunique() == 2
+
+
+@pytest.mark.parametrize("folder", SWEEPS, ids=lambda p: str(p.relative_to(BASELINES)))
+def test_csv_report_is_the_mean_and_spread_over_seeds_of_the_raw_records(folder):
+    """Every variant's CSV row: rSum, train peak and trainable parameters are the mean and
+    sample standard deviation over its successful seeds, computed here from the JSON."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in _raw(folder):
+        by_variant.setdefault(r["run"]["variant"], []).append(r)
+    rows = {row["variant"]: row for row in csv.DictReader(io.StringIO(report(read_folders([folder]), "csv")))}
+    assert set(rows) == set(by_variant)
+    peak = next(h for h in next(iter(rows.values())) if h.startswith("train peak") and not h.endswith("std"))
+    for variant, runs in by_variant.items():
+        ok = [r for r in runs if r["run"]["status"] == "ok"]
+        assert rows[variant]["runs"] == f"{len(ok)} ok" if ok == runs else rows[variant]["runs"].startswith(f"{len(ok)} ok")
+        for header, figure in (
+            ("rSum", _rsum),
+            (peak, lambda r: r["cost"]["memory"]["train_peak_bytes"] / (GiB if "GiB" in peak else MiB)),
+            ("trainable (M)", lambda r: r["cost"]["params_trainable"] / 1e6),
+        ):
+            values = [figure(r) for r in ok]
+            assert float(rows[variant][header]) == pytest.approx(statistics.fmean(values), rel=1e-12), (variant, header)
+            spread = statistics.stdev(values) if len(values) > 1 else None
+            assert (float(rows[variant][f"{header} std"]) if rows[variant][f"{header} std"] else None) == (
+                pytest.approx(spread, rel=1e-12, abs=0) if spread is not None else None
+            ), (variant, header)
+
+
+def _figures(folder: Path, width: str) -> dict:
+    with mpl.rc_context(plots.STYLE):
+        figures = plots.figures(read_folders([folder]), width=width)
+        for fig in figures.values():
+            FigureCanvasAgg(fig).draw()
+    return figures
+
+
+@pytest.mark.parametrize("width", ["column", "text"])
+@pytest.mark.parametrize("name", ["vl-retrieval-ci", "vl-retrieval-transfer", "vl-retrieval-budget"])
+def test_labels_overlap_no_label_nor_marker_and_a_variant_keeps_its_style(name, width):
+    """On the committed baselines, no label of a point overlaps another label or a marker of
+    its axes (the batch sizes of the budget figure included), and every variant has one
+    colour and marker in every figure of the report, no two variants the same."""
+    figures = _figures(BASELINES / name, width)
+    assert any(stem.startswith("memory_vs_rsum") for stem in figures)
+    styles: dict[str, set] = {}
+    for stem, fig in figures.items():
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            # the text's own box (an annotation's extent includes its leader line)
+            labels = [Text.get_window_extent(t, renderer) for t in ax.texts]
+            markers = [
+                (x, y)
+                for c in ax.collections
+                if isinstance(c, PathCollection) and c.get_sizes().max() <= 14
+                for x, y in c.get_offset_transform().transform(c.get_offsets())
+            ]
+            for i, box in enumerate(labels):
+                assert not any(box.overlaps(other) for other in labels[i + 1 :]), f"{stem}: {ax.texts[i].get_text()} overlaps a label"
+                assert not any(box.contains(x, y) for x, y in markers), f"{stem}: {ax.texts[i].get_text()} covers a marker"
+        for legend in fig.findobj(Legend):
+            for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
+                if hasattr(handle, "get_marker") and handle.get_marker() not in (None, "None", ""):
+                    styles.setdefault(text.get_text(), set()).add((mpl.colors.to_hex(handle.get_color()), handle.get_marker()))
+    assert styles
+    assert all(len(seen) == 1 for seen in styles.values()), {v: s for v, s in styles.items() if len(s) > 1}
+    pairs = [next(iter(s)) for s in styles.values()]
+    assert len(set(pairs)) == len(pairs)
