@@ -271,12 +271,6 @@ def check(data: Any) -> dict[str, Any]:
     return {**data, "schema": SCHEMA}
 
 
-def build(**sections: Any) -> dict[str, Any]:
-    """A schema-3 record from its sections (plain data), checked before it is written, so
-    that the writer cannot drift from the schema."""
-    return check({"schema": SCHEMA, **sections})
-
-
 def fields_of(cls: type) -> list[str]:
     """The field names of a section, in order: what the README's record table lists."""
     return [f.name for f in dataclasses.fields(cls)]
