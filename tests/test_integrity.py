@@ -286,5 +286,7 @@ def test_a_dry_run_refuses_the_output_folder_the_run_refuses(cli, tmp_path):
         for dry in (["--dry-run"], []):
             code, _, err = cli("run", "--suite", "vl-retrieval", "--variants", "linear", "--output", output, *tiny_args(), *dry)
             assert code == 2 and f"--output {output}: cannot be written" in err, err
-    code, _, err = cli("run", "--suite", "vl-retrieval", "--variants", "linear", "--output", str(tmp_path / "a" / "b"), *tiny_args(), "--dry-run")
+    code, _, err = cli(
+        "run", "--suite", "vl-retrieval", "--variants", "linear", "--output", str(tmp_path / "a" / "b"), *tiny_args(), "--dry-run"
+    )
     assert code == 0 and not (tmp_path / "a").exists(), err
