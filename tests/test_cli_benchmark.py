@@ -15,6 +15,8 @@ import pytest
 from petlbench.config import PROJECT_ROOT
 from petlbench.estimate import at_batch, make_job, within_budget
 
+pytestmark = pytest.mark.slow
+
 
 def test_list_in_a_fresh_interpreter(benchmark):
     def run() -> str:

@@ -75,6 +75,7 @@ TRAIN_OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "checkpointing": {"g
 @pytest.mark.parametrize(
     "family, method", [(family, name) for family in TINY for name, spec in sorted(registered().items()) if family in spec.families]
 )
+@pytest.mark.slow
 def test_fake_estimate_equals_real_cpu_accounting(family, method, options):
     architecture = TINY[family]
     suite = dataclasses.replace(SUITE, train=dataclasses.replace(SUITE.train, **TRAIN_OPTIONS[options]))
@@ -113,6 +114,7 @@ def test_a_trainable_parameter_no_gradient_reaches_gets_no_optimizer_state(monke
 @pytest.mark.parametrize(
     "family, method", [(family, name) for family in TINY for name, spec in sorted(registered().items()) if family in spec.families]
 )
+@pytest.mark.slow
 def test_fake_eval_peak_equals_real_cpu_accounting(family, method, precision):
     """The evaluation phase as `train.run` measures it (after training, the optimizer state
     gone), on real captions padded like the suite's, against `FakeTraining.eval_peak`."""
