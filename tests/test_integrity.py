@@ -220,6 +220,7 @@ def test_a_usage_error_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_an_estimate_stopped_by_a_signal_leaves_no_worker_behind(signum, code):
     """`estimate` forks a worker per core: stopped, it says so in one line and no worker
     outlives it (before, a SIGTERM left them running, holding the output pipe)."""
