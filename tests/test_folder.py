@@ -171,6 +171,7 @@ def test_two_processes_on_one_grid_never_run_the_same_run(tmp_path):
     _complete(out, ["linear", "bitfit", "partial", "lora"])
 
 
+@pytest.mark.slow
 def test_another_suite_or_method_configuration_in_a_used_folder_is_refused(cli, tmp_path):
     out = tmp_path / "out"
     assert cli("run", "--suite", "vl-retrieval", "--output", str(out), "--methods", "linear", *tiny_args())[0] == 0
@@ -187,6 +188,7 @@ def test_another_suite_or_method_configuration_in_a_used_folder_is_refused(cli, 
     assert code == 2 and "linear--seed0 was planned with another method configuration" in err
 
 
+@pytest.mark.slow
 def test_shards_must_split_the_same_grid(cli, tmp_path):
     out = tmp_path / "out"
     grid = ["--suite", "vl-retrieval", "--output", str(out), "--seeds", "0", *tiny_args()]
@@ -226,6 +228,7 @@ def test_two_processes_with_different_suites_cannot_share_a_folder(tmp_path):
     assert record["config"]["suite"]["train"]["steps"] == json.loads((out / records.MANIFEST).read_text())["suite_config"]["train"]["steps"]
 
 
+@pytest.mark.slow
 def test_a_folder_of_records_from_before_manifests_is_adopted(cli, tmp_path):
     out = tmp_path / "out"
     assert cli("run", "--suite", "vl-retrieval", "--output", str(out), "--methods", "linear", *tiny_args())[0] == 0

@@ -84,6 +84,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(setup):
 
 
 @pytest.mark.parametrize("setup", PAIRS, indirect=True, ids=IDS)
+@pytest.mark.slow
 def test_training_changes_trainable_and_nothing_frozen(setup):
     backbone, model, batch, before, variant = setup
     trainable = [p for p in model.parameters() if p.requires_grad]
