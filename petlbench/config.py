@@ -500,12 +500,6 @@ def check_value(cls: type, name: str, value: Any, source: str) -> Any:
     return coerced
 
 
-def describe_fields(cls: type) -> list[tuple[str, str, str]]:
-    """(name, type, help) of every field: the documentation of a config class."""
-    hints = typing.get_type_hints(cls)
-    return [(f.name, _type_name(hints[f.name]), f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
-
-
 # --------------------------------------------------------------------------- loading
 
 # A suite or method file is a few hundred bytes; anything this large is not one.

@@ -1,6 +1,6 @@
 """The result record, field by field (``schema: 3``): one definition that the writer builds
-and the reader checks every record against (`petlbench.records`), and that the README's
-record table lists. Records are stored as JSON objects with exactly these keys.
+and the reader checks every record against (`petlbench.records`), and that the record
+table of docs/measurement.md lists. Records are stored as JSON objects with exactly these keys.
 
 Schemas 1 and 2 are read too, as records of the retrieval task: schema 2 held the recalls
 and rSum as the metrics' own keys (`LEGACY_METRICS`), which schema 3 moves under
@@ -284,12 +284,6 @@ def check(data: Any) -> dict[str, Any]:
     return {**data, "schema": SCHEMA}
 
 
-def build(**sections: Any) -> dict[str, Any]:
-    """A schema-3 record from its sections (plain data), checked before it is written, so
-    that the writer cannot drift from the schema."""
-    return check({"schema": SCHEMA, **sections})
-
-
 def fields_of(cls: type) -> list[str]:
-    """The field names of a section, in order: what the README's record table lists."""
+    """The field names of a section, in order: what docs/measurement.md's record table lists."""
     return [f.name for f in dataclasses.fields(cls)]

@@ -259,6 +259,7 @@ def test_allow_pickle_is_not_in_the_suite_hash():
     assert suite_hash(load_suite("vl-retrieval")) == suite_hash(load_suite("vl-retrieval", ["model.allow_pickle=true"]))
 
 
+@pytest.mark.slow
 def test_no_traceback_reaches_the_user_for_a_bad_value(tmp_path):
     import subprocess
 

@@ -81,6 +81,7 @@ def choose(suite, method: str, target: str = "cpu"):
         ("linear", [mib(13)]),  # the evaluation batch must shrink
     ],
 )
+@pytest.mark.slow
 def test_the_choice_equals_a_brute_force_search(method, extra):
     suite = tiny_suite(*extra)
     choice = choose(suite, method)
@@ -91,6 +92,7 @@ def test_the_choice_equals_a_brute_force_search(method, extra):
         assert choice.reason and choice.estimated_train_peak_bytes > suite.budget.bytes
 
 
+@pytest.mark.slow
 def test_the_cases_above_cover_what_they_claim():
     """The budgets of the brute-force cases sit where their comments say (so that those
     cases test the boundaries, not only a trivial fit)."""
@@ -191,6 +193,7 @@ def test_bad_budgets_are_refused(capsys, text, message):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cuda_target_keeps_the_headroom_and_is_unvalidated():
     """The CUDA estimate holds 66 MiB of cuBLAS workspaces: 100 MiB less 20 MiB of headroom leaves room for batch 8."""
     cpu = choose(tiny_suite(mib(100)), "unipt")
@@ -216,6 +219,7 @@ def sweep(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_method_stays_within_the_budget_it_was_given(sweep):
     for sub, budget, variants in (("budget-40MiB", 40 * MiB, set(SWEPT)), ("budget-64MiB", 64 * MiB, {"full", "linear"})):
         found = records.read_all(sweep / sub)
@@ -235,6 +239,7 @@ def test_every_method_stays_within_the_budget_it_was_given(sweep):
             assert r["config"]["suite"]["train"]["batch_size"] == 8 and r["config"]["suite"]["budget"]["bytes"] == budget
 
 
+@pytest.mark.slow
 def test_samples_seen_are_equal_to_within_one_batch(sweep):
     for sub in ("budget-40MiB", "budget-64MiB"):
         ok = [r for r in records.read_all(sweep / sub) if r["run"]["status"] == "ok"]
@@ -244,6 +249,7 @@ def test_samples_seen_are_equal_to_within_one_batch(sweep):
             assert abs(r["budget"]["samples"] - target) <= r["budget"]["batch_size"] or r["budget"]["steps"] == 3
 
 
+@pytest.mark.slow
 def test_over_budget_is_a_status_that_report_and_compare_understand(sweep, tmp_path, capsys):
     [full] = [r for r in records.read_all(sweep / "budget-40MiB") if r["run"]["variant"] == "full"]
     assert full["run"]["status"] == "over_budget" and "minimum batch 8" in full["run"]["error"]
@@ -261,6 +267,7 @@ def test_over_budget_is_a_status_that_report_and_compare_understand(sweep, tmp_p
     assert "full seed 0 (vl-retrieval) was ok and is now over budget" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_and_plot_read_the_parent_and_group_by_suite_hash(sweep, tmp_path, capsys):
     assert main(["report", str(sweep)]) == 0
     out = capsys.readouterr().out
@@ -273,6 +280,7 @@ def test_report_and_plot_read_the_parent_and_group_by_suite_hash(sweep, tmp_path
     assert (sweep / "rsum_vs_budget.png").exists() and (sweep / "report.md").exists()  # written by the run
 
 
+@pytest.mark.slow
 def test_resume_skips_only_what_the_budget_leaves_unchanged(sweep, capsys):
     args = ["run", "--suite", "vl-retrieval", "--methods", "linear", "--device", "cpu", "--output", str(sweep), *tiny_args()]
     assert main([*args, "--budget", "64MiB"]) == 0
@@ -285,6 +293,7 @@ def test_resume_skips_only_what_the_budget_leaves_unchanged(sweep, capsys):
     assert "budget.batch_multiple" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_estimate_budget_records_share_one_suite_hash_and_say_over_budget(tmp_path, capsys):
     assert main(["estimate", "--model", "embedded-clip", "--methods", "full,linear", "--budget", "80MiB", "--output", str(tmp_path)]) == 0
     found = records.read_all(tmp_path)

@@ -3,7 +3,7 @@
 under a budget on ViT-B/32 (config only, fake tensors). Nothing here asserts a time
 (machines are noisy); what each run computes is checked. History:
 `pytest tests/test_cli_benchmark.py --benchmark-autosave`, later `--benchmark-compare`;
-the README's figures come from these."""
+the timings in docs/estimate.md come from these."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import pytest
 
 from petlbench.config import PROJECT_ROOT
 from petlbench.estimate import at_batch, make_job, within_budget
+
+pytestmark = pytest.mark.slow
 
 
 def test_list_in_a_fresh_interpreter(benchmark):

@@ -80,6 +80,7 @@ def test_files_give_the_in_memory_splits_exactly(fmt, karpathy, jsonl):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_karpathy_run_evaluates_the_test_split_with_folds_and_matches_the_in_memory_run(cli, karpathy, tmp_path):
     """A run on files (two DataLoader workers) evaluates every test image and its five
     captions, reports the fold mean, and measures what the same data in memory measures."""
@@ -104,6 +105,7 @@ def test_karpathy_run_evaluates_the_test_split_with_folds_and_matches_the_in_mem
     assert metrics["values"]["rsum"] == pytest.approx(reference["metrics"]["values"]["rsum"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_jsonl_run_counts(cli, jsonl, tmp_path):
     code, _, err = cli(
         "run",

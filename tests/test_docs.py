@@ -157,6 +157,7 @@ def _count_table(text: str) -> dict[str, list[int | None]]:
 COUNTED = ("clip-vit-base-patch32", "embedded-clip", "resnet50-bert-base")
 
 
+@pytest.mark.slow
 def test_the_trainable_counts_are_the_codes():
     """Every shipped variant applied (as the estimate applies it, under the training rules of
     `vl-retrieval`) to each architecture built on `meta`: its trainable parameters."""

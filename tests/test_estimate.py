@@ -75,6 +75,7 @@ TRAIN_OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "checkpointing": {"g
 @pytest.mark.parametrize(
     "family, method", [(family, name) for family in TINY for name, spec in sorted(registered().items()) if family in spec.families]
 )
+@pytest.mark.slow
 def test_fake_estimate_equals_real_cpu_accounting(family, method, options):
     architecture = TINY[family]
     suite = dataclasses.replace(SUITE, train=dataclasses.replace(SUITE.train, **TRAIN_OPTIONS[options]))
@@ -113,6 +114,7 @@ def test_a_trainable_parameter_no_gradient_reaches_gets_no_optimizer_state(monke
 @pytest.mark.parametrize(
     "family, method", [(family, name) for family in TINY for name, spec in sorted(registered().items()) if family in spec.families]
 )
+@pytest.mark.slow
 def test_fake_eval_peak_equals_real_cpu_accounting(family, method, precision):
     """The evaluation phase as `train.run` measures it (after training, the optimizer state
     gone), on real captions padded like the suite's, against `FakeTraining.eval_peak`."""
@@ -184,6 +186,7 @@ def test_meter_rounds_every_storage_by_hand():
     assert peak.breakdown == {"parameters": 512, "transient_peak": 512 + 1024}
 
 
+@pytest.mark.slow
 def test_cuda_target_rounds_each_tensor_leaves_step_counters_on_the_host_and_adds_the_workspace():
     estimate = FakeTraining(TINY["clip"], at_text_length(SUITE, 12), load_variant("full"), target="cuda").peak(BATCH)
     _, model = real_accounting(TINY["clip"], "full", 12)
@@ -196,6 +199,7 @@ def test_cuda_target_rounds_each_tensor_leaves_step_counters_on_the_host_and_add
     assert estimate.peak_bytes == sum(estimate.breakdown.values())
 
 
+@pytest.mark.slow
 def test_cuda_target_costs_attention_dropout_as_the_fused_kernels_do():
     """CUDA's memory-efficient attention applies dropout without saving probabilities; the
     CPU takes the math path, which saves them and the mask. The CUDA target follows CUDA.
@@ -295,6 +299,7 @@ def test_a_traced_peak_is_replayed_where_it_moves_and_found_in_four_estimates():
 
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
 @pytest.mark.parametrize("method", ["full", "lst", "unipt"])
+@pytest.mark.slow
 def test_the_estimate_replayed_from_two_batch_sizes_equals_the_estimate_at_others(method, target):
     """The budget search's prediction (`predicted_peak` from the allocation traces at batches
     2 and 16) against the estimate itself at other batch sizes: equal to the byte."""
@@ -308,6 +313,7 @@ def test_the_estimate_replayed_from_two_batch_sizes_equals_the_estimate_at_other
         assert predict(b) == training.peak(b).peak_bytes
 
 
+@pytest.mark.slow
 def test_every_variant_is_found_within_a_budget_in_four_estimates(monkeypatch, tiny_folder):
     """Batch 2, batch 16, the replayed answer and the batch above it, for every shipped CLIP
     variant (before the replay: up to eight on ViT-B/32, where the peak moves between the
@@ -347,6 +353,7 @@ def tiny_folder(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_variants_estimated_in_worker_processes_get_the_figures_of_one_process(monkeypatch, tiny_folder):
     job = estimate.make_job(str(tiny_folder), "vl-retrieval", ["full", "lora", "unipt", "lst"], None)
     assert estimate.workers(len(job.variants)) > 1 or len(os.sched_getaffinity(0)) == 1
@@ -383,6 +390,7 @@ def test_cli_json_on_a_checkpoint_folder(cli, tiny_folder, tmp_path):
     assert saved[0]["config"]["suite"]["train"]["batch_size"] == 3
 
 
+@pytest.mark.slow
 def test_cli_on_a_vse_folder_leaves_out_the_methods_that_do_not_apply(cli, tmp_path):
     """Config-only towers (no weights, no image processor: 224x224 images) and vse.json."""
     towers = tiny_vse(vocab_size=50, max_text=12)

@@ -122,6 +122,7 @@ GRID = ["--methods", "linear,bitfit", *tiny_args()]
 
 
 @pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.slow
 def test_a_signal_abandons_the_run_leaves_nothing_behind_and_resume_completes(tmp_path, signame, code):
     out = tmp_path / "out"
     done = _run(out, *GRID, env={faults.ENV: f"run.warmup:{signame}:bitfit"})
@@ -137,6 +138,7 @@ def test_a_signal_abandons_the_run_leaves_nothing_behind_and_resume_completes(tm
     _complete(out, ["linear", "bitfit"])
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_a_record_is_cleaned_up_on_resume(tmp_path):
     out = tmp_path / "out"
     done = _run(out, *GRID, env={faults.ENV: "record.write:SIGKILL:bitfit"})
@@ -149,6 +151,7 @@ def test_kill_9_while_writing_a_record_is_cleaned_up_on_resume(tmp_path):
     _complete(out, ["linear", "bitfit"])
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_grid_never_run_the_same_run(tmp_path):
     out = tmp_path / "out"
     grid = ["--methods", "linear,bitfit,partial,lora", *tiny_args()]
@@ -168,6 +171,7 @@ def test_two_processes_on_one_grid_never_run_the_same_run(tmp_path):
     _complete(out, ["linear", "bitfit", "partial", "lora"])
 
 
+@pytest.mark.slow
 def test_another_suite_or_method_configuration_in_a_used_folder_is_refused(cli, tmp_path):
     out = tmp_path / "out"
     assert cli("run", "--suite", "vl-retrieval", "--output", str(out), "--methods", "linear", *tiny_args())[0] == 0
@@ -184,6 +188,7 @@ def test_another_suite_or_method_configuration_in_a_used_folder_is_refused(cli, 
     assert code == 2 and "linear--seed0 was planned with another method configuration" in err
 
 
+@pytest.mark.slow
 def test_shards_must_split_the_same_grid(cli, tmp_path):
     out = tmp_path / "out"
     grid = ["--suite", "vl-retrieval", "--output", str(out), "--seeds", "0", *tiny_args()]
@@ -194,6 +199,7 @@ def test_shards_must_split_the_same_grid(cli, tmp_path):
     _complete(out, ["linear", "bitfit"])
 
 
+@pytest.mark.slow
 def test_two_processes_with_different_suites_cannot_share_a_folder(tmp_path):
     out = tmp_path / "out"
     argv = [
@@ -222,6 +228,7 @@ def test_two_processes_with_different_suites_cannot_share_a_folder(tmp_path):
     assert record["config"]["suite"]["train"]["steps"] == json.loads((out / records.MANIFEST).read_text())["suite_config"]["train"]["steps"]
 
 
+@pytest.mark.slow
 def test_a_folder_of_records_from_before_manifests_is_adopted(cli, tmp_path):
     out = tmp_path / "out"
     assert cli("run", "--suite", "vl-retrieval", "--output", str(out), "--methods", "linear", *tiny_args())[0] == 0

@@ -43,6 +43,7 @@ def acceptance(tmp_path_factory):
     return out, done
 
 
+@pytest.mark.slow
 def test_the_script_is_executable_and_passes_its_cpu_plumbing(acceptance):
     out, done = acceptance
     assert os.access(PROJECT_ROOT / "scripts" / "gpu_acceptance.sh", os.X_OK)
@@ -55,6 +56,7 @@ def test_the_script_is_executable_and_passes_its_cpu_plumbing(acceptance):
     assert (out / "log.txt").read_text().strip().splitlines()[-1].startswith("PASSED")
 
 
+@pytest.mark.slow
 def test_the_fixtures_are_what_the_guard_test_reads_and_the_estimate_equals_them(acceptance):
     out, _ = acceptance
     fp32 = json.loads((out / "fixtures" / "cuda_memory.json").read_text())
@@ -68,6 +70,7 @@ def test_the_fixtures_are_what_the_guard_test_reads_and_the_estimate_equals_them
         assert len(ratios) == len(fixture["measurements"]) and set(ratios.values()) == {1.0}
 
 
+@pytest.mark.slow
 def test_the_two_shards_wrote_one_folder(acceptance):
     out, _ = acceptance
     found = read_all(out / "e2e")

@@ -92,6 +92,7 @@ def test_a_link_to_a_record_is_the_record(cli, tmp_path):
     assert code == 0 and _runs(out) == {"linear": "1 ok", "lora": "1 ok"}
 
 
+@pytest.mark.slow
 def test_shards_of_another_count_are_refused_and_report_names_the_runs_never_run(cli, tmp_path):
     """`--shard 0/2`, then `1/3` and `2/3` of the same grid: before, all exited 0 and one
     (variant, seed) was never run, unseen by `report`. The manifest pins the count."""
@@ -236,6 +237,7 @@ def test_a_record_path_that_is_not_a_regular_file_is_named_not_read(tmp_path):
     assert done.returncode == 0 and f"skipped {sweep / 'fifo--seed0.json'}: not a regular file" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_suite_file_that_is_not_a_regular_file_is_exit_2(tmp_path):
     os.mkfifo(tmp_path / "suite.yaml")
     done = _petlbench("run", "--suite", str(tmp_path / "suite.yaml"), "--dry-run")
@@ -261,6 +263,7 @@ def test_a_usage_error_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_an_estimate_stopped_by_a_signal_leaves_no_worker_behind(signum, code):
     """`estimate` forks a worker per core: stopped, it says so in one line and no worker
     outlives it (before, a SIGTERM left them running, holding the output pipe)."""

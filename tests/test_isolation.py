@@ -11,6 +11,7 @@ import time
 import types
 
 import psutil
+import pytest
 import torch
 
 from petlbench import faults, isolation, records
@@ -22,6 +23,7 @@ from tests.conftest import TINY
 CPU = torch.device("cpu")
 
 
+@pytest.mark.slow
 def test_a_spawned_run_reports_every_step_and_its_loss():
     plan = make_plan("vl-retrieval", ["linear"], [0], None, TINY)
     losses = []
@@ -30,6 +32,7 @@ def test_a_spawned_run_reports_every_step_and_its_loss():
     assert len(losses) == plan.suite.train.steps and all(math.isfinite(loss) for loss in losses)
 
 
+@pytest.mark.slow
 def test_a_child_that_dies_is_an_error_record_and_the_sweep_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv(faults.ENV, "run.warmup:SIGKILL:linear")  # spawned children inherit it
     plan = make_plan("vl-retrieval", ["linear", "bitfit"], [0], tmp_path, TINY)
@@ -72,6 +75,7 @@ def _spawned_children(since: float) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_while_a_run_process_works_stops_it_and_leaves_nothing(tmp_path):
     since = time.time() - 1
     done = subprocess.run(

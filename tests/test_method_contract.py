@@ -84,6 +84,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(setup):
 
 
 @pytest.mark.parametrize("setup", PAIRS, indirect=True, ids=IDS)
+@pytest.mark.slow
 def test_training_changes_trainable_and_nothing_frozen(setup):
     backbone, model, batch, before, variant = setup
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -144,6 +145,7 @@ def test_what_the_method_keeps_of_the_backbone_is_what_it_declares(setup):
 
 
 @pytest.mark.parametrize("setup", PAIRS, indirect=True, ids=IDS)
+@pytest.mark.slow
 def test_the_measured_phase_runs_and_counts_the_step(setup):
     _, model, batch, _, variant = setup
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], SUITE.train, variant.config.lr)

@@ -132,6 +132,7 @@ def test_default_injections_by_hand():
         torch.testing.assert_close(model.encode_image(pixels), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_learns_once_b_is_nonzero():
     """At init B = 0, so A's gradient is exactly zero while B's is not; once B has moved,
     both learn."""

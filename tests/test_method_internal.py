@@ -120,6 +120,7 @@ def test_starts_as_the_backbone_and_acts_on_both_towers(variant, batch):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.slow
 def test_gradient_reaches_exactly_the_trainable_parameters(variant, batch):
     model, _ = _apply(variant)
     model.train()
@@ -177,6 +178,7 @@ def test_bad_options_are_config_errors(variant, override, message):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.slow
 def test_end_to_end_run_with_trainable_head_and_temperature(cli, tmp_path, variant):
     """The loop's head and temperature rules apply on top of the method (PEFT included)."""
     code, _, err = cli("run", "--suite", "vl-retrieval", "--device", "cpu", "--output", str(tmp_path), "--methods", variant,

@@ -75,6 +75,7 @@ def test_magnitude_init_copies_the_top_rows_of_each_block():
     torch.testing.assert_close(side.layer_norm2.bias, block.layer_norm2.bias[resid])
 
 
+@pytest.mark.slow
 def test_fisher_importance_is_the_sum_of_squared_gradients_per_batch():
     backbone, tok = _backbone()
     pixels, ids, mask = _inputs(tok, batch=4)
@@ -103,6 +104,7 @@ def test_fisher_importance_is_the_sum_of_squared_gradients_per_batch():
     assert expected.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_saved_for_backward_stays_within_the_ladder_bound():
     backbone, tok = _backbone()
     model = lst.LST.apply(backbone, _config(), None)
@@ -165,6 +167,7 @@ def test_bad_options_are_config_errors(cli, tmp_path):
 
 
 @pytest.mark.parametrize("init", ["fisher", "magnitude", "random"])
+@pytest.mark.slow
 def test_short_end_to_end_run_per_init(cli, tmp_path, init):
     code, _, err = cli(
         "run",

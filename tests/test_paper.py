@@ -139,6 +139,7 @@ MINIMAL_PAPER = r"""\documentclass[10pt,twocolumn]{article}
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine (pdflatex) installed: apt install texlive-latex-recommended")
 @pytest.mark.parametrize("width", ["column", "text"])
+@pytest.mark.slow
 def test_pdflatex_compiles_the_paper_table_within_its_width(tmp_path, width):
     """Every registered method over three seeds (the widest cells) and a failed run, in a
     two-column 10 pt paper with a 3.3 in column and a 6.9 in text width: TeX compiles it

@@ -110,6 +110,7 @@ def _figures(record):
     return json.dumps([run, record["config"], record["trainable_rule"], record["metrics"], cost], sort_keys=True)
 
 
+@pytest.mark.slow
 def test_two_shards_give_the_records_of_one_unsharded_run(swept):
     sharded, whole, shard_outs = swept
     assert sorted(p.name for p in sharded.iterdir()) == [f"{v}--seed{s}.json" for v in ("bitfit", "linear") for s in (0, 1)] + [
@@ -139,6 +140,7 @@ def _untimed_report(cli, folder):
     return [{k: v for k, v in row.items() if any(word in k for word in DETERMINISTIC)} for row in rows]
 
 
+@pytest.mark.slow
 def test_report_over_the_shards_folder_equals_the_unsharded_report(cli, swept):
     sharded, whole, _ = swept
     merged = _untimed_report(cli, sharded)
@@ -147,6 +149,7 @@ def test_report_over_the_shards_folder_equals_the_unsharded_report(cli, swept):
     assert merged == _untimed_report(cli, whole)
 
 
+@pytest.mark.slow
 def test_a_rerun_shard_skips_its_done_records(cli, swept):
     sharded, _, _ = swept
     before = {p.name: p.read_text() for p in sharded.iterdir()}

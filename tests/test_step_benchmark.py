@@ -18,6 +18,8 @@ from petlbench.models.loader import load_backbone
 from petlbench.train import Training
 from petlbench.variants import load_variant
 
+pytestmark = pytest.mark.slow
+
 BATCH = 16
 
 
