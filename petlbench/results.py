@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from petlbench.config import DEFAULT_TASK
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRIC, FOLDS, BREAKDOWN = "metric.", "folds.", "train_breakdown."
 PRIMARY = "primary"
@@ -96,6 +97,8 @@ def frame(records: Iterable[dict]) -> pd.DataFrame:
     """One row per record (index 0, 1, ... in the order given), a column per `COLUMNS` key
     and per metric and breakdown category that any record holds (in order of first
     appearance)."""
+    import pandas as pd  # here, not at the top: the commands that build no frame (`list`, `--help`) stay light
+
     records = list(records)
     columns = list(COLUMNS) + list(dict.fromkeys(c for r in records for c in _named(r)))
     return pd.DataFrame([[value(r, c) for c in columns] for r in records], columns=columns)

@@ -15,8 +15,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from petlbench import config as cfgmod
 from petlbench.config import DEFAULT_TASK, ConfigError, SuiteConfig
@@ -26,6 +25,9 @@ from petlbench.results import frame, value
 from petlbench.schema import STATUSES
 from petlbench.tasks import Metric, TaskSpec, get_task
 from petlbench.units import size_label
+
+if TYPE_CHECKING:  # pandas (and numpy) load when a frame is built: `list` and `--help` stay light
+    import pandas as pd
 
 # The widths a paper sets tables and figures at, in inches: one column and the whole text
 # (`report --style paper --width`, `plot --width`).
