@@ -121,6 +121,7 @@ MANIFEST_DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", MANIFEST_DAMAGE)
 def test_a_manifest_of_the_wrong_shape_is_named_not_a_traceback(cli, tmp_path, damage):
     """Before, a manifest with a key missing or of another type ended in a traceback."""
@@ -336,6 +337,7 @@ def test_a_dry_run_refuses_the_output_folder_the_run_refuses(cli, tmp_path):
     assert code == 0 and not (tmp_path / "a").exists(), err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_while_figures_are_written_is_one_line_and_leaves_whole_files(tmp_path, signum, code):
     """`plot` stopped between a figure's PNG and its PDF: before, SIGINT was a traceback and
@@ -351,6 +353,7 @@ def test_a_signal_while_figures_are_written_is_one_line_and_leaves_whole_files(t
     assert len(written) == 1 and written[0].endswith(".png"), written
 
 
+@pytest.mark.slow
 def test_a_signal_in_the_report_phase_of_a_run_says_every_run_finished(tmp_path):
     from tests.conftest import tiny_args
 

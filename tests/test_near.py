@@ -4,6 +4,8 @@ of the far suite covers both and only accuracy differs."""
 
 import json
 
+import pytest
+
 from petlbench.config import load_suite, suite_hash, to_dict
 from tests.conftest import tiny_args
 from tests.scripts import load_script
@@ -17,6 +19,7 @@ def test_the_two_suites_differ_only_in_their_data_and_learning_rates():
     assert suite_hash(far) != suite_hash(near)
 
 
+@pytest.mark.slow
 def test_the_near_suite_measures_the_far_suites_memory_to_the_byte(cli, tmp_path):
     memory = {}
     for suite in ("vl-retrieval", "vl-retrieval-near"):

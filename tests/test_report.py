@@ -494,6 +494,7 @@ def test_a_folder_without_records_is_a_usage_error(cli, tmp_path, command, folde
     assert code == 2 and err == f"petlbench: error: {tmp_path}: no result records (*.json of schema 1, 2, 3)\n"
 
 
+@pytest.mark.slow
 def test_run_writes_the_report_and_plots_into_its_folder(cli, tmp_path):
     code, out, _ = cli("run", "--suite", "vl-retrieval", "--device", "cpu", "--methods", "linear", "--output", str(tmp_path), *tiny_args())
     assert code == 0

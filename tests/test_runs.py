@@ -24,7 +24,8 @@ def test_every_registered_method_has_a_variant():
     assert {load_variant(v).method for v in VARIANTS} == set(registered())
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# one variant in the fast tier; every one in the full run
+@pytest.mark.parametrize("variant", [v if v == "linear" else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS])
 def test_short_end_to_end_run(cli, tmp_path, variant):
     code, out, err = _run(cli, tmp_path, "--methods", variant, *tiny_args())
     assert code == 0, err
@@ -45,6 +46,7 @@ def test_short_end_to_end_run(cli, tmp_path, variant):
     assert variant in out and "train peak (MiB, CPU accounting)" in out
 
 
+@pytest.mark.slow
 def test_memory_figures_identical_run_to_run(cli, tmp_path):
     figures = []
     for name in ("a", "b"):
@@ -54,6 +56,7 @@ def test_memory_figures_identical_run_to_run(cli, tmp_path):
     assert figures[0] == figures[1]
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_runs_and_refuses_another_config_in_the_folder(cli, tmp_path):
     path = records.record_path(tmp_path, "linear", 0)
     assert _run(cli, tmp_path, "--methods", "linear", *tiny_args())[0] == 0
@@ -99,6 +102,7 @@ def test_atomic_write_keeps_the_old_record_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatch):
     real_run = isolation.run
 
@@ -118,6 +122,7 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatc
     assert row[3:] == ["error"] * 4  # the summary shows the status, never a zero
 
 
+@pytest.mark.slow
 def test_nan_loss_ends_the_run_as_diverged(cli, tmp_path, monkeypatch):
     task = get_task("retrieval").implementation
     real_loss = task.loss
@@ -155,6 +160,7 @@ def test_default_methods_are_one_variant_per_registered_method():
     assert [v.name for v in everything.variants] == VARIANTS
 
 
+@pytest.mark.slow
 def test_a_run_in_a_fresh_process_gives_the_same_record(tmp_path):
     """The CUDA path runs each (variant, seed) in a spawned process; on the CPU the exact
     figures must not depend on where the run happened."""
@@ -170,6 +176,7 @@ def test_a_run_in_a_fresh_process_gives_the_same_record(tmp_path):
     assert fresh[0]["cost"]["params_trainable"] == here[0]["cost"]["params_trainable"]
 
 
+@pytest.mark.slow
 def test_training_brings_the_contrastive_loss_below_chance():
     """The learning test: a batch of 64 pairs at chance has InfoNCE loss log 64 = 4.16; the
     shipped model starts above it on the target scenes (5.0 zero-shot), and ten steps of full

@@ -145,6 +145,7 @@ def test_every_shifted_caption_parses_back_to_its_scene_and_none_repeats_in_val_
                 assert owner.setdefault(c, i) == i
 
 
+@pytest.mark.slow
 def test_no_caption_can_describe_two_single_object_scenes():
     """Sixty caption draws of every single-object scene: each caption reads back to its
     own scene only, so no caption can be shared by two scenes of any split."""

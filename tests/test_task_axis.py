@@ -36,6 +36,7 @@ def count_runs(tmp_path_factory):
     return out, {m: json.loads(records.record_path(out, m, 0).read_text()) for m in METHODS}
 
 
+@pytest.mark.slow
 def test_a_run_of_another_task_records_its_metrics_and_trains_its_head(count_runs):
     _, recs = count_runs
     for rec in recs.values():
@@ -54,6 +55,7 @@ def test_a_run_of_another_task_records_its_metrics_and_trains_its_head(count_run
     assert recs["linear"]["cost"]["params_trainable"] == retrieval["cost"]["params_trainable"] + embed * 2 + 2
 
 
+@pytest.mark.slow
 def test_the_estimate_of_another_task_equals_its_cpu_accounting(count_runs):
     """`FakeTraining` on the counting suite gives, byte for byte, the train and eval peaks
     that the real runs measured."""
@@ -67,6 +69,7 @@ def test_the_estimate_of_another_task_equals_its_cpu_accounting(count_runs):
         assert training.eval_peak(suite.eval.batch_size, suite.data.test_images).peak_bytes == memory["eval_peak_bytes"], method
 
 
+@pytest.mark.slow
 def test_the_estimate_command_serves_another_task(cli, count_runs, tmp_path):
     _, recs = count_runs
     code, out, err = cli(
@@ -77,6 +80,7 @@ def test_the_estimate_command_serves_another_task(cli, count_runs, tmp_path):
     assert row["params_trainable"] == recs["linear"]["cost"]["params_trainable"]
 
 
+@pytest.mark.slow
 def test_report_plot_and_compare_read_the_task_s_metrics(cli, count_runs, tmp_path):
     folder, recs = count_runs
     code, out, err = cli("report", str(folder))

@@ -110,6 +110,7 @@ def test_bf16_step_keeps_fp32_weights_and_state_and_a_close_loss(family, method)
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
 
 
+@pytest.mark.slow
 def test_run_applies_and_records_both_options(cli, tmp_path):
     """Through `petlbench run`: recorded in the suite (and so in its hash), and in effect."""
     settings = {"default": [], "bf16": ["train.precision=bf16"], "checkpointing": ["train.grad_checkpointing=true"]}
