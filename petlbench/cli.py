@@ -170,11 +170,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Every plan first (one per budget; all checks and estimates), then their runs."""
+    from petlbench.isolation import slots
     from petlbench.plan import default_output, make_plan, resolve_device
 
     device = resolve_device(args.device)
     if args.memory_limit is not None and device.type != "cuda":
         raise ConfigError(f"--memory-limit caps the CUDA caching allocator; this run is on {device.type} (use --device cuda)")
+    places = slots(device, args.jobs, args.threads_per_run, args.devices)
     output = args.output
     if args.budget and output is None:  # the budgets' subfolders share one parent
         output = default_output(cfgmod.load_suite(args.suite, args.set))
@@ -183,27 +185,30 @@ def _run(args: argparse.Namespace) -> int:
     failed = False
     for plan in plans:
         plan.memory_limit = args.memory_limit
-        failed |= _run_one_plan(plan, device, args.dry_run)
+        failed |= _run_one_plan(plan, device, places, args.dry_run)
     if len(plans) > 1 and plans[0].shard is None and not args.dry_run:
         _write_report(output, [plan.output for plan in plans])
     return 1 if failed else 0
 
 
-def _run_one_plan(plan, device, dry_run: bool) -> bool:
+def _run_one_plan(plan, device, slots, dry_run: bool) -> bool:
     """Run one plan and write its report; True where a run ended in ``error``."""
     from petlbench.signals import Interrupted
     from petlbench.sweep import run_plan
 
     runs, grid = len(plan.runs()), len(plan.grid())
     part = f"{runs} runs" if plan.shard is None else f"shard {plan.shard}: {runs} of {grid} runs"
-    print(f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {part} on {device}, records in {plan.output}")
+    print(
+        f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {part} on {device}, "
+        f"{_at_once(slots)}, records in {plan.output}"
+    )
     if dry_run:
         _print_plan(plan, device)
         return False
     if not runs:
         print(f"shard {plan.shard}: nothing to do, the grid has {grid} runs for {plan.shard.count} shards")
         return False
-    results = run_plan(plan, device)
+    results = run_plan(plan, device, slots=slots)
     print()
     print(summary_table(results))
     if plan.shard is None:
@@ -222,6 +227,14 @@ def _run_one_plan(plan, device, dry_run: bool) -> bool:
             f"merge them with `petlbench report {plan.output}` and `petlbench plot {plan.output}`"
         )
     return any(r["run"]["status"] == "error" for r in results)
+
+
+def _at_once(slots) -> str:
+    """How many runs go at once, and where (`isolation.slots`)."""
+    if slots[0].gpu is not None:
+        return f"one run per GPU at a time on {', '.join(str(slot) for slot in slots)}"
+    threads = "" if slots[0].threads is None else f" of {slots[0]}"
+    return f"{len(slots)} run{'s' * (len(slots) > 1)} at a time{threads}"
 
 
 def _print_plan(plan, device) -> None:
@@ -406,6 +419,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         metavar="SIZE",
         help="CUDA only: cap each run's caching allocator at SIZE (e.g. 24GiB, as on a card that small); a run that needs more ends 'oom'",
+    )
+    run.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="CPU: N runs at once, each in a process of its own; default: $PETLBENCH_JOBS, else as many as the cores "
+        "allow at --threads-per-run each (--jobs 1 runs in this process)",
+    )
+    run.add_argument(
+        "--threads-per-run",
+        type=_positive_int,
+        metavar="T",
+        help="intra-op threads of each run (recorded as env.threads); default on the CPU: 1, so that metrics, which depend "
+        "on the thread count, are the same on every machine; on CUDA: torch's default",
+    )
+    run.add_argument(
+        "--devices",
+        type=_int_list,
+        metavar="0,1,...",
+        help="CUDA: the GPUs to use (indices among the visible ones), one run per GPU at a time, each run's process "
+        "seeing only its GPU; default: every visible GPU",
     )
     run.set_defaults(func=_cmd_run)
 
