@@ -63,7 +63,8 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
     elsewhere: list[tuple[str, str, Path]] = []
     unreadable: list[Path] = []
     grid = plan.runs()
-    running: dict[Future, tuple[int, str, int]] = {}  # a parallel run -> (grid position, label, slot index)
+    running: dict[Future, tuple[int, int]] = {}  # a parallel run -> (grid position, slot index)
+    under_way: dict[int, str] = {}  # grid position -> the parallel run started there
     free = list(range(len(slots)))
     stop = threading.Event()
 
@@ -75,9 +76,17 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
             if ended or not block:
                 break
         for future in ended:
-            i, _, k = running.pop(future)
+            i, k = running.pop(future)
             free.append(k)
-            done_at[i] = future.result()
+            del under_way[i]
+            keep(i, future.result())
+
+    def keep(i: int, taken: tuple[dict[str, Any] | None, tuple[str, str, Path] | None]) -> None:
+        record, held = taken
+        if record is not None:
+            done_at[i] = record
+        if held is not None:
+            elsewhere.append(held)
 
     current = ""
     with _threads(slots[0].threads), ThreadPoolExecutor(len(slots), thread_name_prefix="petlbench-run") as pool:
@@ -91,35 +100,20 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
                     _say(f"{label}: already done, skipped ({path})")
                     done_at[i] = done
                     continue
-                if parallel:
-                    collect(block=not free)  # waits for a slot: the lock is taken only when the run can start
-                lock = folder.Lock(plan.output, path.stem)
-                try:  # release() removes the lock only if this process holds it
-                    if (holder := lock.acquire()) is not None:
-                        _say(f"{label}: running in {holder}, left to it")
-                        elsewhere.append((current, holder, lock.path))
-                        continue
-                    if records.is_done(done := existing_record(path), run_hash, device):  # finished by another process meanwhile
-                        _say(f"{label}: done by another process, skipped ({path})")
-                        done_at[i] = done
-                        continue
-                    if not parallel:
-                        done_at[i] = _run_one(plan, variant, seed, device, path, label, slots[0], isolate=isolate)
-                        continue
-                    k = free.pop()
-                    if slots[k].gpu is not None:
-                        label += f" on {slots[k]}"
-                    future = pool.submit(_run_locked, lock, plan, variant, seed, device, path, label, slots[k], k, stop)
-                    running[future] = (i, current, k)
-                    lock = None  # the run's thread releases it
-                finally:
-                    if lock is not None:
-                        lock.release()
+                if not parallel:
+                    keep(i, _take(plan, variant, seed, device, path, label, run_hash, slots[0], isolate=isolate))
+                    continue
+                collect(block=not free)  # waits for a slot: the run's lock is taken only when it can start
+                k = free.pop()
+                where = f" on {slots[k]}" if slots[k].gpu is not None else ""
+                under_way[i] = current  # before its thread starts: a signal may come before `running` knows it
+                future = pool.submit(_take, plan, variant, seed, device, path, label + where, run_hash, slots[k], k, stop)
+                running[future] = (i, k)
             while running:
                 collect(block=True)
         except (KeyboardInterrupt, Interrupted) as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
-            during = ", ".join(label for _, label, _ in running.values()) or current
+            during = ", ".join(under_way.values()) or current
             _stop_runs(stop, running, pool, done_at)
             raise Interrupted(signum, _interrupted_message(signum, during, done_at, grid, plan)) from None
         except BaseException:  # a record that could not be written: the other runs are abandoned too
@@ -156,15 +150,15 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _stop_runs(stop: threading.Event, running: dict[Future, tuple[int, str, int]], pool: ThreadPoolExecutor, done_at: dict) -> None:
+def _stop_runs(stop: threading.Event, running: dict[Future, tuple[int, int]], pool: ThreadPoolExecutor, done_at: dict) -> None:
     """Stop every parallel run: each thread stops its run's process (`Cancelled`) and releases
     its lock; a run that had its result when the signal came writes its record whole, and
     counts as finished."""
     stop.set()
     pool.shutdown(wait=True, cancel_futures=True)
-    for future, (i, _, _) in running.items():
-        if not future.cancelled() and future.exception() is None and future.result() is not None:
-            done_at[i] = future.result()
+    for future, (i, _) in running.items():
+        if not future.cancelled() and future.exception() is None and future.result()[0] is not None:
+            done_at[i] = future.result()[0]
     running.clear()
 
 
@@ -175,13 +169,33 @@ def _interrupted_message(signum: int, during: str, done_at: dict, grid: list, pl
     )
 
 
-def _run_locked(lock: folder.Lock, *args: Any) -> dict[str, Any] | None:
-    """`_run_one` in a run's thread, which releases the run's lock at the end; None where the
-    sweep stopped it (no record)."""
-    try:
-        return _run_one(*args)
+def _take(
+    plan: Plan,
+    variant: Variant,
+    seed: int,
+    device: torch.device,
+    path: Path,
+    label: str,
+    run_hash: str,
+    slot: Slot,
+    position: int = 0,
+    stop: threading.Event | None = None,
+    isolate: bool = True,
+) -> tuple[dict[str, Any] | None, tuple[str, str, Path] | None]:
+    """A run of the grid under its lock, taken where it runs (the sweep's thread of a
+    parallel run: no lock changes hands): its record, or None where another process holds
+    it (then: the run, the holder and the lock) or the sweep stopped it."""
+    lock = folder.Lock(plan.output, path.stem)
+    try:  # release() removes the lock only if this process holds it
+        if (holder := lock.acquire()) is not None:
+            _say(f"{label}: running in {holder}, left to it")
+            return None, (f"{variant.name} seed {seed}", holder, lock.path)
+        if records.is_done(done := existing_record(path), run_hash, device):  # finished by another process meanwhile
+            _say(f"{label}: done by another process, skipped ({path})")
+            return done, None
+        return _run_one(plan, variant, seed, device, path, label, slot, position, stop, isolate), None
     except Cancelled:
-        return None
+        return None, None
     finally:
         lock.release()
 
