@@ -181,7 +181,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.budget and output is None:  # the budgets' subfolders share one parent
         output = default_output(cfgmod.load_suite(args.suite, args.set))
     variants = _names("--variants", args.variants)
+    if args.launcher == "slurm":
+        tasks, params = _check_launcher(args)
+    elif args.slurm is not None:
+        raise ConfigError("--slurm: its parameters are for --launcher slurm")
     plans = [make_plan(args.suite, variants, args.seeds, output, args.set, args.shard, budget, device) for budget in args.budget or [None]]
+    if args.launcher == "slurm":
+        return _submit(args, plans, tasks, params)
     failed = False
     for plan in plans:
         plan.memory_limit = args.memory_limit
@@ -189,6 +195,43 @@ def _run(args: argparse.Namespace) -> int:
     if len(plans) > 1 and plans[0].shard is None and not args.dry_run:
         _write_report(output, [plan.output for plan in plans])
     return 1 if failed else 0
+
+
+def _check_launcher(args: argparse.Namespace) -> tuple[int | None, dict]:
+    """`--launcher slurm`: the options it needs and those it sets itself, before the plan."""
+    from petlbench import launch
+
+    if args.output is None:
+        raise ConfigError("--launcher slurm: needs --output DIR, the folder every task of the array writes into")
+    if args.shard is not None or args.dry_run:
+        raise ConfigError(f"--launcher slurm: {'--shard' if args.shard else '--dry-run'} is not for it (each task runs its own shard)")
+    return launch.parse(args.slurm or "")
+
+
+def _submit(args: argparse.Namespace, plans, tasks: int | None, params: dict) -> int:
+    """Submit the checked plans' grid as an array of ``tasks`` shards (default: one per run)
+    and the report job; say what was submitted and where the logs go."""
+    from petlbench import launch
+
+    tasks = tasks or len(plans[0].grid())
+    # what each task runs: this command, less the launcher (every option of `run` that a task needs)
+    argv = ["--suite", args.suite, "--device", args.device, "--output", str(args.output), *(f"--set={item}" for item in args.set)]
+    for option, value in (
+        ("--variants", args.variants),
+        ("--seeds", args.seeds and ",".join(map(str, args.seeds))),
+        ("--budget", args.budget and ",".join(map(str, args.budget))),
+        ("--memory-limit", args.memory_limit),
+        ("--jobs", args.jobs),
+        ("--threads-per-run", args.threads_per_run),
+        ("--devices", args.devices and ",".join(map(str, args.devices))),
+    ):
+        if value is not None:
+            argv += [option, str(value)]
+    sweeps = [plan.output for plan in plans] if len(plans) > 1 else None
+    ids = launch.submit(argv, args.output, tasks, params, sweeps)
+    print(f"submitted {tasks} tasks (job ids {', '.join(ids[:-1])}) and the report job {ids[-1]}, which runs when they have all ended")
+    print(f"records, report and plots in {args.output}; logs in {launch.logs_folder(args.output)}")
+    return 0
 
 
 def _run_one_plan(plan, device, slots, dry_run: bool) -> bool:
@@ -440,6 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="0,1,...",
         help="CUDA: the GPUs to use (indices among the visible ones), one run per GPU at a time, each run's process "
         "seeing only its GPU; default: every visible GPU",
+    )
+    run.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: run here; slurm: submit the grid as a SLURM job array through submitit (pip install 'petlbench[slurm]'), "
+        "each task running its --shard into --output, and a job writing the report and plots once every task has ended",
+    )
+    run.add_argument(
+        "--slurm",
+        metavar="KEY=VALUE,...",
+        help="with --launcher slurm: array=N tasks (default: one per run), time=MINUTES, and any parameter of submitit's SLURM "
+        "executor, e.g. partition=gpu,gpus_per_task=1,array=8,time=120",
     )
     run.set_defaults(func=_cmd_run)
 
