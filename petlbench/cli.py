@@ -170,21 +170,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Every plan first (one per budget; all checks and estimates), then their runs."""
+    import torch
+
     from petlbench.isolation import slots
     from petlbench.plan import default_output, make_plan, resolve_device
 
-    device = resolve_device(args.device)
+    if args.launcher == "slurm":  # the tasks resolve the device and their slots on their nodes, which this one may not resemble
+        tasks, params = _check_launcher(args)
+        device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    elif args.slurm is not None:
+        raise ConfigError("--slurm: its parameters are for --launcher slurm")
+    else:
+        device = resolve_device(args.device)
     if args.memory_limit is not None and device.type != "cuda":
         raise ConfigError(f"--memory-limit caps the CUDA caching allocator; this run is on {device.type} (use --device cuda)")
-    places = slots(device, args.jobs, args.threads_per_run, args.devices)
+    if args.launcher == "local":
+        places = slots(device, args.jobs, args.threads_per_run, args.devices)
     output = args.output
     if args.budget and output is None:  # the budgets' subfolders share one parent
         output = default_output(cfgmod.load_suite(args.suite, args.set))
     variants = _names("--variants", args.variants)
-    if args.launcher == "slurm":
-        tasks, params = _check_launcher(args)
-    elif args.slurm is not None:
-        raise ConfigError("--slurm: its parameters are for --launcher slurm")
     plans = [make_plan(args.suite, variants, args.seeds, output, args.set, args.shard, budget, device) for budget in args.budget or [None]]
     if args.launcher == "slurm":
         return _submit(args, plans, tasks, params)

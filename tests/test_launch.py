@@ -105,3 +105,13 @@ def test_without_submitit_the_error_names_the_extra(cli, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
     code, _, err = cli("run", *GRID, "--output", str(tmp_path), "--launcher", "slurm")
     assert (code, err) == (2, "petlbench: error: --launcher slurm needs submitit, which is not installed: pip install 'petlbench[slurm]'\n")
+
+
+def test_a_gpu_array_is_submitted_from_a_node_without_one(cli, tmp_path, fake_slurm):
+    """A login node has no GPU: `--device cuda` and its options go to the tasks, which
+    resolve them on their nodes."""
+    argv = [*GRID[GRID.index("--variants") :], "--suite", "vl-retrieval", "--device", "cuda", "--memory-limit", "1GiB", "--devices", "0"]
+    code, _, err = cli("run", *argv, "--output", str(tmp_path / "out"), "--launcher", "slurm", "--slurm", "array=1")
+    assert code == 0, err
+    pickled = next((tmp_path / "out.logs").rglob("*_submitted.pkl")).read_bytes()
+    assert all(option.encode() in pickled for option in ("cuda", "--memory-limit", "1073741824", "--devices"))
