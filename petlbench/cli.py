@@ -170,40 +170,93 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Every plan first (one per budget; all checks and estimates), then their runs."""
+    import torch
+
+    from petlbench.isolation import slots
     from petlbench.plan import default_output, make_plan, resolve_device
 
-    device = resolve_device(args.device)
+    if args.launcher == "slurm":  # the tasks resolve the device and their slots on their nodes, which this one may not resemble
+        tasks, params = _check_launcher(args)
+        device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    elif args.slurm is not None:
+        raise ConfigError("--slurm: its parameters are for --launcher slurm")
+    else:
+        device = resolve_device(args.device)
     if args.memory_limit is not None and device.type != "cuda":
         raise ConfigError(f"--memory-limit caps the CUDA caching allocator; this run is on {device.type} (use --device cuda)")
+    if args.launcher == "local":
+        places = slots(device, args.jobs, args.threads_per_run, args.devices)
     output = args.output
     if args.budget and output is None:  # the budgets' subfolders share one parent
         output = default_output(cfgmod.load_suite(args.suite, args.set))
     variants = _names("--variants", args.variants)
     plans = [make_plan(args.suite, variants, args.seeds, output, args.set, args.shard, budget, device) for budget in args.budget or [None]]
+    if args.launcher == "slurm":
+        return _submit(args, plans, tasks, params)
     failed = False
     for plan in plans:
         plan.memory_limit = args.memory_limit
-        failed |= _run_one_plan(plan, device, args.dry_run)
+        failed |= _run_one_plan(plan, device, places, args.dry_run)
     if len(plans) > 1 and plans[0].shard is None and not args.dry_run:
         _write_report(output, [plan.output for plan in plans])
     return 1 if failed else 0
 
 
-def _run_one_plan(plan, device, dry_run: bool) -> bool:
+def _check_launcher(args: argparse.Namespace) -> tuple[int | None, dict]:
+    """`--launcher slurm`: the options it needs and those it sets itself, before the plan."""
+    from petlbench import launch
+
+    if args.output is None:
+        raise ConfigError("--launcher slurm: needs --output DIR, the folder every task of the array writes into")
+    if args.shard is not None or args.dry_run:
+        raise ConfigError(f"--launcher slurm: {'--shard' if args.shard else '--dry-run'} is not for it (each task runs its own shard)")
+    return launch.parse(args.slurm or "")
+
+
+def _submit(args: argparse.Namespace, plans, tasks: int | None, params: dict) -> int:
+    """Submit the checked plans' grid as an array of ``tasks`` shards (default: one per run)
+    and the report job; say what was submitted and where the logs go."""
+    from petlbench import launch
+
+    tasks = tasks or len(plans[0].grid())
+    # what each task runs: this command, less the launcher (every option of `run` that a task needs)
+    argv = ["--suite", args.suite, "--device", args.device, "--output", str(args.output), *(f"--set={item}" for item in args.set)]
+    for option, value in (
+        ("--variants", args.variants),
+        ("--seeds", args.seeds and ",".join(map(str, args.seeds))),
+        ("--budget", args.budget and ",".join(map(str, args.budget))),
+        ("--memory-limit", args.memory_limit),
+        ("--jobs", args.jobs),
+        ("--threads-per-run", args.threads_per_run),
+        ("--devices", args.devices and ",".join(map(str, args.devices))),
+    ):
+        if value is not None:
+            argv += [option, str(value)]
+    sweeps = [plan.output for plan in plans] if len(plans) > 1 else None
+    ids = launch.submit(argv, args.output, tasks, params, sweeps)
+    print(f"submitted {tasks} tasks (job ids {', '.join(ids[:-1])}) and the report job {ids[-1]}, which runs when they have all ended")
+    print(f"records, report and plots in {args.output}; logs in {launch.logs_folder(args.output)}")
+    return 0
+
+
+def _run_one_plan(plan, device, slots, dry_run: bool) -> bool:
     """Run one plan and write its report; True where a run ended in ``error``."""
     from petlbench.signals import Interrupted
     from petlbench.sweep import run_plan
 
     runs, grid = len(plan.runs()), len(plan.grid())
     part = f"{runs} runs" if plan.shard is None else f"shard {plan.shard}: {runs} of {grid} runs"
-    print(f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {part} on {device}, records in {plan.output}")
+    print(
+        f"suite {plan.suite.name} v{plan.suite.version} ({cfgmod.suite_hash(plan.suite)}), {part} on {device}, "
+        f"{_at_once(slots)}, records in {plan.output}"
+    )
     if dry_run:
         _print_plan(plan, device)
         return False
     if not runs:
         print(f"shard {plan.shard}: nothing to do, the grid has {grid} runs for {plan.shard.count} shards")
         return False
-    results = run_plan(plan, device)
+    results = run_plan(plan, device, slots=slots)
     print()
     print(summary_table(results))
     if plan.shard is None:
@@ -222,6 +275,14 @@ def _run_one_plan(plan, device, dry_run: bool) -> bool:
             f"merge them with `petlbench report {plan.output}` and `petlbench plot {plan.output}`"
         )
     return any(r["run"]["status"] == "error" for r in results)
+
+
+def _at_once(slots) -> str:
+    """How many runs go at once, and where (`isolation.slots`)."""
+    if slots[0].gpu is not None:
+        return f"one run per GPU at a time on {', '.join(str(slot) for slot in slots)}"
+    threads = "" if slots[0].threads is None else f" of {slots[0]}"
+    return f"{len(slots)} run{'s' * (len(slots) > 1)} at a time{threads}"
 
 
 def _print_plan(plan, device) -> None:
@@ -406,6 +467,40 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         metavar="SIZE",
         help="CUDA only: cap each run's caching allocator at SIZE (e.g. 24GiB, as on a card that small); a run that needs more ends 'oom'",
+    )
+    run.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="CPU: N runs at once, each in a process of its own; default: $PETLBENCH_JOBS, else as many as the cores "
+        "allow at --threads-per-run each (--jobs 1 runs in this process)",
+    )
+    run.add_argument(
+        "--threads-per-run",
+        type=_positive_int,
+        metavar="T",
+        help="intra-op threads of each run (recorded as env.threads); default on the CPU: 1, so that metrics, which depend "
+        "on the thread count, are the same on every machine; on CUDA: torch's default",
+    )
+    run.add_argument(
+        "--devices",
+        type=_int_list,
+        metavar="0,1,...",
+        help="CUDA: the GPUs to use (indices among the visible ones), one run per GPU at a time, each run's process "
+        "seeing only its GPU; default: every visible GPU",
+    )
+    run.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: run here; slurm: submit the grid as a SLURM job array through submitit (pip install 'petlbench[slurm]'), "
+        "each task running its --shard into --output, and a job writing the report and plots once every task has ended",
+    )
+    run.add_argument(
+        "--slurm",
+        metavar="KEY=VALUE,...",
+        help="with --launcher slurm: array=N tasks (default: one per run), time=MINUTES, and any parameter of submitit's SLURM "
+        "executor, e.g. partition=gpu,gpus_per_task=1,array=8,time=120",
     )
     run.set_defaults(func=_cmd_run)
 

@@ -1,19 +1,24 @@
 """How one run is attempted: its failure turned into a status, optionally in a fresh
 process of its own (on CUDA: spawned, so that one method's allocator state cannot change
-the next one's figures), and how SIGINT and SIGTERM stop a sweep cleanly."""
+the next one's figures), in which slot of the machine (`Slot`: its threads, its GPU), and
+how SIGINT and SIGTERM stop a sweep cleanly."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 import torch
 
 from petlbench import faults, records
+from petlbench.config import ConfigError
 from petlbench.plan import Plan
 from petlbench.registry import UnsupportedError
 from petlbench.train import DivergedError, RunOutcome, run
@@ -28,6 +33,67 @@ class Attempt(NamedTuple):
     error: str | None
     outcome: RunOutcome | None
     env: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one run at a time executes (`run --jobs`, `--devices`): its intra-op threads
+    (None: torch's default) and, on CUDA, the one GPU its process sees (the value of
+    ``CUDA_VISIBLE_DEVICES`` in its environment; None: every GPU the sweep sees)."""
+
+    threads: int | None = None
+    gpu: str | None = None
+
+    def __str__(self) -> str:
+        return f"GPU {self.gpu}" if self.gpu is not None else f"{self.threads} thread{'s' * (self.threads != 1)}"
+
+
+# The number of runs at once on the CPU where `run --jobs` is not given, as MAKEFLAGS is for make.
+JOBS_ENV = "PETLBENCH_JOBS"
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity, as `taskset` or a cgroup's cpuset set it)."""
+    return len(os.sched_getaffinity(0))
+
+
+def slots(device: torch.device, jobs: int | None, threads: int | None, devices: list[int] | None) -> list[Slot]:
+    """The slots of a sweep. On the CPU: ``jobs`` runs at once (default: `JOBS_ENV`, else as
+    many as the cores allow), each with ``threads`` intra-op threads (default 1: a CPU run's
+    metrics depend on its thread count, so one thread gives the same figures on every
+    machine). On CUDA: one run per GPU of ``devices`` (indices among the visible GPUs;
+    default: all of them)."""
+    if threads is not None and threads > cores():
+        raise ConfigError(f"--threads-per-run {threads}: this process may run on {cores()} cores")
+    if device.type != "cuda":
+        if devices is not None:
+            raise ConfigError(f"--devices picks GPUs; this run is on {device.type} (use --jobs N for runs at once on the CPU)")
+        threads = threads or 1
+        if jobs is None:
+            jobs = _jobs_from_env() or max(1, cores() // threads)
+        return [Slot(threads)] * jobs
+    if jobs is not None:
+        raise ConfigError("--jobs is for runs on the CPU; on cuda one run per GPU runs at a time (pick the GPUs with --devices)")
+    count = torch.cuda.device_count()
+    if devices is None:
+        devices = list(range(count))
+    if bad := [k for k in devices if not 0 <= k < count]:
+        raise ConfigError(f"--devices {','.join(map(str, devices))}: no GPU {bad[0]}; {count} are visible (0 to {count - 1})")
+    if len(set(devices)) < len(devices):
+        raise ConfigError(f"--devices {','.join(map(str, devices))}: a GPU named twice (one run per GPU at a time)")
+    # The children's indices are the sweep's visible GPUs, which CUDA_VISIBLE_DEVICES may already narrow.
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [name.strip() for name in visible.split(",")] if visible else [str(k) for k in range(count)]
+    return [Slot(threads, names[k]) for k in devices]
+
+
+def _jobs_from_env() -> int | None:
+    text = os.environ.get(JOBS_ENV, "").strip()
+    if not text:
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ConfigError(f"environment variable {JOBS_ENV}={text!r}: expected a positive integer (the runs at once on the CPU)")
 
 
 def limit_cuda_memory(device: torch.device, nbytes: int) -> None:
@@ -65,12 +131,33 @@ def _attempt(plan: Plan, variant: Variant, seed: int, device: torch.device, on_s
         return Attempt("error", "".join(traceback.format_exception_only(exc)).strip(), None)
 
 
-def _child(conn: Connection, plan: Plan, variant: Variant, seed: int, device: torch.device) -> None:
+def enter(slot: Slot) -> None:
+    """Make this process the slot's: its GPU the only one CUDA shows it (before CUDA starts:
+    torch reads ``CUDA_VISIBLE_DEVICES`` once), its intra-op threads set before any work."""
+    if slot.gpu is not None:
+        if torch.cuda.is_initialized():
+            raise RuntimeError("CUDA started before the run's GPU was chosen")
+        os.environ["CUDA_VISIBLE_DEVICES"] = slot.gpu
+    if slot.threads is not None:
+        torch.set_num_threads(slot.threads)
+
+
+def _child(conn: Connection, plan: Plan, variant: Variant, seed: int, device: torch.device, slot: Slot) -> None:
     """The body of a run's own process: each step's loss, then the `Attempt`, go to the parent.
     Ctrl-C reaches the whole process group: the parent decides, and stops this process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # already ignored from the start (`attempt_in_fresh_process`)
-    conn.send(("result", attempt(plan, variant, seed, device, lambda loss: conn.send(("step", loss)))))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and blocked from the start (`attempt_in_fresh_process`)
+    enter(slot)
+    result = attempt(plan, variant, seed, device, lambda loss: conn.send(("step", loss)))
+    if slot.gpu is not None:  # which physical GPU ran it, as this process saw it
+        result.env["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    conn.send(("result", result))
     conn.close()
+
+
+class Cancelled(BaseException):
+    """The sweep stopped (`attempt_in_fresh_process`'s ``stop``) while this run's process
+    worked: the process is stopped and there is no result. Not an `Exception`: no run
+    records it as its own failure."""
 
 
 # How long a run's process may take to exit after its result (CUDA teardown included).
@@ -89,29 +176,56 @@ def died(exitcode: int | None) -> str:
     return f"the run's process exited with code {exitcode} before sending its result"
 
 
+# How often a run driven from a worker thread looks at the sweep's ``stop``, and how long it
+# waits for it when its process died of SIGTERM (seconds).
+STOP_POLL_S = 0.1
+STOP_GRACE_S = 2
+
+
+def _readable(receive: Connection, stop: threading.Event) -> bool:
+    """Wait until the pipe has a message or has ended (`recv` then raises); False once
+    ``stop`` is set, checked before every message."""
+    while not stop.is_set():
+        if receive.poll(STOP_POLL_S):
+            return True
+    return False
+
+
 def attempt_in_fresh_process(
-    plan: Plan, variant: Variant, seed: int, device: torch.device, on_step: Callable[[float], None] | None
+    plan: Plan,
+    variant: Variant,
+    seed: int,
+    device: torch.device,
+    on_step: Callable[[float], None] | None,
+    slot: Slot = Slot(),
+    stop: threading.Event | None = None,
 ) -> Attempt:
-    """`attempt` in a new interpreter (spawned, not forked): on CUDA, allocator state, cuBLAS
-    handles and references leaked by one method would otherwise change the next one's
-    figures. Its steps reach ``on_step`` as they happen; a process that dies is an ``error``
-    naming its exit code or signal. Interrupted here, the process is stopped with this one."""
+    """`attempt` in a new interpreter (spawned, not forked) entered into ``slot``: on CUDA,
+    allocator state, cuBLAS handles and references leaked by one method would otherwise
+    change the next one's figures. Its steps reach ``on_step`` as they happen; a process that
+    dies is an ``error`` naming its exit code or signal. Interrupted here, the process is
+    stopped with this one; driven from a thread other than the main one (which alone gets
+    signals), ``stop`` set stops it and raises `Cancelled`."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, plan, variant, seed, device), name=f"petlbench-{variant.name}-seed{seed}")
-    # The child starts with SIGINT ignored (an ignored signal stays ignored across exec):
-    # Ctrl-C reaches the whole process group, and the child's own import time is no place
-    # for a KeyboardInterrupt traceback. The parent decides, and stops the child.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    process = context.Process(target=_child, args=(send, plan, variant, seed, device, slot), name=f"petlbench-{variant.name}-seed{seed}")
+    # The child starts with SIGINT blocked (the signal mask is inherited across fork and
+    # exec), then ignores it: Ctrl-C reaches the whole process group, and the child's own
+    # import time is no place for a KeyboardInterrupt traceback. The parent decides, and
+    # stops the child. (A mask, not SIG_IGN: only the main thread may set a handler, and a
+    # parallel sweep starts runs from other threads; a SIGINT that comes meanwhile waits.)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         process.start()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     send.close()  # the child holds the only writer: its exit ends `recv` with EOFError
     result = None
     try:
         faults.inject("run.spawned", variant.name)
         while result is None:
+            if stop is not None and not _readable(receive, stop):
+                raise Cancelled
             try:
                 kind, payload = receive.recv()
             except (EOFError, OSError):  # the child is gone, possibly in the middle of a message
@@ -129,4 +243,6 @@ def attempt_in_fresh_process(
             if process.is_alive():
                 process.kill()
                 process.join()
+    if result is None and stop is not None and process.exitcode == -signal.SIGTERM and stop.wait(STOP_GRACE_S):
+        raise Cancelled  # the SIGTERM that stops the sweep (SLURM sends it to every process of a job) reached the child first
     return result if result is not None else Attempt("error", died(process.exitcode), None, records.environment(device, query_device=False))

@@ -4,10 +4,14 @@ be split into shards that separate processes run into one folder."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ from tqdm.auto import tqdm
 from petlbench import budget as budgeting
 from petlbench import config as cfgmod
 from petlbench import faults, folder, records
-from petlbench.isolation import attempt, attempt_in_fresh_process
+from petlbench.isolation import STOP_POLL_S, Cancelled, Slot, attempt, attempt_in_fresh_process
 from petlbench.plan import Plan
 from petlbench.signals import Interrupted
 from petlbench.tasks import get_task
@@ -38,50 +42,83 @@ def existing_record(path: Path, unreadable: list[Path] | None = None) -> dict[st
         return None
 
 
-def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> list[dict[str, Any]]:
+def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slots: Sequence[Slot] = (Slot(),)) -> list[dict[str, Any]]:
     """Run every (variant, seed) of the plan (of its shard) not already done; return their
     records in grid order. ``isolate`` (default: on CUDA) runs each in a fresh process
-    (docs/measurement.md, "The step that is measured"). The output folder is made and
+    (docs/measurement.md, "The step that is measured"). With several ``slots`` (`run --jobs`,
+    `--devices`), that many runs go at once, each in a process of its own entered into a free
+    slot, driven by a thread of this process (docs/parallel.md). The output folder is made and
     proven writable, its manifest checked and extended, and the temporary files of writers
     that are gone removed, before the first run; each run holds its lock while it runs, so
     that another process sharing the folder leaves it alone (and this one leaves alone the
-    runs another holds). SIGINT or SIGTERM raise `Interrupted` with how far the sweep got."""
-    isolate = device.type == "cuda" if isolate is None else isolate
+    runs another holds). SIGINT or SIGTERM raise `Interrupted` with how far the sweep got,
+    once every run's process is stopped."""
+    parallel = len(slots) > 1
+    isolate = parallel or (device.type == "cuda" if isolate is None else isolate)
     folder.check_writable(plan.output)
     folder.update_manifest(plan.output, plan.suite, plan.grid(), plan.shard)
     for path in folder.clean_temporaries(plan.output):
         print(f"removed {path.name}, left by a writer that is gone", file=sys.stderr)
-    out: list[dict[str, Any]] = []
+    done_at: dict[int, dict[str, Any]] = {}  # grid position -> record
     elsewhere: list[tuple[str, str, Path]] = []
     unreadable: list[Path] = []
     grid = plan.runs()
+    running: dict[Future, tuple[int, int]] = {}  # a parallel run -> (grid position, slot index)
+    under_way: dict[int, str] = {}  # grid position -> the parallel run started there
+    free = list(range(len(slots)))
+    stop = threading.Event()
+
+    def collect(block: bool) -> None:
+        """Take the records of the parallel runs that ended (waiting for one if ``block``),
+        freeing their slots; a run's exception (its record not written) ends the sweep."""
+        while True:  # short waits: a signal that another thread received runs its handler only between them
+            ended, _ = wait(running, timeout=STOP_POLL_S if block else 0, return_when=FIRST_COMPLETED)
+            if ended or not block:
+                break
+        for future in ended:
+            i, k = running.pop(future)
+            free.append(k)
+            del under_way[i]
+            keep(i, future.result())
+
+    def keep(i: int, taken: tuple[dict[str, Any] | None, tuple[str, str, Path] | None]) -> None:
+        record, held = taken
+        if record is not None:
+            done_at[i] = record
+        if held is not None:
+            elsewhere.append(held)
+
     current = ""
-    try:
-        for i, (variant, seed) in enumerate(grid, 1):
-            current = f"{variant.name} seed {seed}"
-            path = records.record_path(plan.output, variant.name, seed)
-            run_hash = cfgmod.run_hash(plan.suite, variant, seed)
-            if records.is_done(done := existing_record(path, unreadable), run_hash, device):
-                print(f"[{i}/{len(grid)}] {current}: already done, skipped ({path})")
-                out.append(done)
-                continue
-            lock = folder.Lock(plan.output, path.stem)
-            try:  # release() removes the lock only if this process holds it
-                if (holder := lock.acquire()) is not None:
-                    print(f"[{i}/{len(grid)}] {current}: running in {holder}, left to it")
-                    elsewhere.append((current, holder, lock.path))
+    with _threads(slots[0].threads), ThreadPoolExecutor(len(slots), thread_name_prefix="petlbench-run") as pool:
+        try:
+            for i, (variant, seed) in enumerate(grid, 1):
+                current = f"{variant.name} seed {seed}"
+                label = f"[{i}/{len(grid)}] {current}"
+                path = records.record_path(plan.output, variant.name, seed)
+                run_hash = cfgmod.run_hash(plan.suite, variant, seed)
+                if records.is_done(done := existing_record(path, unreadable), run_hash, device):
+                    _say(f"{label}: already done, skipped ({path})")
+                    done_at[i] = done
                     continue
-                if records.is_done(done := existing_record(path), run_hash, device):  # finished by another process meanwhile
-                    print(f"[{i}/{len(grid)}] {current}: done by another process, skipped ({path})")
-                    out.append(done)
+                if not parallel:
+                    keep(i, _take(plan, variant, seed, device, path, label, run_hash, slots[0], isolate=isolate))
                     continue
-                out.append(_run_one(plan, variant, seed, device, isolate, path, f"[{i}/{len(grid)}] {current}"))
-            finally:
-                lock.release()
-    except KeyboardInterrupt:
-        raise Interrupted(signal.SIGINT, _interrupted_message(signal.SIGINT, current, out, grid, plan)) from None
-    except Interrupted as exc:
-        raise Interrupted(exc.signum, _interrupted_message(exc.signum, current, out, grid, plan)) from None
+                collect(block=not free)  # waits for a slot: the run's lock is taken only when it can start
+                k = free.pop()
+                where = f" on {slots[k]}" if slots[k].gpu is not None else ""
+                under_way[i] = current  # before its thread starts: a signal may come before `running` knows it
+                future = pool.submit(_take, plan, variant, seed, device, path, label + where, run_hash, slots[k], k, stop)
+                running[future] = (i, k)
+            while running:
+                collect(block=True)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            during = ", ".join(under_way.values()) or current
+            _stop_runs(stop, running, pool, done_at)
+            raise Interrupted(signum, _interrupted_message(signum, during, done_at, grid, plan)) from None
+        except BaseException:  # a record that could not be written: the other runs are abandoned too
+            _stop_runs(stop, running, pool, done_at)
+            raise
     if unreadable:
         print(f"{len(unreadable)} unreadable records were run again (named above)", file=sys.stderr)
     if elsewhere:
@@ -90,18 +127,93 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None) -> l
             f"{len(elsewhere)} runs were left to the processes holding them: {held}. Their records appear in {plan.output}; "
             "where no such process runs any more (a node that crashed), remove its lock file and run again"
         )
-    return out
+    return [done_at[i] for i in sorted(done_at)]
 
 
-def _interrupted_message(signum: int, current: str, out: list, grid: list, plan: Plan) -> str:
+def _say(line: str) -> None:
+    """A line of the sweep's output, above the progress bars of the runs under way (and not
+    interleaved with another thread's line)."""
+    tqdm.write(line)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """This process's intra-op threads set to ``count`` for the sweep (None: left as they
+    are): an in-process run computes with them, and every record's ``env.threads`` (those of
+    runs in their own processes too, whose records this process may write) says so."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _stop_runs(stop: threading.Event, running: dict[Future, tuple[int, int]], pool: ThreadPoolExecutor, done_at: dict) -> None:
+    """Stop every parallel run: each thread stops its run's process (`Cancelled`) and releases
+    its lock; a run that had its result when the signal came writes its record whole, and
+    counts as finished."""
+    stop.set()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for future, (i, _) in running.items():
+        if not future.cancelled() and future.exception() is None and future.result()[0] is not None:
+            done_at[i] = future.result()[0]
+    running.clear()
+
+
+def _interrupted_message(signum: int, during: str, done_at: dict, grid: list, plan: Plan) -> str:
     return (
-        f"interrupted by {signal.Signals(signum).name} during {current}: {len(out)} of {len(grid)} runs finished, "
+        f"interrupted by {signal.Signals(signum).name} during {during}: {len(done_at)} of {len(grid)} runs finished, "
         f"records in {plan.output}; run the same command again to resume (finished runs are skipped)"
     )
 
 
-def _run_one(plan: Plan, variant: Variant, seed: int, device: torch.device, isolate: bool, path: Path, label: str) -> dict[str, Any]:
-    """One (variant, seed): run (or an `unsupported` record), write its record, report it."""
+def _take(
+    plan: Plan,
+    variant: Variant,
+    seed: int,
+    device: torch.device,
+    path: Path,
+    label: str,
+    run_hash: str,
+    slot: Slot,
+    position: int = 0,
+    stop: threading.Event | None = None,
+    isolate: bool = True,
+) -> tuple[dict[str, Any] | None, tuple[str, str, Path] | None]:
+    """A run of the grid under its lock, taken where it runs (the sweep's thread of a
+    parallel run: no lock changes hands): its record, or None where another process holds
+    it (then: the run, the holder and the lock) or the sweep stopped it."""
+    lock = folder.Lock(plan.output, path.stem)
+    try:  # release() removes the lock only if this process holds it
+        if (holder := lock.acquire()) is not None:
+            _say(f"{label}: running in {holder}, left to it")
+            return None, (f"{variant.name} seed {seed}", holder, lock.path)
+        if records.is_done(done := existing_record(path), run_hash, device):  # finished by another process meanwhile
+            _say(f"{label}: done by another process, skipped ({path})")
+            return done, None
+        return _run_one(plan, variant, seed, device, path, label, slot, position, stop, isolate), None
+    except Cancelled:
+        return None, None
+    finally:
+        lock.release()
+
+
+def _run_one(
+    plan: Plan,
+    variant: Variant,
+    seed: int,
+    device: torch.device,
+    path: Path,
+    label: str,
+    slot: Slot,
+    position: int = 0,
+    stop: threading.Event | None = None,
+    isolate: bool = True,
+) -> dict[str, Any]:
+    """One (variant, seed): run (or an `unsupported` record), write its record, report it.
+    Its progress bar is at ``position`` (one line per slot)."""
     t0 = time.perf_counter()
     choice = plan.budgets.get(variant.name)
     if variant.name in plan.unsupported:
@@ -109,13 +221,16 @@ def _run_one(plan: Plan, variant: Variant, seed: int, device: torch.device, isol
     elif choice is not None and choice.batch_size is None:
         status, error, outcome, env = "over_budget", choice.reason, None, records.environment(device, query_device=False)
     else:
-        with tqdm(total=plan.settings(variant).train.steps, desc=label, unit="step", leave=False, disable=None) as bar:
+        with tqdm(total=plan.settings(variant).train.steps, desc=label, unit="step", leave=False, disable=None, position=position) as bar:
 
             def on_step(loss: float) -> None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-            status, error, outcome, env = (attempt_in_fresh_process if isolate else attempt)(plan, variant, seed, device, on_step)
+            if isolate:
+                status, error, outcome, env = attempt_in_fresh_process(plan, variant, seed, device, on_step, slot, stop)
+            else:
+                status, error, outcome, env = attempt(plan, variant, seed, device, on_step)
     wall_s = time.perf_counter() - t0
     if choice is not None:
         choice = dataclasses.replace(choice, exceeded=budgeting.exceeded(choice, outcome.cost["memory"]) if outcome else [])
@@ -144,5 +259,5 @@ def _run_one(plan: Plan, variant: Variant, seed: int, device: torch.device, isol
         said += f", batch {choice.batch_size} x {choice.steps} steps"
         if choice.exceeded:
             said += f"; measured above the budget: {', '.join(choice.exceeded)}"
-    print(f"{label}: {status} in {time.perf_counter() - t0:.0f}s{said}")
+    _say(f"{label}: {status} in {time.perf_counter() - t0:.0f}s{said}")
     return record

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from petlbench.cli import main
+from petlbench.isolation import JOBS_ENV
+
+# One run at a time, in the test's own process (where monkeypatching reaches), unless a test
+# asks for more: the default, as many jobs as there are cores, spawns a process per run.
+# Subprocesses of the tests inherit it.
+os.environ[JOBS_ENV] = "1"
 
 # Small enough that one run takes about a second on 2 cores, large enough that every
 # phase (warm-up, measured window, timed steps, evaluation) happens.
