@@ -26,7 +26,6 @@ COMMAND = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(petlbench\s.*?)\s*&?$
 SHELL_VARIABLE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
 
 NO_DATA = "needs a real data set (data.root=/data/...), which a test machine does not hold"
-SHARDED = "a shard index from a shell variable, on a real data set: parsed with the variable as 0"
 PARSED_ONLY = {
     "petlbench run --suite vl-retrieval --budget 64MiB": (
         "--budget plans an estimate of every variant at every budget (minutes on 2 cores); "
@@ -35,8 +34,7 @@ PARSED_ONLY = {
     "petlbench run --suite vl-retrieval-flickr30k --set data.root=/data/flickr30k --output results/f30k": NO_DATA,
     "petlbench run --suite vl-retrieval-coco --set data.root=/data/coco --output results/coco": NO_DATA,
     "petlbench run --suite vl-retrieval-flickr30k --set data.root=/data/flickr30k --output results/f30k "
-    "--seeds 0,1,2 --shard $SLURM_ARRAY_TASK_ID/4": SHARDED,
-    "petlbench run --suite vl-retrieval-flickr30k --set data.root=/data/flickr30k --output results/f30k --shard $k/4": SHARDED,
+    "--launcher slurm --slurm partition=gpu,gpus_per_task=1,array=8,time=120": "submits to a SLURM cluster, on a real data set",
     "petlbench report results/f30k": "reads the folder the sharded Flickr30K run writes",
     "petlbench plot results/f30k": "reads the folder the sharded Flickr30K run writes",
     "petlbench run --suite vl-retrieval-flickr30k --set data.root=/data/flickr30k --device cuda --budget 24GiB": (
