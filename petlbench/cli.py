@@ -198,7 +198,9 @@ def _run(args: argparse.Namespace) -> int:
         plan.memory_limit = args.memory_limit
         failed |= _run_one_plan(plan, device, places, args.dry_run)
     if len(plans) > 1 and plans[0].shard is None and not args.dry_run:
-        _write_report(output, [plan.output for plan in plans])
+        from petlbench.report.files import write_report
+
+        write_report(output, [plan.output for plan in plans])
     return 1 if failed else 0
 
 
@@ -233,7 +235,7 @@ def _submit(args: argparse.Namespace, plans, tasks: int | None, params: dict) ->
         if value is not None:
             argv += [option, str(value)]
     sweeps = [plan.output for plan in plans] if len(plans) > 1 else None
-    ids = launch.submit(argv, args.output, tasks, params, sweeps)
+    ids = launch.submit(main, argv, args.output, tasks, params, sweeps)
     print(f"submitted {tasks} tasks (job ids {', '.join(ids[:-1])}) and the report job {ids[-1]}, which runs when they have all ended")
     print(f"records, report and plots in {args.output}; logs in {launch.logs_folder(args.output)}")
     return 0
@@ -241,6 +243,7 @@ def _submit(args: argparse.Namespace, plans, tasks: int | None, params: dict) ->
 
 def _run_one_plan(plan, device, slots, dry_run: bool) -> bool:
     """Run one plan and write its report; True where a run ended in ``error``."""
+    from petlbench.report.files import write_report
     from petlbench.signals import Interrupted
     from petlbench.sweep import run_plan
 
@@ -261,7 +264,7 @@ def _run_one_plan(plan, device, slots, dry_run: bool) -> bool:
     print(summary_table(results))
     if plan.shard is None:
         try:
-            _write_report(plan.output)
+            write_report(plan.output)
         except (KeyboardInterrupt, Interrupted) as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             raise Interrupted(
@@ -309,19 +312,6 @@ def _print_plan(plan, device) -> None:
             )
         print(f"  {variant.name} seed {seed}: {what}")
     print("dry run: everything checked, nothing run")
-
-
-def _write_report(folder: Path, sweeps: list[Path] | None = None) -> None:
-    """A finished sweep's report (Markdown) and plots, next to its records; with
-    ``sweeps`` (the budgets' subfolders), the report of them all in their parent ``folder``."""
-    from petlbench.records import read_folders, write_text_atomic
-    from petlbench.report.plots import write_plots
-    from petlbench.report.tables import report
-
-    found = read_folders(sweeps or [folder])
-    write_text_atomic(folder / "report.md", report(found))
-    plots = write_plots(found, folder, per_suite=sweeps is None)  # each budget's own figures are in its subfolder
-    print(f"report and plots in {folder}: " + ", ".join(["report.md", *(p.name for p in plots)]))
 
 
 @_stoppable("the report", "nothing was written")

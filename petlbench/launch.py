@@ -7,6 +7,7 @@ job (local jobs have no dependencies), then for the report."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from petlbench.config import ConfigError
 # Where the jobs run: "slurm", or "local" (submitit's processes on this machine, for tests).
 CLUSTER = "slurm"
 EXTRA = "pip install 'petlbench[slurm]'"
+# `petlbench.cli.main`: a task's command line
+Command = Callable[[list[str]], int]
 
 
 def parse(text: str) -> tuple[int | None, dict[str, Any]]:
@@ -55,10 +58,12 @@ def logs_folder(output: Path) -> Path:
     return output.with_name(f"{output.name}.logs")
 
 
-def submit(argv: list[str], output: Path, tasks: int, params: dict[str, Any], sweeps: list[Path] | None) -> list[str]:
+def submit(command: Command, argv: list[str], output: Path, tasks: int, params: dict[str, Any], sweeps: list[Path] | None) -> list[str]:
     """Submit ``tasks`` shards of ``petlbench run argv`` (argv without --launcher, --slurm,
-    --shard) as one array, then the report job; return the job ids. The report is that of
-    ``output``, or of ``sweeps`` (the subfolders of `--budget`) in it."""
+    --shard), each run by ``command`` (the command line's `main`, passed in so that this
+    module does not import the command line), as one array, then the report job; return
+    the job ids. The report is that of ``output``, or of ``sweeps`` (the subfolders of
+    `--budget`) in it."""
     submitit = _submitit()
     try:
         executor = submitit.AutoExecutor(folder=logs_folder(output) / "%j", cluster=CLUSTER)
@@ -69,7 +74,7 @@ def submit(argv: list[str], output: Path, tasks: int, params: dict[str, Any], sw
     except (NameError, AssertionError, ValueError) as exc:
         raise ConfigError(f"--slurm: {str(exc).splitlines()[0]}") from None
     with executor.batch():  # one job array on SLURM
-        shards = [executor.submit(run_shard, [*argv, "--shard", f"{i}/{tasks}"]) for i in range(tasks)]
+        shards = [executor.submit(run_shard, command, [*argv, "--shard", f"{i}/{tasks}"]) for i in range(tasks)]
     if CLUSTER == "slurm":
         array = shards[0].job_id.split("_")[0]
         executor.update_parameters(slurm_additional_parameters={"dependency": f"afterany:{array}"})
@@ -82,21 +87,19 @@ def submit(argv: list[str], output: Path, tasks: int, params: dict[str, Any], sw
     return [job.job_id for job in shards] + [report.job_id]
 
 
-def run_shard(argv: list[str]) -> None:
+def run_shard(command: Command, argv: list[str]) -> None:
     """A task of the array: its shard of the sweep; a failed run fails the task."""
-    from petlbench.cli import main
-
-    if (code := main(["run", *argv])) != 0:
+    if (code := command(["run", *argv])) != 0:
         sys.exit(code)
 
 
 def write_report(output: Path, sweeps: list[Path] | None) -> None:
     """The dependent job: the report and plots of every record there, and the runs of the
     manifest that have none (a task that failed or was cut off) named in its log."""
-    from petlbench.cli import _write_report
     from petlbench.folder import runs_without_record
+    from petlbench.report.files import write_report as write_files
 
-    _write_report(output, sweeps)
+    write_files(output, sweeps)
     missing, unreadable = runs_without_record(sweeps or [output])
     for folder, runs in missing.items():
         print(f"petlbench: {folder}: no record for {', '.join(runs)}", file=sys.stderr)

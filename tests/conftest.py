@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -45,3 +46,11 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return call
+
+
+def default_sigint() -> None:
+    """For `subprocess.run(preexec_fn=...)` of a test that sends SIGINT: in the child before
+    it starts, SIGINT handled as a foreground terminal gives it. A test session started in
+    the background passes SIGINT on ignored, and Python keeps an ignored SIGINT ignored, as
+    a program in the background should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import sys
 import pytest
 
 from petlbench import faults, folder, records
-from tests.conftest import tiny_args
+from tests.conftest import default_sigint, tiny_args
 
 HOST = socket.gethostname()
 
@@ -96,16 +95,9 @@ def test_a_records_temporary_file_names_its_writer(tmp_path):
 # --------------------------------------------------------------------------- processes
 
 
-def _default_sigint() -> None:
-    """In the child before it starts: SIGINT handled as a foreground terminal gives it. A
-    test session started in the background passes SIGINT on ignored, and Python keeps an
-    ignored SIGINT ignored, as a program in the background should."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _run(out, *extra, env=None):
     argv = [sys.executable, "-m", "petlbench.cli", "run", "--suite", "vl-retrieval", "--device", "cpu", "--output", str(out), *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}, preexec_fn=_default_sigint)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}, preexec_fn=default_sigint)
 
 
 def _leftovers(out):

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from petlbench import records
 from petlbench.config import ConfigError
+from tests.conftest import default_sigint
 from tests.test_report import make_record, markdown_tables, write
 
 
@@ -273,7 +274,7 @@ def test_an_estimate_stopped_by_a_signal_leaves_no_worker_behind(signum, code):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a test session in the background ignores SIGINT
+        preexec_fn=default_sigint,
     )
     parent = psutil.Process(process.pid)
     deadline = time.monotonic() + 60
@@ -344,7 +345,8 @@ def test_a_signal_while_figures_are_written_is_one_line_and_leaves_whole_files(t
     SIGTERM a silent death; now one line and 128 + the signal, every file whole."""
     sweep = _sweep(tmp_path / "a")
     env = {**os.environ, "PETLBENCH_FAULT": f"figure.png:{signal.Signals(signum).name}"}
-    done = subprocess.run([sys.executable, "-m", "petlbench.cli", "plot", str(sweep)], capture_output=True, text=True, timeout=120, env=env)
+    argv = [sys.executable, "-m", "petlbench.cli", "plot", str(sweep)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, preexec_fn=default_sigint)
     assert done.returncode == code and done.stderr == (
         f"petlbench: interrupted by {signal.Signals(signum).name} during the plots; "
         "each figure written is whole, the others were not written\n"

@@ -17,7 +17,7 @@ from petlbench.cli import main
 from petlbench.config import ConfigError
 from petlbench.isolation import JOBS_ENV, Attempt, Slot, attempt_in_fresh_process, slots
 from petlbench.plan import make_plan
-from tests.conftest import TINY, tiny_args
+from tests.conftest import TINY, default_sigint, tiny_args
 from tests.test_isolation import _spawned_children
 
 CPU = torch.device("cpu")
@@ -159,6 +159,7 @@ def test_a_signal_stops_every_run_of_a_parallel_sweep_and_leaves_nothing(tmp_pat
         text=True,
         timeout=300,
         env={**os.environ, faults.ENV: f"run.spawned:{signame}:bitfit"},
+        preexec_fn=default_sigint,
     )
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
