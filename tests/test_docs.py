@@ -31,8 +31,8 @@ THIS_FILE = Path(__file__).resolve()
 # Names of files the project writes (not documents it cites): `petlbench run` and `report`
 # write report.md; scripts/lr_sweep.py and tests/test_near.py name their own output tables.
 WRITTEN = {"report.md", "lr.md", "lr-f30k.md"}
-# Places that are never part of the repository: background notes kept beside it.
-OUTSIDE = ("shared/docs", "../shared", "/work/shared")
+# A path that climbs out of the folder it starts from (`../x`, `../../x`).
+CLIMBING = re.compile(r"(?<![A-Za-z0-9_.])(?:\.\./)+[A-Za-z0-9_.-]+")
 MARKDOWN_REFERENCE = re.compile(r"[A-Za-z0-9_./~-]*[A-Za-z0-9_-]\.md\b")
 URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
 
@@ -74,11 +74,19 @@ def _resolves(reference: str, citing: Path) -> bool:
         folder = folder.parent
 
 
+def _inside(path: Path) -> bool:
+    return path.resolve().is_relative_to(PROJECT_ROOT.resolve())
+
+
 def outside_citations(path: Path, text: str) -> list[str]:
     """What ``text`` (the file ``path``) cites outside the repository: a place outside it,
     or a Markdown document that is no file of the repository (`docs/NAME.md`, or a path
     from the citing file's folder or one above it). Web addresses are left alone."""
-    found = [f"{path.relative_to(PROJECT_ROOT)}: {place!r}" for place in OUTSIDE if place in text]
+    # an absolute path into a folder beside the repository
+    places = [m for m in re.findall(rf"{re.escape(str(PROJECT_ROOT.parent))}/\S*", text) if not _inside(Path(m))]
+    # a relative path that leaves the repository for a place that is there (notes kept beside it)
+    places += [m for m in CLIMBING.findall(text) if not _inside(path.parent / m) and (path.parent / m).exists()]
+    found = [f"{path.relative_to(PROJECT_ROOT)}: {place!r}" for place in places]
     for reference in MARKDOWN_REFERENCE.findall(URL.sub("", text)):
         if Path(reference).name not in WRITTEN and not _resolves(reference, path):
             found.append(f"{path.relative_to(PROJECT_ROOT)}: {reference!r}")
@@ -88,8 +96,12 @@ def outside_citations(path: Path, text: str) -> list[str]:
 def test_the_rule_finds_outside_citations():
     here = PROJECT_ROOT / "petlbench" / "measure" / "memory.py"
     assert outside_citations(here, "see measurement.md, section X") == ["petlbench/measure/memory.py: 'measurement.md'"]
-    assert outside_citations(here, "see shared/docs/design.md") != []
-    assert outside_citations(here, "see ../shared/notes") != []
+    assert outside_citations(here, "see notes/design.md") != []  # no such file in the repository
+    beside = next(p for p in PROJECT_ROOT.parent.iterdir() if p.resolve() != PROJECT_ROOT.resolve())
+    assert outside_citations(here, f"see {beside}") != []
+    climbing = "../" * len(here.relative_to(PROJECT_ROOT).parts) + beside.name
+    assert outside_citations(here, f"see {climbing}") != []
+    assert outside_citations(here, "see ../../../escape, a name that leads nowhere") == []
     # from the root, from a folder above the citing file (petlbench/), and a web address
     fine = "see docs/design.md, the README.md, assets/architectures/README.md and https://example.org/x/methods.md"
     assert outside_citations(here, fine) == []
