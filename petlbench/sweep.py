@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +102,13 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
                     done_at[i] = done
                     continue
                 if not parallel:
-                    keep(i, _take(plan, variant, seed, device, path, label, run_hash, slots[0], isolate=isolate))
+                    keep(i, _take(_Run(plan, variant, seed, device, path, label, slots[0], isolate=isolate), run_hash))
                     continue
                 collect(block=not free)  # waits for a slot: the run's lock is taken only when it can start
                 k = free.pop()
                 where = f" on {slots[k]}" if slots[k].gpu is not None else ""
                 under_way[i] = current  # before its thread starts: a signal may come before `running` knows it
-                future = pool.submit(_take, plan, variant, seed, device, path, label + where, run_hash, slots[k], k, stop)
+                future = pool.submit(_take, _Run(plan, variant, seed, device, path, label + where, slots[k], k, stop), run_hash)
                 running[future] = (i, k)
             while running:
                 collect(block=True)
@@ -169,51 +170,45 @@ def _interrupted_message(signum: int, during: str, done_at: dict, grid: list, pl
     )
 
 
-def _take(
-    plan: Plan,
-    variant: Variant,
-    seed: int,
-    device: torch.device,
-    path: Path,
-    label: str,
-    run_hash: str,
-    slot: Slot,
-    position: int = 0,
-    stop: threading.Event | None = None,
-    isolate: bool = True,
-) -> tuple[dict[str, Any] | None, tuple[str, str, Path] | None]:
+@dataclass(frozen=True)
+class _Run:
+    """One (variant, seed) of the sweep and where it runs: what `_take` and `_run_one` need."""
+
+    plan: Plan
+    variant: Variant
+    seed: int
+    device: torch.device
+    path: Path  # its record
+    label: str  # how the sweep's output names it
+    slot: Slot
+    position: int = 0  # its progress bar's line (its slot's index)
+    stop: threading.Event | None = None  # set when the sweep stops every parallel run
+    isolate: bool = True  # in a process of its own
+
+
+def _take(run: _Run, run_hash: str) -> tuple[dict[str, Any] | None, tuple[str, str, Path] | None]:
     """A run of the grid under its lock, taken where it runs (the sweep's thread of a
     parallel run: no lock changes hands): its record, or None where another process holds
     it (then: the run, the holder and the lock) or the sweep stopped it."""
-    lock = folder.Lock(plan.output, path.stem)
+    lock = folder.Lock(run.plan.output, run.path.stem)
     try:  # release() removes the lock only if this process holds it
         if (holder := lock.acquire()) is not None:
-            _say(f"{label}: running in {holder}, left to it")
-            return None, (f"{variant.name} seed {seed}", holder, lock.path)
-        if records.is_done(done := existing_record(path), run_hash, device):  # finished by another process meanwhile
-            _say(f"{label}: done by another process, skipped ({path})")
+            _say(f"{run.label}: running in {holder}, left to it")
+            return None, (f"{run.variant.name} seed {run.seed}", holder, lock.path)
+        if records.is_done(done := existing_record(run.path), run_hash, run.device):  # finished by another process meanwhile
+            _say(f"{run.label}: done by another process, skipped ({run.path})")
             return done, None
-        return _run_one(plan, variant, seed, device, path, label, slot, position, stop, isolate), None
+        return _run_one(run), None
     except Cancelled:
         return None, None
     finally:
         lock.release()
 
 
-def _run_one(
-    plan: Plan,
-    variant: Variant,
-    seed: int,
-    device: torch.device,
-    path: Path,
-    label: str,
-    slot: Slot,
-    position: int = 0,
-    stop: threading.Event | None = None,
-    isolate: bool = True,
-) -> dict[str, Any]:
+def _run_one(run: _Run) -> dict[str, Any]:
     """One (variant, seed): run (or an `unsupported` record), write its record, report it.
-    Its progress bar is at ``position`` (one line per slot)."""
+    Its progress bar is at ``run.position`` (one line per slot)."""
+    plan, variant, seed, device, label = run.plan, run.variant, run.seed, run.device, run.label
     t0 = time.perf_counter()
     choice = plan.budgets.get(variant.name)
     if variant.name in plan.unsupported:
@@ -221,14 +216,16 @@ def _run_one(
     elif choice is not None and choice.batch_size is None:
         status, error, outcome, env = "over_budget", choice.reason, None, records.environment(device, query_device=False)
     else:
-        with tqdm(total=plan.settings(variant).train.steps, desc=label, unit="step", leave=False, disable=None, position=position) as bar:
+        with tqdm(
+            total=plan.settings(variant).train.steps, desc=label, unit="step", leave=False, disable=None, position=run.position
+        ) as bar:
 
             def on_step(loss: float) -> None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-            if isolate:
-                status, error, outcome, env = attempt_in_fresh_process(plan, variant, seed, device, on_step, slot, stop)
+            if run.isolate:
+                status, error, outcome, env = attempt_in_fresh_process(plan, variant, seed, device, on_step, run.slot, run.stop)
             else:
                 status, error, outcome, env = attempt(plan, variant, seed, device, on_step)
     wall_s = time.perf_counter() - t0
@@ -247,7 +244,7 @@ def _run_one(
         plan.memory_limit,
         dataclasses.asdict(choice) if choice is not None else None,
     )
-    record = records.write_record(path, record)
+    record = records.write_record(run.path, record)
     faults.inject("sweep.recorded", variant.name)
     status, error = record["run"]["status"], record["run"]["error"]
     if status == "ok":
