@@ -82,8 +82,10 @@ def outside_citations(path: Path, text: str) -> list[str]:
     """What ``text`` (the file ``path``) cites outside the repository: a place outside it,
     or a Markdown document that is no file of the repository (`docs/NAME.md`, or a path
     from the citing file's folder or one above it). Web addresses are left alone."""
-    # an absolute path into a folder beside the repository
-    places = [m for m in re.findall(rf"{re.escape(str(PROJECT_ROOT.parent))}/\S*", text) if not _inside(Path(m))]
+    # an absolute path into a place beside the repository that is there (an example path is not)
+    places = [
+        m for m in re.findall(rf"{re.escape(str(PROJECT_ROOT.parent))}/[^\s'\"`)]*", text) if not _inside(Path(m)) and Path(m).exists()
+    ]
     # a relative path that leaves the repository for a place that is there (notes kept beside it)
     places += [m for m in CLIMBING.findall(text) if not _inside(path.parent / m) and (path.parent / m).exists()]
     found = [f"{path.relative_to(PROJECT_ROOT)}: {place!r}" for place in places]
