@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from petlbench import config as cfgmod
@@ -145,6 +146,17 @@ class FakeTraining:
         self._new_optimizer()
         peak.source = "estimate"
         return peak
+
+
+def step_flops(architecture: Architecture, suite: SuiteConfig, variant: Variant, train: TrainConfig) -> int:
+    """The floating-point operations of one training step of ``variant`` (forward, backward,
+    optimizer) at ``train.batch_size``, counted on fake tensors by torch's `FlopCounterMode`
+    (matrix products, convolutions, attention; a fraction of a second for the embedded
+    model): the cost by which a parallel sweep starts its runs, costliest first."""
+    training = FakeTraining(architecture, suite, variant, target="cpu", train=train)
+    with FlopCounterMode(display=False) as counter:
+        training.peak(train.batch_size)
+    return counter.get_total_flops()
 
 
 @dataclass

@@ -142,16 +142,22 @@ def enter(slot: Slot) -> None:
         torch.set_num_threads(slot.threads)
 
 
-def _child(conn: Connection, plan: Plan, variant: Variant, seed: int, device: torch.device, slot: Slot) -> None:
-    """The body of a run's own process: each step's loss, then the `Attempt`, go to the parent.
-    Ctrl-C reaches the whole process group: the parent decides, and stops this process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and blocked from the start (`attempt_in_fresh_process`)
+def _serve(jobs: Connection, results: Connection, slot: Slot) -> None:
+    """The body of a run's process: entered into ``slot``, it attempts each run it receives
+    (plan, variant, seed, device), sending each step's loss and then the `Attempt`, until its
+    sweep closes the jobs' pipe (or goes). Ctrl-C reaches the whole process group: the
+    sweep decides, and stops this process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and blocked from the start (`Worker._start`)
     enter(slot)
-    result = attempt(plan, variant, seed, device, lambda loss: conn.send(("step", loss)))
-    if slot.gpu is not None:  # which physical GPU ran it, as this process saw it
-        result.env["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    conn.send(("result", result))
-    conn.close()
+    while True:
+        try:
+            plan, variant, seed, device = jobs.recv()
+        except EOFError:
+            return
+        result = attempt(plan, variant, seed, device, lambda loss: results.send(("step", loss)))
+        if slot.gpu is not None:  # which physical GPU ran it, as this process saw it
+            result.env["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        results.send(("result", result))
 
 
 class Cancelled(BaseException):
@@ -191,6 +197,110 @@ def _readable(receive: Connection, stop: threading.Event) -> bool:
     return False
 
 
+class Worker:
+    """A process of its own (spawned, not forked) entered into ``slot``, attempting the runs
+    it is given one at a time; a sweep has one per slot. With ``reuse`` (the CPU) it serves
+    run after run, so that the interpreter's start, the imports and the suite's data are paid
+    once per worker, not per run: what a run leaves behind in the process changes none of the
+    next run's figures, as in a serial sweep's own process. Without it (CUDA) every run gets a
+    new process: allocator state, cuBLAS handles and references leaked by one method would
+    otherwise change the next one's figures. A process that dies is an ``error`` naming its
+    exit code or signal, and the next run gets a new one."""
+
+    def __init__(self, slot: Slot = Slot(), reuse: bool = False) -> None:
+        self.slot, self.reuse = slot, reuse
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._jobs: Connection | None = None  # this end writes the runs
+        self._results: Connection | None = None  # this end reads their steps and results
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self, name: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        jobs_out, self._jobs = context.Pipe(duplex=False)
+        self._results, results_in = context.Pipe(duplex=False)
+        self._process = context.Process(target=_serve, args=(jobs_out, results_in, self.slot), name=name)
+        # The child starts with SIGINT blocked (the signal mask is inherited across fork and
+        # exec), then ignores it: Ctrl-C reaches the whole process group, and the child's own
+        # import time is no place for a KeyboardInterrupt traceback. The sweep decides, and
+        # stops the child. (A mask, not SIG_IGN: only the main thread may set a handler, and a
+        # parallel sweep starts runs from other threads; a SIGINT that comes meanwhile waits.)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        jobs_out.close()  # the child holds the only reader of the runs and the only writer of
+        results_in.close()  # their results: its exit ends `recv` with EOFError
+
+    def attempt(
+        self,
+        plan: Plan,
+        variant: Variant,
+        seed: int,
+        device: torch.device,
+        on_step: Callable[[float], None] | None,
+        stop: threading.Event | None = None,
+    ) -> Attempt:
+        """`attempt` in this worker's process, its steps reaching ``on_step`` as they happen.
+        Interrupted here, the process is stopped with this one; driven from a thread other
+        than the main one (which alone gets signals), ``stop`` set stops it and raises
+        `Cancelled`."""
+        if self._process is None:
+            self._start("petlbench-worker" if self.reuse else f"petlbench-{variant.name}-seed{seed}")
+        self._jobs.send((plan, variant, seed, device))
+        if not self.reuse:
+            self._jobs.close()  # its only run: the process exits once it is done
+        result, ended = None, False
+        try:
+            faults.inject("run.spawned", variant.name)
+            while result is None:
+                if stop is not None and not _readable(self._results, stop):
+                    raise Cancelled
+                try:
+                    kind, payload = self._results.recv()
+                except (EOFError, OSError):  # the child is gone, possibly in the middle of a message
+                    ended = True
+                    break
+                if kind == "step" and on_step is not None:
+                    on_step(payload)
+                elif kind == "result":
+                    result = payload
+        finally:
+            if result is None or not self.reuse:  # done with its one run, gone, or stopped in the middle of the run
+                self.close(wait=result is not None or ended)
+        if result is None and stop is not None and self._exitcode == -signal.SIGTERM and stop.wait(STOP_GRACE_S):
+            raise Cancelled  # the SIGTERM that stops the sweep (SLURM sends it to every process of a job) reached the child first
+        return (
+            result if result is not None else Attempt("error", died(self._exitcode), None, records.environment(device, query_device=False))
+        )
+
+    def close(self, wait: bool = True) -> None:
+        """End the process: asked to (its jobs' pipe closed) and, with ``wait``, given
+        `CHILD_EXIT_S` to exit (its teardown, CUDA's included); then stopped (SIGTERM, then
+        SIGKILL)."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        self._jobs.close()
+        self._results.close()
+        if wait:
+            process.join(CHILD_EXIT_S)
+        if process.is_alive():
+            process.terminate()
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._exitcode = process.exitcode
+
+    _exitcode: int | None = None
+
+
 def attempt_in_fresh_process(
     plan: Plan,
     variant: Variant,
@@ -200,49 +310,6 @@ def attempt_in_fresh_process(
     slot: Slot = Slot(),
     stop: threading.Event | None = None,
 ) -> Attempt:
-    """`attempt` in a new interpreter (spawned, not forked) entered into ``slot``: on CUDA,
-    allocator state, cuBLAS handles and references leaked by one method would otherwise
-    change the next one's figures. Its steps reach ``on_step`` as they happen; a process that
-    dies is an ``error`` naming its exit code or signal. Interrupted here, the process is
-    stopped with this one; driven from a thread other than the main one (which alone gets
-    signals), ``stop`` set stops it and raises `Cancelled`."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, plan, variant, seed, device, slot), name=f"petlbench-{variant.name}-seed{seed}")
-    # The child starts with SIGINT blocked (the signal mask is inherited across fork and
-    # exec), then ignores it: Ctrl-C reaches the whole process group, and the child's own
-    # import time is no place for a KeyboardInterrupt traceback. The parent decides, and
-    # stops the child. (A mask, not SIG_IGN: only the main thread may set a handler, and a
-    # parallel sweep starts runs from other threads; a SIGINT that comes meanwhile waits.)
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        process.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    send.close()  # the child holds the only writer: its exit ends `recv` with EOFError
-    result = None
-    try:
-        faults.inject("run.spawned", variant.name)
-        while result is None:
-            if stop is not None and not _readable(receive, stop):
-                raise Cancelled
-            try:
-                kind, payload = receive.recv()
-            except (EOFError, OSError):  # the child is gone, possibly in the middle of a message
-                break
-            if kind == "step" and on_step is not None:
-                on_step(payload)
-            elif kind == "result":
-                result = payload
-        process.join(CHILD_EXIT_S)  # a child that hangs in its teardown is stopped below
-    finally:
-        receive.close()
-        if process.is_alive():
-            process.terminate()
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    if result is None and stop is not None and process.exitcode == -signal.SIGTERM and stop.wait(STOP_GRACE_S):
-        raise Cancelled  # the SIGTERM that stops the sweep (SLURM sends it to every process of a job) reached the child first
-    return result if result is not None else Attempt("error", died(process.exitcode), None, records.environment(device, query_device=False))
+    """`attempt` in a new interpreter of its own, entered into ``slot`` (`Worker`)."""
+    with Worker(slot) as worker:
+        return worker.attempt(plan, variant, seed, device, on_step, stop)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import sys
 import threading
@@ -22,7 +23,9 @@ from tqdm.auto import tqdm
 from petlbench import budget as budgeting
 from petlbench import config as cfgmod
 from petlbench import faults, folder, records
-from petlbench.isolation import STOP_POLL_S, Cancelled, Slot, attempt, attempt_in_fresh_process
+from petlbench.estimate import step_flops
+from petlbench.isolation import STOP_POLL_S, Cancelled, Slot, Worker, attempt
+from petlbench.models.loader import load_architecture
 from petlbench.plan import Plan
 from petlbench.signals import Interrupted
 from petlbench.tasks import get_task
@@ -45,10 +48,10 @@ def existing_record(path: Path, unreadable: list[Path] | None = None) -> dict[st
 
 def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slots: Sequence[Slot] = (Slot(),)) -> list[dict[str, Any]]:
     """Run every (variant, seed) of the plan (of its shard) not already done; return their
-    records in grid order. ``isolate`` (default: on CUDA) runs each in a fresh process
-    (docs/measurement.md, "The step that is measured"). With several ``slots`` (`run --jobs`,
-    `--devices`), that many runs go at once, each in a process of its own entered into a free
-    slot, driven by a thread of this process (docs/parallel.md). The output folder is made and
+    records in grid order. ``isolate`` (default: on CUDA) runs them in a process of their
+    own (`Worker`: on CUDA a fresh one per run, docs/measurement.md, "The step that is
+    measured"). With several ``slots`` (`run --jobs`, `--devices`), that many runs go at once,
+    each in the worker of a free slot, driven by a thread of this process (docs/parallel.md). The output folder is made and
     proven writable, its manifest checked and extended, and the temporary files of writers
     that are gone removed, before the first run; each run holds its lock while it runs, so
     that another process sharing the folder leaves it alone (and this one leaves alone the
@@ -68,6 +71,7 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
     under_way: dict[int, str] = {}  # grid position -> the parallel run started there
     free = list(range(len(slots)))
     stop = threading.Event()
+    workers = [Worker(slot, reuse=device.type != "cuda") for slot in slots] if isolate else [None]
 
     def collect(block: bool) -> None:
         """Take the records of the parallel runs that ended (waiting for one if ``block``),
@@ -90,9 +94,10 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
             elsewhere.append(held)
 
     current = ""
-    with _threads(slots[0].threads), ThreadPoolExecutor(len(slots), thread_name_prefix="petlbench-run") as pool:
+    with _threads(slots[0].threads), _closing(workers), ThreadPoolExecutor(len(slots), thread_name_prefix="petlbench-run") as pool:
         try:
-            for i, (variant, seed) in enumerate(grid, 1):
+            for i in _start_order(plan, grid, len(slots)):
+                variant, seed = grid[i - 1]
                 current = f"{variant.name} seed {seed}"
                 label = f"[{i}/{len(grid)}] {current}"
                 path = records.record_path(plan.output, variant.name, seed)
@@ -102,13 +107,15 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
                     done_at[i] = done
                     continue
                 if not parallel:
-                    keep(i, _take(_Run(plan, variant, seed, device, path, label, slots[0], isolate=isolate), run_hash))
+                    keep(i, _take(_Run(plan, variant, seed, device, path, label, workers[0]), run_hash))
                     continue
                 collect(block=not free)  # waits for a slot: the run's lock is taken only when it can start
                 k = free.pop()
                 where = f" on {slots[k]}" if slots[k].gpu is not None else ""
                 under_way[i] = current  # before its thread starts: a signal may come before `running` knows it
-                future = pool.submit(_take, _Run(plan, variant, seed, device, path, label + where, slots[k], k, stop), run_hash)
+                future = pool.submit(
+                    _take, _Run(plan, variant, seed, device, path, label + where, workers[k], k, stop, len(slots)), run_hash
+                )
                 running[future] = (i, k)
             while running:
                 collect(block=True)
@@ -131,6 +138,30 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
     return [done_at[i] for i in sorted(done_at)]
 
 
+def _start_order(plan: Plan, grid: list[tuple[Variant, int]], slots: int) -> list[int]:
+    """The grid positions (from 1) in the order their runs start: in grid order, unless the
+    runs outnumber the slots of a parallel sweep; then costliest first (longest processing
+    time first, by `estimate.step_flops` times the run's steps), so that the last runs to
+    start are short ones and no slot idles long while the last run ends. A variant whose
+    step cannot be counted on fake tensors goes first (its cost is unknown); one that runs
+    nothing (unsupported, over budget) costs nothing."""
+    if slots == 1 or len(grid) <= slots:
+        return list(range(1, len(grid) + 1))
+    architecture, costs = load_architecture(plan.suite.model.name), {}
+    for variant in {variant.name: variant for variant, _ in grid}.values():
+        settings, choice = plan.settings(variant), plan.budgets.get(variant.name)
+        if variant.name in plan.unsupported or (choice is not None and choice.batch_size is None):
+            costs[variant.name] = 0.0
+            continue
+        try:
+            costs[variant.name] = float(settings.train.steps * step_flops(architecture, plan.suite, variant, settings.train))
+        except Exception:  # a scheduling hint: the run itself says what fails
+            costs[variant.name] = math.inf
+    order = sorted(range(1, len(grid) + 1), key=lambda i: -costs[grid[i - 1][0].name])  # stable: grid order among equals
+    _say(f"runs start costliest first (estimated FLOPs of their training): {', '.join(dict.fromkeys(grid[i - 1][0].name for i in order))}")
+    return order
+
+
 def _say(line: str) -> None:
     """A line of the sweep's output, above the progress bars of the runs under way (and not
     interleaved with another thread's line)."""
@@ -149,6 +180,17 @@ def _threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _closing(workers: list[Worker | None]) -> Iterator[None]:
+    """The sweep's workers, ended with it (`Worker.close`)."""
+    try:
+        yield
+    finally:
+        for worker in workers:
+            if worker is not None:
+                worker.close()
 
 
 def _stop_runs(stop: threading.Event, running: dict[Future, tuple[int, int]], pool: ThreadPoolExecutor, done_at: dict) -> None:
@@ -180,10 +222,10 @@ class _Run:
     device: torch.device
     path: Path  # its record
     label: str  # how the sweep's output names it
-    slot: Slot
+    worker: Worker | None  # None: in this process
     position: int = 0  # its progress bar's line (its slot's index)
     stop: threading.Event | None = None  # set when the sweep stops every parallel run
-    isolate: bool = True  # in a process of its own
+    runs_at_once: int = 1  # the sweep's slots: how many runs share the machine
 
 
 def _take(run: _Run, run_hash: str) -> tuple[dict[str, Any] | None, tuple[str, str, Path] | None]:
@@ -224,11 +266,13 @@ def _run_one(run: _Run) -> dict[str, Any]:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-            if run.isolate:
-                status, error, outcome, env = attempt_in_fresh_process(plan, variant, seed, device, on_step, run.slot, run.stop)
+            if run.worker is not None:
+                status, error, outcome, env = run.worker.attempt(plan, variant, seed, device, on_step, run.stop)
             else:
                 status, error, outcome, env = attempt(plan, variant, seed, device, on_step)
     wall_s = time.perf_counter() - t0
+    if outcome is not None:
+        outcome.cost["runs_at_once"] = run.runs_at_once
     if choice is not None:
         choice = dataclasses.replace(choice, exceeded=budgeting.exceeded(choice, outcome.cost["memory"]) if outcome else [])
     record = records.make_record(

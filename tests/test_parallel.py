@@ -28,6 +28,7 @@ TIMING = {
     "run": ("finished",),
     "cost": ("step_time_s_median", "data_wait_s_median", "train_samples_per_s", "eval_samples_per_s", "train_s", "eval_s", "wall_s"),
 }
+SHARING = ("cost", "runs_at_once")  # how many runs shared the machine, which the times depend on
 
 
 def _untimed(path):
@@ -35,18 +36,24 @@ def _untimed(path):
     for part, keys in TIMING.items():
         for key in keys:
             del record[part][key]
-    return record
+    return record, record[SHARING[0]].pop(SHARING[1])
 
 
-def test_two_jobs_write_the_records_of_one_serial_one_thread_sweep(cli, tmp_path):
+def test_two_jobs_write_the_records_of_one_serial_one_thread_sweep(cli, tmp_path, monkeypatch):
+    """...in two processes for three runs: on the CPU a slot's process serves run after run,
+    and what one run leaves in it changes nothing in the next one's record."""
+    started, start = [], isolation.Worker._start
+    monkeypatch.setattr(isolation.Worker, "_start", lambda worker, name: started.append(name) or start(worker, name))
     code, parallel_out, err = cli("run", *GRID, "--output", str(tmp_path / "jobs2"), "--jobs", "2")
     assert code == 0, err
+    assert started == ["petlbench-worker"] * 2
     assert "3 runs on cpu, 2 runs at a time of 1 thread" in parallel_out
     code, _, err = cli("run", *GRID, "--output", str(tmp_path / "jobs1"), "--jobs", "1")
     assert code == 0, err
     names = [f"{v}--seed0.json" for v in ("linear", "bitfit", "lora")]
     for name in names:
-        serial, parallel = _untimed(tmp_path / "jobs1" / name), _untimed(tmp_path / "jobs2" / name)
+        (serial, alone), (parallel, sharing) = _untimed(tmp_path / "jobs1" / name), _untimed(tmp_path / "jobs2" / name)
+        assert (alone, sharing) == (1, 2)
         assert parallel == serial, name  # metrics, memory figures, env (threads included) byte for byte
         assert parallel["env"]["threads"] == 1 and parallel["run"]["status"] == "ok"
     assert sorted(p.name for p in (tmp_path / "jobs2").glob(".*")) == []  # no lock, no temporary file
@@ -58,7 +65,8 @@ def test_a_parallel_sweep_returns_the_records_in_grid_order_and_each_slot_runs_o
     plan = make_plan("vl-retrieval", ["linear", "bitfit", "lora"], [0, 1], tmp_path, TINY)
     busy, log, guard = set(), [], threading.Lock()
 
-    def fake(plan, variant, seed, device, on_step, slot, stop):
+    def fake(worker, plan, variant, seed, device, on_step, stop):
+        slot = worker.slot
         with guard:
             assert slot.gpu not in busy, f"two runs on GPU {slot.gpu}"
             busy.add(slot.gpu)
@@ -68,7 +76,7 @@ def test_a_parallel_sweep_returns_the_records_in_grid_order_and_each_slot_runs_o
             busy.discard(slot.gpu)
         return Attempt("error", f"stand-in on {slot.gpu}", None, records.environment(device, query_device=False))
 
-    monkeypatch.setattr(sweep, "attempt_in_fresh_process", fake)
+    monkeypatch.setattr(isolation.Worker, "attempt", fake)
     out = sweep.run_plan(plan, CPU, slots=[Slot(gpu="4"), Slot(gpu="7")])
     assert [(r["run"]["variant"], r["run"]["seed"]) for r in out] == [(v.name, s) for v, s in plan.grid()]
     assert {gpu for *_, gpu in log} == {"4", "7"} and len(log) == 6
@@ -149,7 +157,7 @@ def test_bad_options_exit_2_with_one_line(cli, monkeypatch, argv, env, message):
 
 
 # A parallel sweep in a process of its own, stopped by a signal once the second run's process
-# has started: every run's process must go with it, leaving no record, lock or temporary file.
+# has started (bitfit and lora start first, the costliest): every run's process must go with it, leaving no record, lock or temporary file.
 @pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_stops_every_run_of_a_parallel_sweep_and_leaves_nothing(tmp_path, signame, code):
     since = time.time() - 1
@@ -158,14 +166,28 @@ def test_a_signal_stops_every_run_of_a_parallel_sweep_and_leaves_nothing(tmp_pat
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, faults.ENV: f"run.spawned:{signame}:bitfit"},
+        env={**os.environ, faults.ENV: f"run.spawned:{signame}:lora"},  # the second to start (costliest first)
         preexec_fn=default_sigint,
     )
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"interrupted by {signame} during linear seed 0, bitfit seed 0: 0 of 3 runs finished" in done.stderr
+    assert f"interrupted by {signame} during bitfit seed 0, lora seed 0: 0 of 3 runs finished" in done.stderr
     deadline = time.time() + 15
     while _spawned_children(since) and time.time() < deadline:
         time.sleep(0.2)
     assert not _spawned_children(since), "a run's process outlived the sweep"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [records.MANIFEST]
+
+
+def test_runs_start_costliest_first_where_they_outnumber_the_slots(tmp_path, capsys):
+    """Longest processing time first, by the FLOPs of a training step: full fine-tuning
+    computes every weight's gradient (about three forward passes' work), LoRA back-propagates
+    through the frozen towers without their weight gradients (about two), the linear probe
+    not through them at all (about one); grid order where every run has a slot at once."""
+    plan = make_plan("vl-retrieval", ["linear", "full", "lora"], [0], tmp_path, TINY)
+    grid = plan.grid()
+    assert sweep._start_order(plan, grid, 2) == [2, 3, 1]
+    assert "runs start costliest first (estimated FLOPs of their training): full, lora, linear" in capsys.readouterr().out
+    assert sweep._start_order(plan, grid, 3) == sweep._start_order(plan, grid, 1) == [1, 2, 3]
+    plan.unsupported["full"] = "stand-in: the family does not have it"
+    assert sweep._start_order(plan, grid, 2) == [3, 1, 2]  # a run with nothing to compute costs nothing
