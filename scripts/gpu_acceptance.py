@@ -12,8 +12,10 @@ Steps, most valuable first (each with its own time limit within ``--deadline-s``
    Copy both into tests/fixtures/ and commit them: tests/test_estimate.py then guards the
    estimate with them (fp32 rows within ±5%; bf16 ratios reported).
 2. ``e2e``: every variant end to end on a short configuration of the embedded suite, as two
-   shards sharing the one GPU and one folder (OUT/e2e), then `petlbench report` over it:
-   every run ``ok``, memory source ``cuda``, reserved peaks, an NVML figure.
+   shards sharing the one GPU and one folder (OUT/e2e), each with ``--devices 0`` (every
+   run's process sees only that GPU, NVML mapped to it), then `petlbench report` over it:
+   every run ``ok``, memory source ``cuda``, reserved peaks, an NVML figure, the GPU each
+   run's process saw.
 3. ``files``: ``linear`` and ``lora`` on the same scenes written as PNG files with a JSONL
    manifest (OUT/files): DataLoader workers and pinned memory inside each run's process.
 4. ``oom``: ``full`` and ``linear`` with each run's allocator capped (``--memory-limit``):
@@ -201,6 +203,8 @@ def main() -> int:
     e2e = out / "e2e"
     sets = [item for s in E2E for item in ("--set", s)]
     run = ["run", "--suite", "vl-retrieval", "--device", args.device, "--methods", ",".join(methods), "--output", str(e2e), *sets]
+    if args.device == "cuda":  # each run's process sees only the GPU it is given (the parallel sweep's path)
+        run += ["--devices", "0"]
     codes, wall = acceptance.run("e2e", [_petlbench(*run, "--shard", f"{i}/2") for i in range(2)], SHARE["e2e"] * args.deadline_s)
     report_codes, report_wall = acceptance.run("e2e-report", [_petlbench("report", str(e2e))], SHARE["e2e-report"] * args.deadline_s)
     found = records_of(e2e)
@@ -213,6 +217,9 @@ def main() -> int:
         "report over both shards": report_codes == [0],
     }
     if args.device == "cuda":
+        checks["each run's process saw only its GPU (--devices 0)"] = bool(found) and all(
+            r["env"].get("cuda_visible_devices") is not None for r in found.values()
+        )
         checks["reserved peaks recorded"] = bool(memory) and all(m["train_reserved_peak_bytes"] for m in memory)
         checks["an NVML figure (per process, or device-level where the sandbox hides processes)"] = bool(memory) and all(
             m.get("nvml_train_peak_bytes") is not None for m in memory

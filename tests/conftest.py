@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from petlbench.cli import main
 from petlbench.isolation import JOBS_ENV
@@ -14,6 +15,13 @@ from petlbench.isolation import JOBS_ENV
 # asks for more: the default, as many jobs as there are cores, spawns a process per run.
 # Subprocesses of the tests inherit it.
 os.environ[JOBS_ENV] = "1"
+
+# The test command runs the tests in as many processes as there are cores (pytest-xdist,
+# `-n auto` in pyproject.toml): each of them computes with one intra-op thread, and so do
+# the processes it starts, so that the cores are not oversubscribed.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # Small enough that one run takes about a second on 2 cores, large enough that every
 # phase (warm-up, measured window, timed steps, evaluation) happens.

@@ -2,7 +2,7 @@
 `petlbench list` in a fresh interpreter, `estimate` of one variant at a batch size and
 under a budget on ViT-B/32 (config only, fake tensors). Nothing here asserts a time
 (machines are noisy); what each run computes is checked. History:
-`pytest tests/test_cli_benchmark.py --benchmark-autosave`, later `--benchmark-compare`;
+`pytest tests/test_cli_benchmark.py -n 0 --benchmark-autosave`, later `--benchmark-compare`;
 the timings in docs/estimate.md come from these."""
 
 from __future__ import annotations

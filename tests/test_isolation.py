@@ -2,6 +2,7 @@
 child that dies becomes an `error` record naming its signal or exit code while the sweep
 goes on."""
 
+import contextlib
 import math
 import os
 import signal
@@ -66,31 +67,37 @@ with interruptible():
 """
 
 
-def _spawned_children(since: float) -> list:
-    return [
-        p
-        for p in psutil.process_iter(["cmdline", "create_time"])
-        if p.info["create_time"] >= since
-        and any("multiprocessing.spawn" in part or "spawn_main" in part for part in p.info["cmdline"] or [])
-    ]
+# Marks the processes a test's sweep starts (they inherit its environment), so that a test
+# finds its own among those of the tests running beside it (pytest-xdist).
+MARK = "PETLBENCH_TEST_MARK"
+
+
+def _spawned_children(mark: str) -> list:
+    """The spawned processes (a run's, a worker's) still alive whose environment has ``mark``."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any("multiprocessing.spawn" in part or "spawn_main" in part for part in p.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get(MARK) == mark:
+                    found.append(p)
+    return found
 
 
 @pytest.mark.slow
 def test_a_sweep_stopped_while_a_run_process_works_stops_it_and_leaves_nothing(tmp_path):
-    since = time.time() - 1
     done = subprocess.run(
         [sys.executable, "-c", SIGTERMED_SWEEP, str(tmp_path / "out"), *TINY],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, faults.ENV: "run.spawned:SIGTERM:linear"},
+        env={**os.environ, faults.ENV: "run.spawned:SIGTERM:linear", MARK: str(tmp_path)},
     )
     assert done.returncode == 143, done.stderr
     assert "Traceback" not in done.stderr and "interrupted by SIGTERM during linear seed 0: 0 of 1 runs finished" in done.stderr
     deadline = time.time() + 15
-    while _spawned_children(since) and time.time() < deadline:
+    while _spawned_children(str(tmp_path)) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _spawned_children(since), "the run's process outlived the sweep"
+    assert not _spawned_children(str(tmp_path)), "the run's process outlived the sweep"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [records.MANIFEST]  # no lock, no record, no temporary file
 
 

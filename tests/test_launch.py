@@ -13,6 +13,7 @@ from tests.conftest import tiny_args
 GRID = ["--suite", "vl-retrieval", "--device", "cpu", "--variants", "linear,bitfit", "--seeds", "0", *tiny_args()]
 
 
+@pytest.mark.slow
 def test_the_array_runs_every_shard_into_one_folder_and_the_report_job_writes_the_report(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "CLUSTER", "local")
     out = tmp_path / "out"

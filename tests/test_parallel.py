@@ -18,7 +18,7 @@ from petlbench.config import ConfigError
 from petlbench.isolation import JOBS_ENV, Attempt, Slot, attempt_in_fresh_process, slots
 from petlbench.plan import make_plan
 from tests.conftest import TINY, default_sigint, tiny_args
-from tests.test_isolation import _spawned_children
+from tests.test_isolation import MARK, _spawned_children
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -39,6 +39,7 @@ def _untimed(path):
     return record, record[SHARING[0]].pop(SHARING[1])
 
 
+@pytest.mark.slow
 def test_two_jobs_write_the_records_of_one_serial_one_thread_sweep(cli, tmp_path, monkeypatch):
     """...in two processes for three runs: on the CPU a slot's process serves run after run,
     and what one run leaves in it changes nothing in the next one's record."""
@@ -84,14 +85,15 @@ def test_a_parallel_sweep_returns_the_records_in_grid_order_and_each_slot_runs_o
     assert [p.name for p in tmp_path.glob(".*")] == []  # every lock released
 
 
+@pytest.mark.slow
 def test_a_run_process_sees_only_its_gpu_and_computes_with_the_slot_threads():
     """What `--devices` gives a run's process, on the CPU: ``CUDA_VISIBLE_DEVICES`` set before
     torch starts CUDA (the child records what it saw); its threads are the slot's, not this
     process's."""
     plan = make_plan("vl-retrieval", ["linear"], [0], None, TINY)
-    assert torch.get_num_threads() != 1 or os.cpu_count() == 1
-    status, _, _, env = attempt_in_fresh_process(plan, plan.variants[0], 0, CPU, None, Slot(threads=1, gpu="3"))
-    assert status == "ok" and env["cuda_visible_devices"] == "3" and env["threads"] == 1
+    threads = 2 if torch.get_num_threads() == 1 else 1  # not this process's
+    status, _, _, env = attempt_in_fresh_process(plan, plan.variants[0], 0, CPU, None, Slot(threads=threads, gpu="3"))
+    assert status == "ok" and env["cuda_visible_devices"] == "3" and env["threads"] == threads
     assert "cuda_visible_devices" not in attempt_in_fresh_process(plan, plan.variants[0], 0, CPU, None)[3]
 
 
@@ -158,27 +160,28 @@ def test_bad_options_exit_2_with_one_line(cli, monkeypatch, argv, env, message):
 
 # A parallel sweep in a process of its own, stopped by a signal once the second run's process
 # has started (bitfit and lora start first, the costliest): every run's process must go with it, leaving no record, lock or temporary file.
+@pytest.mark.slow
 @pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_stops_every_run_of_a_parallel_sweep_and_leaves_nothing(tmp_path, signame, code):
-    since = time.time() - 1
     done = subprocess.run(
         [sys.executable, "-m", "petlbench.cli", "run", *GRID, "--output", str(tmp_path / "out"), "--jobs", "2"],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, faults.ENV: f"run.spawned:{signame}:lora"},  # the second to start (costliest first)
+        env={**os.environ, faults.ENV: f"run.spawned:{signame}:lora", MARK: str(tmp_path)},  # the second to start (costliest first)
         preexec_fn=default_sigint,
     )
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     assert f"interrupted by {signame} during bitfit seed 0, lora seed 0: 0 of 3 runs finished" in done.stderr
     deadline = time.time() + 15
-    while _spawned_children(since) and time.time() < deadline:
+    while _spawned_children(str(tmp_path)) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _spawned_children(since), "a run's process outlived the sweep"
+    assert not _spawned_children(str(tmp_path)), "a run's process outlived the sweep"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [records.MANIFEST]
 
 
+@pytest.mark.slow
 def test_runs_start_costliest_first_where_they_outnumber_the_slots(tmp_path, capsys):
     """Longest processing time first, by the FLOPs of a training step: full fine-tuning
     computes every weight's gradient (about three forward passes' work), LoRA back-propagates

@@ -38,7 +38,7 @@ CLASSES = [
     EvalConfig,
     BudgetConfig,
     SuiteConfig,
-    *{spec.config_cls for spec in registered().values()},
+    *dict.fromkeys(spec.config_cls for spec in registered().values()),  # in registry order: every test process collects the same list
 ]
 FIELDS = [(cls, f) for cls in CLASSES for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name])]
 BOUNDED = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}

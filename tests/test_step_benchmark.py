@@ -1,7 +1,7 @@
 """Training-step timing of every registered method (pytest-benchmark), with the step's
 CPU-accounted memory peak in `extra_info`.
 
-Timing history: `pytest tests/test_step_benchmark.py --benchmark-autosave`, later
+Timing history: `pytest tests/test_step_benchmark.py -n 0 --benchmark-autosave`, later
 `--benchmark-compare`. Nothing here asserts a time: machines are noisy; the memory figure
 is guarded by `petlbench compare` in CI instead.
 """

@@ -93,7 +93,7 @@ def compare(baseline: list[dict], current: list[dict], tolerance: float = 0.02, 
     if metric_tolerance is not None and threads:
         raise ConfigError(
             f"baseline and current ran on different thread counts ({', '.join(f'{b} vs {c}' for b, c in threads)}): accuracy "
-            "depends on the reduction order, so metrics compare only at equal thread counts (pin them with OMP_NUM_THREADS)"
+            "depends on the reduction order, so metrics compare only at equal thread counts (`run --threads-per-run`, default 1)"
         )
     if reasons := _incomparable(pairs):
         raise ConfigError("baseline and current are not comparable: " + "; ".join(reasons))

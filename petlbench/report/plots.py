@@ -207,7 +207,7 @@ def memory_vs_score(rows: list[Group], metric: Metric, styles: dict, unit: tuple
     fig = Figure(figsize=(width, 3.6), layout="constrained")
     ax = fig.add_subplot()
     labels = {ax: _memory_panel(ax, rows, metric, styles, unit, source)}
-    ax.set_title("shaded area ∝ trainable parameters; dashed: Pareto frontier")
+    ax.set_title("shaded area ∝ trainable parameters;\ndashed: Pareto frontier")  # one line overflows a column
     _legend(fig, styles, [row.variant for row in rows], width)
     place_labels(fig, labels)
     return fig
