@@ -254,7 +254,7 @@ def _run_one_plan(plan, device, slots, dry_run: bool) -> bool:
         f"{_at_once(slots)}, records in {plan.output}"
     )
     if dry_run:
-        _print_plan(plan, device)
+        _print_plan(plan, device, slots[0].threads)
         return False
     if not runs:
         print(f"shard {plan.shard}: nothing to do, the grid has {grid} runs for {plan.shard.count} shards")
@@ -288,8 +288,8 @@ def _at_once(slots) -> str:
     return f"{len(slots)} run{'s' * (len(slots) > 1)} at a time{threads}"
 
 
-def _print_plan(plan, device) -> None:
-    """What `run` would do, run by run (`--dry-run`)."""
+def _print_plan(plan, device, threads: int | None) -> None:
+    """What `run` would do, run by run (`--dry-run`), its runs on ``threads`` intra-op threads."""
     from petlbench import records
     from petlbench.sweep import existing_record
 
@@ -300,7 +300,7 @@ def _print_plan(plan, device) -> None:
             what = f"unsupported ({plan.unsupported[variant.name]})"
         elif choice is not None and choice.batch_size is None:
             what = f"over budget ({choice.reason})"
-        elif records.is_done(existing_record(path), cfgmod.run_hash(plan.suite, variant, seed), device):
+        elif records.is_done(existing_record(path), cfgmod.run_hash(plan.suite, variant, seed), device, threads):
             what = f"done, would be skipped ({path})"
         else:
             what = "would run"
@@ -462,8 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_positive_int,
         metavar="N",
-        help="CPU: N runs at once, each in a process of its own; default: $PETLBENCH_JOBS, else as many as the cores "
-        "allow at --threads-per-run each (--jobs 1 runs in this process)",
+        help="CPU: N runs at once, in N worker processes that each serve run after run (costliest runs first); default: "
+        "$PETLBENCH_JOBS, else as many as the cores allow at --threads-per-run each (--jobs 1 runs in this process)",
     )
     run.add_argument(
         "--threads-per-run",

@@ -336,13 +336,19 @@ def read_folders(directories: list[Path], strict: bool = False) -> list[dict[str
 VERSIONED = ("torch", "transformers", "peft")
 
 
-def is_done(record: dict[str, Any] | None, run_hash: str, device: torch.device) -> bool:
+def is_done(record: dict[str, Any] | None, run_hash: str, device: torch.device, threads: int | None) -> bool:
     """A re-run skips a run only when its record is `ok` for the same run hash, measured on
-    the same kind of device with the same package versions (exact figures depend on both)."""
+    the same kind of device with the same package versions (exact figures depend on both)
+    and, where the sweep sets its runs' ``threads`` (the CPU), with as many intra-op
+    threads (its metrics depend on them)."""
     if record is None or record["run"]["run_hash"] != run_hash or record["run"]["status"] != "ok":
         return False
     env = record["env"]
-    return env.get("device") == device.type and all(env.get(p) == _version(p) for p in VERSIONED)
+    return (
+        env.get("device") == device.type
+        and all(env.get(p) == _version(p) for p in VERSIONED)
+        and (threads is None or env.get("threads") == threads)
+    )
 
 
 def _git(*args: str) -> str | None:

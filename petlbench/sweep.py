@@ -102,19 +102,25 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
                 label = f"[{i}/{len(grid)}] {current}"
                 path = records.record_path(plan.output, variant.name, seed)
                 run_hash = cfgmod.run_hash(plan.suite, variant, seed)
-                if records.is_done(done := existing_record(path, unreadable), run_hash, device):
+                if records.is_done(done := existing_record(path, unreadable), run_hash, device, slots[0].threads):
                     _say(f"{label}: already done, skipped ({path})")
                     done_at[i] = done
                     continue
+                if records.is_done(done, run_hash, device, None):  # on another thread count: its metrics differ
+                    _say(
+                        f"{label}: its record was made on {done['env'].get('threads')} threads, this sweep's runs use {slots[0].threads}: run again"
+                    )
                 if not parallel:
-                    keep(i, _take(_Run(plan, variant, seed, device, path, label, workers[0]), run_hash))
+                    keep(i, _take(_Run(plan, variant, seed, device, path, label, workers[0], threads=slots[0].threads), run_hash))
                     continue
                 collect(block=not free)  # waits for a slot: the run's lock is taken only when it can start
                 k = free.pop()
                 where = f" on {slots[k]}" if slots[k].gpu is not None else ""
                 under_way[i] = current  # before its thread starts: a signal may come before `running` knows it
                 future = pool.submit(
-                    _take, _Run(plan, variant, seed, device, path, label + where, workers[k], k, stop, len(slots)), run_hash
+                    _take,
+                    _Run(plan, variant, seed, device, path, label + where, workers[k], k, stop, slots[k].threads, len(slots)),
+                    run_hash,
                 )
                 running[future] = (i, k)
             while running:
@@ -225,6 +231,7 @@ class _Run:
     worker: Worker | None  # None: in this process
     position: int = 0  # its progress bar's line (its slot's index)
     stop: threading.Event | None = None  # set when the sweep stops every parallel run
+    threads: int | None = None  # its intra-op threads, where the sweep sets them
     runs_at_once: int = 1  # the sweep's slots: how many runs share the machine
 
 
@@ -237,7 +244,7 @@ def _take(run: _Run, run_hash: str) -> tuple[dict[str, Any] | None, tuple[str, s
         if (holder := lock.acquire()) is not None:
             _say(f"{run.label}: running in {holder}, left to it")
             return None, (f"{run.variant.name} seed {run.seed}", holder, lock.path)
-        if records.is_done(done := existing_record(run.path), run_hash, run.device):  # finished by another process meanwhile
+        if records.is_done(done := existing_record(run.path), run_hash, run.device, run.threads):  # finished by another process meanwhile
             _say(f"{run.label}: done by another process, skipped ({run.path})")
             return done, None
         return _run_one(run), None

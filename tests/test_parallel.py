@@ -194,3 +194,32 @@ def test_runs_start_costliest_first_where_they_outnumber_the_slots(tmp_path, cap
     assert sweep._start_order(plan, grid, 3) == sweep._start_order(plan, grid, 1) == [1, 2, 3]
     plan.unsupported["full"] = "stand-in: the family does not have it"
     assert sweep._start_order(plan, grid, 2) == [3, 1, 2]  # a run with nothing to compute costs nothing
+
+
+def test_a_record_made_with_another_thread_count_is_run_again_not_skipped(cli, tmp_path):
+    """Resuming with another --threads-per-run: metrics depend on the thread count, so a
+    record made with 2 threads does not stand for a 1-thread run (a folder would otherwise
+    mix thread counts, which compare refuses); the same count skips it."""
+    argv = [
+        "run",
+        "--suite",
+        "vl-retrieval",
+        "--device",
+        "cpu",
+        "--variants",
+        "linear",
+        *tiny_args(),
+        "--output",
+        str(tmp_path),
+        "--jobs",
+        "1",
+    ]
+    assert cli(*argv, "--threads-per-run", "2")[0] == 0
+    code, out, _ = cli(*argv, "--threads-per-run", "1", "--dry-run")
+    assert code == 0 and "linear seed 0: would run" in out
+    code, out, _ = cli(*argv, "--threads-per-run", "1")
+    assert code == 0 and "already done" not in out and "linear seed 0: ok" in out
+    assert "its record was made on 2 threads, this sweep's runs use 1: run again" in out
+    assert records.read(tmp_path / "linear--seed0.json")["env"]["threads"] == 1
+    code, out, _ = cli(*argv, "--threads-per-run", "1")
+    assert code == 0 and "linear seed 0: already done" in out

@@ -189,4 +189,4 @@ def test_a_damaged_record_is_skipped_or_reported_never_a_crash(tmp_path_factory,
     for fmt in ("md", "latex", "csv"):
         report([record], fmt)
     compare([record], [record])
-    records.is_done(record, record["run"]["run_hash"], torch.device("cpu"))
+    records.is_done(record, record["run"]["run_hash"], torch.device("cpu"), 1)
