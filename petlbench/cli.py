@@ -254,7 +254,7 @@ def _run_one_plan(plan, device, slots, dry_run: bool) -> bool:
         f"{_at_once(slots)}, records in {plan.output}"
     )
     if dry_run:
-        _print_plan(plan, device, slots[0].threads)
+        _print_plan(plan, device, slots[0].threads if device.type == "cpu" else None)
         return False
     if not runs:
         print(f"shard {plan.shard}: nothing to do, the grid has {grid} runs for {plan.shard.count} shards")
@@ -289,7 +289,8 @@ def _at_once(slots) -> str:
 
 
 def _print_plan(plan, device, threads: int | None) -> None:
-    """What `run` would do, run by run (`--dry-run`), its runs on ``threads`` intra-op threads."""
+    """What `run` would do, run by run (`--dry-run`), its runs on ``threads`` intra-op threads
+    (the CPU; None: not checked)."""
     from petlbench import records
     from petlbench.sweep import existing_record
 

@@ -14,7 +14,7 @@ import signal
 ENV = "PETLBENCH_FAULT"
 POINTS = (
     "run.warmup",  # a run's warm-up step is done (in the run's own process where runs are isolated)
-    "run.spawned",  # the sweep has started a run's own process (in the sweep's process)
+    "run.spawned",  # the sweep has handed a run to its process (a worker's, or its own on CUDA), in the sweep's process
     "record.write",  # a record's temporary file is written, not yet renamed into place
     "sweep.recorded",  # a run's record is in place
     "figure.png",  # a figure's PNG is in place, its PDF not yet written (`run`'s report phase, `plot`)

@@ -250,26 +250,26 @@ class Worker:
         Interrupted here, the process is stopped with this one; driven from a thread other
         than the main one (which alone gets signals), ``stop`` set stops it and raises
         `Cancelled`."""
-        if self._process is None:
-            self._start("petlbench-worker" if self.reuse else f"petlbench-{variant.name}-seed{seed}")
-        self._jobs.send((plan, variant, seed, device))
-        if not self.reuse:
-            self._jobs.close()  # its only run: the process exits once it is done
+        if self._process is not None and not self._process.is_alive():  # it died between runs (the out-of-memory killer)
+            self.close(wait=False)
         result, ended = None, False
         try:
+            if self._process is None:
+                self._start("petlbench-worker" if self.reuse else f"petlbench-{variant.name}-seed{seed}")
+            self._jobs.send((plan, variant, seed, device))
+            if not self.reuse:
+                self._jobs.close()  # its only run: the process exits once it is done
             faults.inject("run.spawned", variant.name)
             while result is None:
                 if stop is not None and not _readable(self._results, stop):
                     raise Cancelled
-                try:
-                    kind, payload = self._results.recv()
-                except (EOFError, OSError):  # the child is gone, possibly in the middle of a message
-                    ended = True
-                    break
+                kind, payload = self._results.recv()
                 if kind == "step" and on_step is not None:
                     on_step(payload)
                 elif kind == "result":
                     result = payload
+        except (EOFError, OSError):  # the child is gone (before it took the run, or in the middle of a message)
+            ended = True
         finally:
             if result is None or not self.reuse:  # done with its one run, gone, or stopped in the middle of the run
                 self.close(wait=result is not None or ended)
@@ -282,21 +282,22 @@ class Worker:
     def close(self, wait: bool = True) -> None:
         """End the process: asked to (its jobs' pipe closed) and, with ``wait``, given
         `CHILD_EXIT_S` to exit (its teardown, CUDA's included); then stopped (SIGTERM, then
-        SIGKILL)."""
-        if self._process is None:
+        SIGKILL), even where the wait is interrupted."""
+        if (process := self._process) is None:
             return
-        process, self._process = self._process, None
         self._jobs.close()
         self._results.close()
-        if wait:
-            process.join(CHILD_EXIT_S)
-        if process.is_alive():
-            process.terminate()
-            process.join(10)
+        try:
+            if wait and process.pid is not None:
+                process.join(CHILD_EXIT_S)
+        finally:
             if process.is_alive():
-                process.kill()
-                process.join()
-        self._exitcode = process.exitcode
+                process.terminate()
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+            self._process, self._exitcode = None, process.exitcode
 
     _exitcode: int | None = None
 

@@ -84,7 +84,7 @@ class Cost:
     train_s: float | None = None  # training wall time
     eval_s: float | None = None  # evaluation wall time
     wall_s: float | None = None  # the whole run's wall time
-    runs_at_once: int | None = None  # runs of the sweep sharing the machine (its slots: --jobs, --devices); the times depend on it
+    runs_at_once: int | None = None  # the most runs of the sweep at once (its slots: --jobs, --devices); the times depend on it
 
 
 @dataclass

@@ -72,6 +72,7 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
     free = list(range(len(slots)))
     stop = threading.Event()
     workers = [Worker(slot, reuse=device.type != "cuda") for slot in slots] if isolate else [None]
+    threads = slots[0].threads if device.type == "cpu" else None  # a CPU run's metrics depend on them: resume checks them
 
     def collect(block: bool) -> None:
         """Take the records of the parallel runs that ended (waiting for one if ``block``),
@@ -102,16 +103,16 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
                 label = f"[{i}/{len(grid)}] {current}"
                 path = records.record_path(plan.output, variant.name, seed)
                 run_hash = cfgmod.run_hash(plan.suite, variant, seed)
-                if records.is_done(done := existing_record(path, unreadable), run_hash, device, slots[0].threads):
+                if records.is_done(done := existing_record(path, unreadable), run_hash, device, threads):
                     _say(f"{label}: already done, skipped ({path})")
                     done_at[i] = done
                     continue
                 if records.is_done(done, run_hash, device, None):  # on another thread count: its metrics differ
                     _say(
-                        f"{label}: its record was made on {done['env'].get('threads')} threads, this sweep's runs use {slots[0].threads}: run again"
+                        f"{label}: its record was made on {done['env'].get('threads')} threads, this sweep's runs use {threads}: run again"
                     )
                 if not parallel:
-                    keep(i, _take(_Run(plan, variant, seed, device, path, label, workers[0], threads=slots[0].threads), run_hash))
+                    keep(i, _take(_Run(plan, variant, seed, device, path, label, workers[0], threads=threads), run_hash))
                     continue
                 collect(block=not free)  # waits for a slot: the run's lock is taken only when it can start
                 k = free.pop()
@@ -119,7 +120,7 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
                 under_way[i] = current  # before its thread starts: a signal may come before `running` knows it
                 future = pool.submit(
                     _take,
-                    _Run(plan, variant, seed, device, path, label + where, workers[k], k, stop, slots[k].threads, len(slots)),
+                    _Run(plan, variant, seed, device, path, label + where, workers[k], k, stop, threads, min(len(slots), len(grid))),
                     run_hash,
                 )
                 running[future] = (i, k)
@@ -188,15 +189,13 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-@contextlib.contextmanager
-def _closing(workers: list[Worker | None]) -> Iterator[None]:
-    """The sweep's workers, ended with it (`Worker.close`)."""
-    try:
-        yield
-    finally:
-        for worker in workers:
-            if worker is not None:
-                worker.close()
+def _closing(workers: list[Worker | None]) -> contextlib.ExitStack:
+    """The sweep's workers, each ended with it (`Worker.close`) whatever the others do."""
+    stack = contextlib.ExitStack()
+    for worker in workers:
+        if worker is not None:
+            stack.enter_context(worker)
+    return stack
 
 
 def _stop_runs(stop: threading.Event, running: dict[Future, tuple[int, int]], pool: ThreadPoolExecutor, done_at: dict) -> None:
@@ -231,8 +230,8 @@ class _Run:
     worker: Worker | None  # None: in this process
     position: int = 0  # its progress bar's line (its slot's index)
     stop: threading.Event | None = None  # set when the sweep stops every parallel run
-    threads: int | None = None  # its intra-op threads, where the sweep sets them
-    runs_at_once: int = 1  # the sweep's slots: how many runs share the machine
+    threads: int | None = None  # its intra-op threads where they decide its metrics (the CPU), for resume
+    runs_at_once: int = 1  # the most runs of the sweep at once (its slots, or fewer where its grid is smaller)
 
 
 def _take(run: _Run, run_hash: str) -> tuple[dict[str, Any] | None, tuple[str, str, Path] | None]:

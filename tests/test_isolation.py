@@ -1,6 +1,7 @@
-"""Runs in a fresh process (the CUDA path, forced on the CPU): progress from the child, and a
-child that dies becomes an `error` record naming its signal or exit code while the sweep
-goes on."""
+"""Runs in a process of their own (forced on the CPU, where a worker serves run after run;
+on CUDA each run gets a fresh one): progress from the child, a child that dies becomes an
+`error` record naming its signal or exit code while the sweep goes on with a new one, and a
+worker that died between runs is replaced before the next."""
 
 import contextlib
 import math
@@ -139,3 +140,17 @@ def test_the_cap_is_a_fraction_of_an_indexed_device(monkeypatch):
 def test_a_memory_limit_needs_cuda(cli):
     code, _, err = cli("run", "--suite", "vl-retrieval", "--device", "cpu", "--memory-limit", "1GiB")
     assert code == 2 and "--memory-limit caps the CUDA caching allocator; this run is on cpu" in err
+
+
+@pytest.mark.slow
+def test_a_worker_that_died_between_runs_is_replaced_before_the_next():
+    """A CPU worker serves run after run; killed while idle (the out-of-memory killer), the
+    next run gets a new process instead of a broken pipe ending the sweep."""
+    plan = make_plan("vl-retrieval", ["linear"], [0], None, TINY)
+    with isolation.Worker(reuse=True) as worker:
+        assert worker.attempt(plan, plan.variants[0], 0, CPU, None).status == "ok"
+        first = worker._process
+        os.kill(first.pid, signal.SIGKILL)
+        first.join(10)
+        assert worker.attempt(plan, plan.variants[0], 0, CPU, None).status == "ok"
+        assert worker._process is not None and worker._process.pid != first.pid

@@ -192,10 +192,15 @@ def test_runs_start_costliest_first_where_they_outnumber_the_slots(tmp_path, cap
     assert sweep._start_order(plan, grid, 2) == [2, 3, 1]
     assert "runs start costliest first (estimated FLOPs of their training): full, lora, linear" in capsys.readouterr().out
     assert sweep._start_order(plan, grid, 3) == sweep._start_order(plan, grid, 1) == [1, 2, 3]
+    # what the signal test below relies on: of GRID's runs, bitfit and lora start first, in that order
+    grid_plan = make_plan("vl-retrieval", ["linear", "bitfit", "lora"], [0], tmp_path / "grid", TINY)
+    assert sweep._start_order(grid_plan, grid_plan.grid(), 2) == [2, 3, 1]
     plan.unsupported["full"] = "stand-in: the family does not have it"
     assert sweep._start_order(plan, grid, 2) == [3, 1, 2]  # a run with nothing to compute costs nothing
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(isolation.cores() < 2, reason="runs on 2 threads")
 def test_a_record_made_with_another_thread_count_is_run_again_not_skipped(cli, tmp_path):
     """Resuming with another --threads-per-run: metrics depend on the thread count, so a
     record made with 2 threads does not stand for a 1-thread run (a folder would otherwise
@@ -223,3 +228,22 @@ def test_a_record_made_with_another_thread_count_is_run_again_not_skipped(cli, t
     assert records.read(tmp_path / "linear--seed0.json")["env"]["threads"] == 1
     code, out, _ = cli(*argv, "--threads-per-run", "1")
     assert code == 0 and "linear seed 0: already done" in out
+
+
+def test_a_gpu_slot_is_the_gpu_nvml_reads_in_its_process(monkeypatch):
+    """`--devices` end to end on stand-ins, torch reporting no UUID (CUDA_VISIBLE_DEVICES
+    decides): the sweep sees two GPUs named by UUID, `--devices 1` gives a slot of the
+    second, the run's process entered into it sees only that one as cuda:0, and NVML reads
+    that physical GPU, not NVML's GPU 0 or 1."""
+    from petlbench.measure import nvml
+    from tests.test_nvml import GPUS, _fake_pynvml
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(nvml, "_torch_uuid", lambda index: None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"{GPUS[2][:12]},{GPUS[0][:12]}")  # the sweep's view
+    (slot,) = slots(CUDA, None, None, [1])
+    assert slot.gpu == GPUS[0][:12]
+    isolation.enter(slot)  # what the run's process does first (monkeypatch restores the variable)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == GPUS[0][:12]
+    assert nvml.nvml_handle(_fake_pynvml(), 0) == GPUS[0]
