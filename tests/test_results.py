@@ -97,14 +97,20 @@ def _figures(folder: Path, width: str) -> dict:
 @pytest.mark.parametrize("width", ["column", "text"])
 @pytest.mark.parametrize("name", ["vl-retrieval-ci", "vl-retrieval-transfer", "vl-retrieval-budget"])
 def test_labels_overlap_no_label_nor_marker_and_a_variant_keeps_its_style(name, width):
-    """On the committed baselines, no label of a point overlaps another label or a marker of
-    its axes (the batch sizes of the budget figure included), and every variant has one
-    colour and marker in every figure of the report, no two variants the same."""
+    """On the committed baselines, everything drawn lies inside its figure (a title as wide
+    as the axes' centre allows: real figures have wider tick labels than made-up ones), no
+    label of a point overlaps another label or a marker of its axes (the batch sizes of the
+    budget figure included), and every variant has one colour and marker in every figure of
+    the report, no two variants the same."""
     figures = _figures(BASELINES / name, width)
     assert any(stem.startswith("memory_vs_rsum") for stem in figures)
     styles: dict[str, set] = {}
     for stem, fig in figures.items():
         renderer = fig.canvas.get_renderer()
+        fig.canvas.draw()  # the second pass, as `plots._save` draws before it saves
+        drawn, canvas = fig.get_tightbbox(renderer), fig.bbox_inches
+        assert drawn.x0 >= canvas.x0 - 0.01 and drawn.x1 <= canvas.x1 + 0.01, f"{stem}: drawn {drawn.bounds} in, canvas {canvas.bounds} in"
+        assert drawn.y0 >= canvas.y0 - 0.01 and drawn.y1 <= canvas.y1 + 0.01, f"{stem}: drawn {drawn.bounds} in, canvas {canvas.bounds} in"
         for ax in fig.axes:
             # the text's own box (an annotation's extent includes its leader line)
             labels = [Text.get_window_extent(t, renderer) for t in ax.texts]

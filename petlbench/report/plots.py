@@ -100,7 +100,18 @@ def _legend(fig: Figure, styles: dict[str, Style], variants: Sequence[str], widt
         Line2D([], [], ls="", marker=styles[v].marker, markersize=4, color=styles[v].colour, label=styles[v].label)
         for v in sorted(dict.fromkeys(variants), key=list(styles).index)
     ]
-    fig.legend(handles=handles, ncol=min(len(handles), _columns(width)), loc="outside lower center", frameon=False, handletextpad=0.2)
+    _fitting_legend(fig, handles, min(len(handles), _columns(width)), handletextpad=0.2)
+
+
+def _fitting_legend(fig: Figure, handles: list, columns: int, **options: float) -> None:
+    """A legend below the axes in at most ``columns`` columns, fewer where long names would
+    make it wider than the figure."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ncol in range(columns, 0, -1):
+        legend = fig.legend(handles=handles, ncol=ncol, loc="outside lower center", frameon=False, **options)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
+            return
+        legend.remove()
 
 
 def place_labels(fig: Figure, labels: dict, marker_pt: float = 4.0) -> None:
@@ -305,7 +316,7 @@ def score_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
     handles = [
         Line2D([], [], color=styles[v].colour, marker=styles[v].marker, markersize=3, lw=0.8, label=styles[v].label) for v in variants
     ]
-    fig.legend(handles=handles, ncol=_columns(width), loc="outside lower center", frameon=False, handletextpad=0.3)
+    _fitting_legend(fig, handles, _columns(width), handletextpad=0.3)
     place_labels(fig, {ax: batches})
     return fig
 
@@ -313,6 +324,7 @@ def score_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
 def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     """``fig`` as PNG and PDF, each written whole or not at all (`write_file_atomic`)."""
     png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
+    FigureCanvasAgg(fig).draw()  # constrained layout settles rotated tick labels only in a second pass: the one saved
     write_file_atomic(png, lambda f: fig.savefig(f, format="png", dpi=300))
     faults.inject("figure.png")
     write_file_atomic(pdf, lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None}))  # reproducible bytes
