@@ -324,7 +324,6 @@ def score_vs_budget(records: list[dict], styles: dict, width: float) -> Figure:
 def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     """``fig`` as PNG and PDF, each written whole or not at all (`write_file_atomic`)."""
     png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
-    FigureCanvasAgg(fig).draw()  # constrained layout settles rotated tick labels only in a second pass: the one saved
     write_file_atomic(png, lambda f: fig.savefig(f, format="png", dpi=300))
     faults.inject("figure.png")
     write_file_atomic(pdf, lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None}))  # reproducible bytes
