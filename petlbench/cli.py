@@ -254,7 +254,7 @@ def _run_one_plan(plan, device, slots, dry_run: bool) -> bool:
         f"{_at_once(slots)}, records in {plan.output}"
     )
     if dry_run:
-        _print_plan(plan, device, slots[0].threads if device.type == "cpu" else None)
+        _print_plan(plan, device, slots)
         return False
     if not runs:
         print(f"shard {plan.shard}: nothing to do, the grid has {grid} runs for {plan.shard.count} shards")
@@ -288,11 +288,12 @@ def _at_once(slots) -> str:
     return f"{len(slots)} run{'s' * (len(slots) > 1)} at a time{threads}"
 
 
-def _print_plan(plan, device, threads: int | None) -> None:
-    """What `run` would do, run by run (`--dry-run`), its runs on ``threads`` intra-op threads
-    (the CPU; None: not checked)."""
+def _print_plan(plan, device, slots) -> None:
+    """What `run` would do, run by run (`--dry-run`), in ``slots``."""
     from petlbench import records
-    from petlbench.sweep import existing_record
+    from petlbench.sweep import existing_record, resumed_threads
+
+    threads = resumed_threads(device, slots)
 
     for variant, seed in plan.runs():
         path = records.record_path(plan.output, variant.name, seed)

@@ -212,6 +212,7 @@ class Worker:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._jobs: Connection | None = None  # this end writes the runs
         self._results: Connection | None = None  # this end reads their steps and results
+        self._exitcode: int | None = None  # how its last process ended
 
     def __enter__(self) -> Worker:
         return self
@@ -298,8 +299,6 @@ class Worker:
                     process.kill()
                     process.join()
             self._process, self._exitcode = None, process.exitcode
-
-    _exitcode: int | None = None
 
 
 def attempt_in_fresh_process(

@@ -72,7 +72,7 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
     free = list(range(len(slots)))
     stop = threading.Event()
     workers = [Worker(slot, reuse=device.type != "cuda") for slot in slots] if isolate else [None]
-    threads = slots[0].threads if device.type == "cpu" else None  # a CPU run's metrics depend on them: resume checks them
+    threads = resumed_threads(device, slots)
 
     def collect(block: bool) -> None:
         """Take the records of the parallel runs that ended (waiting for one if ``block``),
@@ -143,6 +143,12 @@ def run_plan(plan: Plan, device: torch.device, isolate: bool | None = None, slot
             "where no such process runs any more (a node that crashed), remove its lock file and run again"
         )
     return [done_at[i] for i in sorted(done_at)]
+
+
+def resumed_threads(device: torch.device, slots: Sequence[Slot]) -> int | None:
+    """The intra-op threads a record must have been made on to count as done (`records.is_done`):
+    the slots' on the CPU, where metrics depend on them; None (any) on CUDA."""
+    return slots[0].threads if device.type == "cpu" else None
 
 
 def _start_order(plan: Plan, grid: list[tuple[Variant, int]], slots: int) -> list[int]:

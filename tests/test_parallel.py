@@ -159,21 +159,23 @@ def test_bad_options_exit_2_with_one_line(cli, monkeypatch, argv, env, message):
 
 
 # A parallel sweep in a process of its own, stopped by a signal once the second run's process
-# has started (bitfit and lora start first, the costliest): every run's process must go with it, leaving no record, lock or temporary file.
+# has started: every run's process must go with it, leaving no record, lock or temporary file.
 @pytest.mark.slow
 @pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_stops_every_run_of_a_parallel_sweep_and_leaves_nothing(tmp_path, signame, code):
+    plan = make_plan("vl-retrieval", ["linear", "bitfit", "lora"], [0], tmp_path / "order", TINY)
+    first, second = (plan.grid()[i - 1][0].name for i in sweep._start_order(plan, plan.grid(), 2)[:2])
     done = subprocess.run(
         [sys.executable, "-m", "petlbench.cli", "run", *GRID, "--output", str(tmp_path / "out"), "--jobs", "2"],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, faults.ENV: f"run.spawned:{signame}:lora", MARK: str(tmp_path)},  # the second to start (costliest first)
+        env={**os.environ, faults.ENV: f"run.spawned:{signame}:{second}", MARK: str(tmp_path)},
         preexec_fn=default_sigint,
     )
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"interrupted by {signame} during bitfit seed 0, lora seed 0: 0 of 3 runs finished" in done.stderr
+    assert f"interrupted by {signame} during {first} seed 0, {second} seed 0: 0 of 3 runs finished" in done.stderr
     deadline = time.time() + 15
     while _spawned_children(str(tmp_path)) and time.time() < deadline:
         time.sleep(0.2)
@@ -192,9 +194,6 @@ def test_runs_start_costliest_first_where_they_outnumber_the_slots(tmp_path, cap
     assert sweep._start_order(plan, grid, 2) == [2, 3, 1]
     assert "runs start costliest first (estimated FLOPs of their training): full, lora, linear" in capsys.readouterr().out
     assert sweep._start_order(plan, grid, 3) == sweep._start_order(plan, grid, 1) == [1, 2, 3]
-    # what the signal test below relies on: of GRID's runs, bitfit and lora start first, in that order
-    grid_plan = make_plan("vl-retrieval", ["linear", "bitfit", "lora"], [0], tmp_path / "grid", TINY)
-    assert sweep._start_order(grid_plan, grid_plan.grid(), 2) == [2, 3, 1]
     plan.unsupported["full"] = "stand-in: the family does not have it"
     assert sweep._start_order(plan, grid, 2) == [3, 1, 2]  # a run with nothing to compute costs nothing
 
@@ -231,10 +230,10 @@ def test_a_record_made_with_another_thread_count_is_run_again_not_skipped(cli, t
 
 
 def test_a_gpu_slot_is_the_gpu_nvml_reads_in_its_process(monkeypatch):
-    """`--devices` end to end on stand-ins, torch reporting no UUID (CUDA_VISIBLE_DEVICES
-    decides): the sweep sees two GPUs named by UUID, `--devices 1` gives a slot of the
-    second, the run's process entered into it sees only that one as cuda:0, and NVML reads
-    that physical GPU, not NVML's GPU 0 or 1."""
+    """`--devices` from slot to NVML on stand-ins, in this process, torch reporting no UUID
+    (CUDA_VISIBLE_DEVICES decides): the sweep sees two GPUs named by UUID, `--devices 1`
+    gives a slot of the second, entering it (what a run's process does first) leaves only
+    that one visible as cuda:0, and NVML reads that physical GPU, not NVML's GPU 0 or 1."""
     from petlbench.measure import nvml
     from tests.test_nvml import GPUS, _fake_pynvml
 
