@@ -129,7 +129,7 @@ def _estimate(args: argparse.Namespace) -> int:
     variants = _names("--variants", args.variants)
     if args.output:
         check_writable(args.output, keep=False)
-    job = estimate.make_job(args.model, args.suite, variants, args.seq_len, args.precision, args.grad_checkpointing)
+    job = estimate.make_job(args.model, args.suite, variants, args.seq_len, args.precision, args.grad_checkpointing, args.target_len)
     if args.budget is None:
         rows, batch = estimate.at_batch(job, args.batch_size), f"batch {args.batch_size}"
     else:
@@ -559,7 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--batch-size", type=_positive_int, help="estimate the peak at this batch size")
     size.add_argument("--budget", type=_size, help="find each variant's largest batch size whose peak fits, e.g. 24GiB or 512MiB")
     est.add_argument(
-        "--seq-len", type=_positive_int, help="text tokens per caption; default: the model's maximum (77 for CLIP, 512 for BERT)"
+        "--seq-len",
+        type=_positive_int,
+        help="text tokens per caption or source; default: the model's maximum (77 for CLIP, 512 for BERT and T5)",
+    )
+    est.add_argument(
+        "--target-len",
+        type=_positive_int,
+        help="target tokens of a text-to-text suite, the end token included; default: the suite's (where it leaves it to the tokenizer, 4)",
     )
     est.add_argument(
         "--variants",
@@ -567,7 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated method variants (methods/NAME.yaml) or YAML paths; default: every variant "
         "(--methods: its old name, kept for one release)",
     )
-    est.add_argument("--suite", default="vl-retrieval", help="suite whose training rules apply (optimizer, head, temperature, attention)")
+    est.add_argument(
+        "--suite",
+        help="suite whose task and training rules apply (optimizer, head, temperature, attention); "
+        "default: vl-retrieval for a dual encoder, glue for T5",
+    )
     est.add_argument(
         "--precision",
         choices=get_args(cfgmod.Precision),

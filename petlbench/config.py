@@ -191,13 +191,75 @@ class DataConfig:
             raise ConfigError("only for data.target shifted", key="data.shift")
 
 
+@dataclass
+class TextDataConfig:
+    """The data section of the text-to-text task (`task: glue`): which classification tasks,
+    from the embedded generator or from the GLUE distribution's files, cut to what lengths."""
+
+    kind: Literal["generated", "glue"] = field(
+        metadata={
+            "help": "'generated': the embedded GLUE-shaped tasks over the scene vocabulary; 'glue': the GLUE distribution's "
+            "TSV folders under data.root"
+        }
+    )
+    tasks: list[str] = field(
+        metadata=rule(
+            "the tasks trained together and judged one by one (petlbench/tasks/glue: the names of each kind)", min_items=1, nonempty=True
+        )
+    )
+    root: str = field(
+        default="",
+        metadata=rule(
+            "glue: the folder holding one folder per task as GLUE names them (CoLA, SST-2, MRPC, ...)", nonempty=False, hashed=False
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=rule("generated: generator seed (the data set is identical for every run seed)", ge=SEED_RANGE[0], le=SEED_RANGE[1]),
+    )
+    train_examples: int = field(
+        default=0, metadata=rule("per task: generated: examples made; glue: the first N of the training split (0: all)", ge=0, le=10**8)
+    )
+    val_examples: int = field(default=0, metadata=rule("as train_examples, for the validation split", ge=0, le=10**8))
+    test_examples: int = field(default=0, metadata=rule("as train_examples, for the test split", ge=0, le=10**8))
+    text_length: int = field(default=128, metadata=rule("source tokens per example (truncated, then padded)", ge=1, le=100_000))
+    target_length: int = field(
+        default=0, metadata=rule("target tokens per example (0: the longest label's, end token included)", ge=0, le=100_000)
+    )
+
+    def __post_init__(self):
+        for split in ("train", "val", "test"):
+            if self.kind == "generated" and getattr(self, f"{split}_examples") < 1:
+                raise ConfigError("at least 1 (0 means 'all' only for data read from files)", key=f"data.{split}_examples")
+        if self.kind == "glue" and not self.root:
+            raise ConfigError("required for data.kind 'glue' (a path)", key="data.root")
+        if self.kind == "generated" and self.root:
+            raise ConfigError("only for data read from files (data.kind glue)", key="data.root")
+        if len(set(self.tasks)) < len(self.tasks):
+            raise ConfigError("a task is named twice", key="data.tasks")
+
+
+# The target length of an estimate whose suite leaves it to the tokenizer (`target_length`
+# 0): an estimate has none. A label word of up to three tokens and the end token.
+ESTIMATE_TARGET_LENGTH = 4
+
+# The data section's schema of each task whose data is not image-text (`DataConfig`).
+DATA_SCHEMAS: dict[str, type] = {"glue": TextDataConfig}
+
+
+def data_schema(suite: Any) -> type:
+    """The schema of the data section of ``suite`` (a suite file's mapping), by its task."""
+    task = suite.get("task", DEFAULT_TASK) if isinstance(suite, dict) else DEFAULT_TASK
+    return DATA_SCHEMAS.get(task, DataConfig) if isinstance(task, str) else DataConfig
+
+
 # Training precisions; `precision.autocast` is the one place that maps them to an autocast context.
 Precision = Literal["fp32", "bf16"]
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = field(metadata=rule("image-caption pairs per training step", ge=1, le=2**20))
+    batch_size: int = field(metadata=rule("training examples per step (image-caption pairs, source-target pairs)", ge=1, le=2**20))
     steps: int = field(metadata=rule("training steps, the warm-up step included", ge=2, le=10**9))
     warmup_steps: int = field(default=0, metadata=rule("steps of linear learning-rate warm-up", ge=0, le=10**9))
     optimizer: Literal["adamw"] = "adamw"
@@ -297,7 +359,9 @@ class SuiteConfig:
     name: str = field(metadata=rule("the suite's name (records and tables show it)", nonempty=True))
     version: int = field(metadata=rule("bumped when the suite's meaning changes", ge=1, le=10**6))
     model: ModelConfig
-    data: DataConfig
+    data: DataConfig | TextDataConfig = field(
+        metadata={"help": "what the task learns from: its schema is the task's (`data_schema`)", "schema": data_schema}
+    )
     train: TrainConfig
     task: str = field(
         default=DEFAULT_TASK,
@@ -308,6 +372,15 @@ class SuiteConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: list[int] = field(
         default_factory=lambda: [0], metadata=rule("default run seeds", ge=SEED_RANGE[0], le=SEED_RANGE[1], min_items=1, hashed=False)
+    )
+    variants: list[str] = field(
+        default_factory=list,
+        metadata=rule(
+            "the variants a run without --variants runs (empty: one per method, methods/<method>.yaml)",
+            nonempty=True,
+            min_items=0,
+            hashed=False,
+        ),
     )
     description: str = field(default="", metadata=rule("one line for `petlbench list`", nonempty=False, hashed=False))
     # not hashed: a run's learning rate is in its variant's config, which `run_hash` covers
@@ -479,7 +552,7 @@ def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     for name, f in fields.items():
         key = prefix + name
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], source, key)
+            kwargs[name] = _coerce(data[name], _field_type(f, hints[name], data), source, key)
             if why := _bound_error(f.metadata, kwargs[name]):
                 raise ConfigError(f"{source}: key '{key}': {short(data[name])} {why}", key=key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -488,6 +561,12 @@ def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError as exc:  # a check across fields in the schema's __post_init__
         raise ConfigError(f"{source}: key '{exc.key}': {exc}", key=exc.key) from None
+
+
+def _field_type(f: dataclasses.Field, hint: Any, mapping: Any) -> Any:
+    """The type field ``f`` is read as: its type hint, or what its ``schema`` picks from the
+    whole ``mapping`` it is in (a suite's data section, by the suite's task)."""
+    return f.metadata["schema"](mapping) if "schema" in f.metadata else hint
 
 
 def check_value(cls: type, name: str, value: Any, source: str) -> Any:
@@ -677,7 +756,7 @@ def load_suite(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
     for text in overrides:
         keys, value = parse_override(text)
         if keys[0] != "method":
-            check_override(SuiteConfig, keys, value, f"--set {clip(text)}")
+            check_override(SuiteConfig, keys, value, f"--set {clip(text)}", data)
             _apply(data, keys, value)
             overridden[".".join(keys)] = f"--set {clip(text)}"
     try:
@@ -688,14 +767,15 @@ def load_suite(name_or_path: str, overrides: list[str] = ()) -> SuiteConfig:
         raise ConfigError(overridden[exc.key] + str(exc).removeprefix(str(path)), key=exc.key) from None
 
 
-def check_override(cls: type, keys: list[str], value: Any, source: str) -> None:
-    """Validate one `--set` against the schema alone, so that its error names it."""
+def check_override(cls: type, keys: list[str], value: Any, source: str, mapping: Any = None) -> None:
+    """Validate one `--set` against the schema alone, so that its error names it (``mapping``:
+    the file's own mapping, where a section's schema depends on it, `_field_type`)."""
     for i, key in enumerate(keys):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         dotted = ".".join(keys[: i + 1])
         if key not in fields:
             raise ConfigError(f"{source}: unknown key {short(dotted)}; allowed keys: {', '.join(fields)}")
-        tp = typing.get_type_hints(cls)[key]
+        tp = _field_type(fields[key], typing.get_type_hints(cls)[key], mapping if i == 0 else None)
         if i == len(keys) - 1:
             coerced = _coerce(value, tp, source, dotted)
             if why := _bound_error(fields[key].metadata, coerced):
@@ -771,5 +851,7 @@ def suite_differences(suites: Iterable[dict]) -> str:
 
 
 def run_hash(suite: SuiteConfig, variant, seed: int) -> str:
-    """Covers everything that defines one run's result."""
-    return _digest({"suite": suite_hash(suite), "method": variant.method, "config": to_dict(variant.config), "seed": seed})
+    """Covers everything that defines one run's result: the suite, and the method's config as
+    each field's hash rule says (an option added after records existed counts only where it
+    is not at its default, so that those records keep their hashes)."""
+    return _digest({"suite": suite_hash(suite), "method": variant.method, "config": _hashed(variant.config), "seed": seed})

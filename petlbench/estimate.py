@@ -184,17 +184,24 @@ class Row:
     max_batch_size: int | None = None  # with a budget: the answer (0: not even batch 1 fits)
 
 
+# The suite an estimate takes its training rules from when none is named, by model family.
+DEFAULT_SUITES = {"clip": "vl-retrieval", "vse": "vl-retrieval", "t5": "glue"}
+
+
 def make_job(
     model: str,
-    suite: str,
+    suite: str | None,
     methods: list[str] | None,
     text_length: int | None,
     precision: Precision | None = None,
     grad_checkpointing: bool | None = None,
+    target_length: int | None = None,
 ) -> Job:
-    """Validate the model, the suite, the variants (default: every shipped variant) and
-    the text length (default: the model's maximum) before anything is estimated;
-    ``precision`` and ``grad_checkpointing`` replace the suite's where given. Variants
+    """Validate the model, the suite (default: the model family's, `DEFAULT_SUITES`), the
+    variants (default: every shipped variant), the text length (default: the model's
+    maximum) and the target length (a text-to-text suite's; default: the suite's) before
+    anything is estimated; ``precision`` and ``grad_checkpointing`` replace the suite's
+    where given. Variants
     whose method does not apply to the model's family are left out (`Job.unsupported`);
     an error when that leaves none."""
     architecture = load_architecture(model)
@@ -203,8 +210,15 @@ def make_job(
     max_text = architecture.max_text_positions
     if text_length is not None and not 1 <= text_length <= max_text:
         raise ConfigError(f"--seq-len {text_length}: the model {model!r} has 1 to {max_text} text positions")
+    suite = suite or DEFAULT_SUITES[architecture.family]
     suite_cfg = at_text_length(cfgmod.load_suite(suite), text_length or max_text)
-    get_task(suite_cfg.task, f"{cfgmod.find('suites', suite)}: key 'task'")
+    if target_length is not None and not hasattr(suite_cfg.data, "target_length"):
+        raise ConfigError(f"--target-len {target_length}: the suite {suite!r} has no target text (its task is {suite_cfg.task!r})")
+    if hasattr(suite_cfg.data, "target_length"):  # a text-to-text suite: the target length is concrete in an estimate
+        target = target_length or suite_cfg.data.target_length or cfgmod.ESTIMATE_TARGET_LENGTH
+        suite_cfg = dataclasses.replace(suite_cfg, data=dataclasses.replace(suite_cfg.data, target_length=target))
+    if (why := get_task(suite_cfg.task, f"{cfgmod.find('suites', suite)}: key 'task'").unserved_family(architecture.family)) is not None:
+        raise ConfigError(f"--model {model}: {why}; pass --suite with a suite of that task")
     suite_cfg = dataclasses.replace(
         suite_cfg,
         description=f"estimate for {model} under the training rules of suite {suite_cfg.name}",

@@ -36,13 +36,19 @@ def describe(job: Job, batch: str) -> str:
         if job.unsupported
         else ""
     ) + (f" Left out, their methods do not serve the task {job.suite.task!r}: {', '.join(job.unserved)}." if job.unserved else "")
+    inputs = f"{side}x{side} images, {job.suite.data.text_length} text tokens" if side else _text_inputs(job)
     return (
-        f"Estimated training peak on a GPU (torch.cuda.max_memory_allocated) of {job.model}, {batch}, {side}x{side} images, "
-        f"{job.suite.data.text_length} text tokens, {precision}{checkpointing}, AdamW {train.optimizer_impl}, "
+        f"Estimated training peak on a GPU (torch.cuda.max_memory_allocated) of {job.model}, {batch}, {inputs}, "
+        f"{precision}{checkpointing}, AdamW {train.optimizer_impl}, "
         f"head {train.head}, temperature {train.temperature} (suite {job.suite.name}): "
         f"fake tensors, each allocation rounded up to {CUDA_GRANULARITY} B, plus {CUDA_WORKSPACE_BYTES / MiB:.0f} MiB "
         "of cuBLAS workspaces (an unvalidated constant until checked on a GPU)." + bf16 + left_out
     )
+
+
+def _text_inputs(job: Job) -> str:
+    """A text-to-text suite's lengths, the target's as the estimate takes it."""
+    return f"{job.suite.data.text_length} source and {job.suite.data.target_length} target tokens"
 
 
 def table(rows: list[Row]) -> str:
@@ -76,6 +82,7 @@ def as_json(job: Job, rows: list[Row]) -> str:
             "model": job.model,
             "batch_size": row.batch_size,
             "text_length": job.suite.data.text_length,
+            **({"target_length": job.suite.data.target_length} if hasattr(job.suite.data, "target_length") else {}),
             "precision": job.suite.train.precision,
             "grad_checkpointing": job.suite.train.grad_checkpointing,
             "optimizer_impl": job.suite.train.optimizer_impl,

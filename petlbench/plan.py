@@ -167,11 +167,13 @@ def make_plan(
             f"--shard {shard}: needs --output DIR, the one folder all shards write into (the default folder is named after each process's start time)"
         )
     suite_cfg = cfgmod.load_suite(suite, overrides)
-    get_task(suite_cfg.task, f"{cfgmod.find('suites', suite)}: key 'task'")
+    task = get_task(suite_cfg.task, f"{cfgmod.find('suites', suite)}: key 'task'")
     if budget is not None:
         suite_cfg = dataclasses.replace(suite_cfg, budget=dataclasses.replace(suite_cfg.budget, bytes=budget))
     # with weights: a shipped architecture (config only) is an error here
     architecture = load_architecture(suite_cfg.model.name, weights=True)
+    if (why := task.unserved_family(architecture.family)) is not None:
+        raise ConfigError(f"{cfgmod.find('suites', suite)}: key 'model.name': {suite_cfg.model.name!r}: {why}")
     if suite_cfg.data.text_length > architecture.max_text_positions:
         raise ConfigError(
             f"key 'data.text_length': {suite_cfg.data.text_length} exceeds the {architecture.max_text_positions} text positions of {suite_cfg.model.name}"
@@ -179,7 +181,7 @@ def make_plan(
     check_weights(suite_cfg.model.name, suite_cfg.model.allow_pickle)
     load_preprocessors(suite_cfg.model.name)
     n_train, n_eval = _check_data(suite_cfg)
-    names = default_variants() if methods is None else methods
+    names = (suite_cfg.variants or default_variants()) if methods is None else methods
     if names == ["all"]:
         names = shipped()
     if unknown := sorted(set(suite_cfg.learning_rates) - set(shipped())):

@@ -26,17 +26,17 @@ class Keeps:
     (Side methods: none; partial fine-tuning: the last k; methods whose gradient crosses the
     backbone: every block.)"""
 
-    blocks: Callable[[MethodConfig, int], range]  # (config, tower depth) -> the blocks that keep activations
+    blocks: Callable[[MethodConfig, int, str], range]  # (config, tower depth, tower) -> the blocks that keep activations
     says: str  # the same, in words
 
 
-NOTHING = Keeps(lambda cfg, depth: range(0), "no backbone block")
-EVERY_BLOCK = Keeps(lambda cfg, depth: range(depth), "every backbone block")
+NOTHING = Keeps(lambda cfg, depth, tower: range(0), "no backbone block")
+EVERY_BLOCK = Keeps(lambda cfg, depth, tower: range(depth), "every backbone block")
 
 
 def last_blocks(option: str) -> Keeps:
     """The last ``cfg.<option>`` blocks of each tower."""
-    return Keeps(lambda cfg, depth: range(depth - getattr(cfg, option), depth), f"the last `{option}` blocks of each tower")
+    return Keeps(lambda cfg, depth, tower: range(depth - getattr(cfg, option), depth), f"the last `{option}` blocks of each tower")
 
 
 Builder = Callable[..., Any]  # (backbone, config[, data]) -> the model to train

@@ -29,7 +29,7 @@ from petlbench.measure.nvml import NvmlPeak, NvmlSampler
 from petlbench.measure.params import parameter_counts
 from petlbench.measure.phase import PhaseResult, to_device, training_phase
 from petlbench.methods import get_method
-from petlbench.models.backbone import DualEncoder
+from petlbench.models.backbone import Backbone
 from petlbench.models.loader import load_backbone
 from petlbench.precision import autocast
 from petlbench.records import memory_section
@@ -104,7 +104,7 @@ def make_optimizer(params: list[torch.nn.Parameter], train: TrainConfig, lr: flo
 
 
 def prepare(
-    backbone: DualEncoder,
+    backbone: Backbone,
     train: TrainConfig,
     variant: Variant,
     data: Callable[[int], Iterator[Batch]] | None = None,
@@ -126,9 +126,14 @@ def prepare(
         backbone.task_head = head
     model = spec.apply(backbone, variant.config, None if data is None else SetupData(data, implementation.loss))
     if not spec.defines_head:
+        if train.head == "trainable" and not backbone.projections():
+            raise ConfigError(f"train.head: trainable, but a {backbone.family!r} backbone has no projection head (keep it frozen)")
         for projection in backbone.projections():
             projection.requires_grad_(train.head == "trainable")
-    backbone.logit_scale.requires_grad_(train.temperature == "trainable")
+    if (temperature := backbone.temperature()) is not None:
+        temperature.requires_grad_(train.temperature == "trainable")
+    elif train.temperature == "trainable":
+        raise ConfigError(f"train.temperature: trainable, but a {backbone.family!r} backbone has no temperature (keep it frozen)")
     if head is not None:  # on the trained model, trained whatever the method froze
         del backbone.task_head
         model.task_head = head.requires_grad_(True)
@@ -218,7 +223,7 @@ class Training:
     @classmethod
     def of(
         cls,
-        backbone: DualEncoder,
+        backbone: Backbone,
         train: TrainConfig,
         variant: Variant,
         data: Callable[[int], Iterator[Batch]] | None = None,

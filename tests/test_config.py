@@ -101,7 +101,7 @@ def test_method_file_errors(cli, tmp_path):
 
 
 def test_unknown_names(cli):
-    _expect_error(cli, ["run", "--suite", "nope"], "unknown suite 'nope'", "known: vl-retrieval")
+    _expect_error(cli, ["run", "--suite", "nope"], "unknown suite 'nope'", "glue-embedded, ", "vl-retrieval, vl-retrieval-coco")
     _expect_error(
         cli,
         ["run", "--suite", "vl-retrieval", "--methods", "nope"],

@@ -137,9 +137,9 @@ def test_every_cheap_documented_command_runs(doc, command, cli, tmp_path, monkey
     elif name == "compare":
         argv = [argv[0], argv[1], argv[1] if argv[2] in WRITTEN_BY_A_RUN else argv[2], *argv[3:]]
     elif name == "estimate":
-        # the model the document names, one variant, batch 1: the command's path, in seconds
+        # the model the document names, one variant (LoRA applies to every family), batch 1: the command's path, in seconds
         if "--variants" not in argv and "--methods" not in argv:
-            argv += ["--variants", "linear"]
+            argv += ["--variants", "lora"]
         argv = _with(_without(argv, "--budget"), "--batch-size", "1")
     for word in argv[1:]:
         if word.startswith("results/"):

@@ -19,6 +19,7 @@ from petlbench.config import PROJECT_ROOT, MethodConfig, SuiteConfig, load_suite
 from petlbench.measure.kernels import cuda_settings
 from petlbench.methods import get_method, registered
 from petlbench.models.loader import load_architecture
+from petlbench.registry import UnsupportedError
 from petlbench.tasks import registered as registered_tasks
 from petlbench.train import prepare
 from petlbench.variants import data_free, load_variant, shipped
@@ -168,7 +169,7 @@ def _count_table(text: str) -> dict[str, list[int | None]]:
 
 
 # The architectures of the count table's columns, in order.
-COUNTED = ("clip-vit-base-patch32", "embedded-clip", "resnet50-bert-base")
+COUNTED = ("clip-vit-base-patch32", "embedded-clip", "resnet50-bert-base", "t5-base")
 
 
 @pytest.mark.slow
@@ -186,7 +187,11 @@ def test_the_trainable_counts_are_the_codes():
                 continue
             with torch.device("meta"):
                 backbone = architecture.build("sdpa")
-            model = prepare(backbone, train, data_free(variant))
+            try:
+                model = prepare(backbone, train, data_free(variant))
+            except UnsupportedError:  # the method applies to the family, this variant does not (deep prompts on T5)
+                assert table[variant.name][column] is None, f"{variant.name} on {name}"
+                continue
             count = sum(p.numel() for p in model.parameters() if p.requires_grad)
             assert table[variant.name][column] == count, f"{variant.name} on {name}"
 

@@ -47,7 +47,7 @@ def test_a_users_suites_and_variants_are_found_by_name_and_listed(cli, tmp_path,
     ]
     assert "\n  mine " in out and "\n  theirs " in out and "\n  my-linear " in out
     code, _, err = cli("run", "--suite", "nothing")
-    assert code == 2 and "known: mine, theirs, vl-retrieval," in err
+    assert code == 2 and "glue-stsb, mine, theirs, vl-retrieval," in err
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,16 @@ from petlbench.measure.phase import training_phase
 from petlbench.methods import registered
 from petlbench.models.loader import load_backbone
 from petlbench.models.vse import tiny_vse
-from petlbench.tasks.retrieval.task import contrastive_loss
+from petlbench.tasks import get_task
+from petlbench.tasks.glue.task import TASK as TEXT_TO_TEXT
 from petlbench.train import make_optimizer, prepare, train_step
 from petlbench.variants import load_variant
 from tests.frozen import assert_unchanged_except, snapshot
 
 SUITE = load_suite("vl-retrieval")
+SUITES = {"clip": SUITE, "vse": SUITE, "t5": load_suite("glue-embedded")}  # each family's task and training rules
+# The variant a method runs as where its default one does not apply to the family.
+FAMILY_VARIANTS = {("t5", "prompt"): "prompt-100"}
 PAIRS = [(family, name) for name, spec in sorted(registered().items()) for family in spec.families]
 CAPTIONS = [
     "a big red circle in the middle",
@@ -35,9 +39,14 @@ CAPTIONS = [
 
 
 def _backbone_and_batch(family: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """The shipped CLIP (real weights) or a seeded tiny ResNet + BERT, and a batch of 4."""
+    """The shipped CLIP or T5 (real weights) or a seeded tiny ResNet + BERT, and a batch of 4."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
+    if family == "t5":
+        backbone, tok, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
+        suite = SUITES["t5"]
+        small = dataclasses.replace(suite, data=dataclasses.replace(suite.data, train_examples=2, val_examples=1, test_examples=1))
+        return backbone, next(TEXT_TO_TEXT.splits(small, tok, None, False)["train"].training_batches(4, generator))
     if family == "clip":
         backbone, tok, *_ = load_backbone("embedded-clip", "sdpa", torch.device("cpu"))
         enc = tok(CAPTIONS, padding="max_length", max_length=40, return_tensors="pt")
@@ -56,15 +65,15 @@ def setup(request):
     family, method = request.param
     backbone, batch = _backbone_and_batch(family)
     before = snapshot(backbone)
-    variant = load_variant(method)
-    model = prepare(backbone, SUITE.train, variant, data=lambda _batch_size: itertools.repeat(batch)).train()
+    variant = load_variant(FAMILY_VARIANTS.get((family, method), method))
+    suite = SUITES[family]
+    model = prepare(backbone, suite.train, variant, data=lambda _batch_size: itertools.repeat(batch), task=suite.task).train()
     return backbone, model, batch, before, variant
 
 
-def _loss(model, batch):
-    return contrastive_loss(
-        model.encode_image(batch["pixel_values"]), model.encode_text(batch["input_ids"], batch["attention_mask"]), model.logit_scale
-    )
+def _loss(backbone, model, batch):
+    """The training loss of the task of ``backbone``'s family (`SUITES`)."""
+    return get_task(SUITES[backbone.family].task).implementation.loss(model, batch)
 
 
 IDS = [f"{family}-{method}" for family, method in PAIRS]
@@ -72,8 +81,8 @@ IDS = [f"{family}-{method}" for family, method in PAIRS]
 
 @pytest.mark.parametrize("setup", PAIRS, indirect=True, ids=IDS)
 def test_gradients_reach_exactly_the_trainable_parameters(setup):
-    _, model, batch, _, _ = setup
-    _loss(model, batch).backward()
+    backbone, model, batch, _, _ = setup
+    _loss(backbone, model, batch).backward()
     named = dict(model.named_parameters())
     trainable = {n for n, p in named.items() if p.requires_grad}
     assert trainable, "the method trains nothing"
@@ -91,7 +100,7 @@ def test_training_changes_trainable_and_nothing_frozen(setup):
     start = [p.detach().clone() for p in trainable]
     opt = torch.optim.AdamW(trainable, lr=variant.config.lr)
     for _ in range(3):
-        _loss(model, batch).backward()
+        _loss(backbone, model, batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     assert any(not torch.equal(a, p) for a, p in zip(start, trainable, strict=True))
@@ -126,7 +135,7 @@ def kept_blocks(backbone, model, batch) -> dict[str, set[int]]:
 
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            _loss(model, batch)
+            _loss(backbone, model, batch)
     finally:
         for hook in hooks:
             hook.remove()
@@ -140,17 +149,17 @@ def test_what_the_method_keeps_of_the_backbone_is_what_it_declares(setup):
     gradient crosses the backbone every block."""
     backbone, model, batch, _, variant = setup
     declared = registered()[variant.method].keeps[backbone.family]
-    expected = {tower: set(declared.blocks(variant.config, len(blocks))) for tower, blocks in backbone.blocks().items()}
+    expected = {tower: set(declared.blocks(variant.config, len(blocks), tower)) for tower, blocks in backbone.blocks().items()}
     assert kept_blocks(backbone, model, batch) == expected, declared.says
 
 
 @pytest.mark.parametrize("setup", PAIRS, indirect=True, ids=IDS)
 @pytest.mark.slow
 def test_the_measured_phase_runs_and_counts_the_step(setup):
-    _, model, batch, _, variant = setup
+    backbone, model, batch, _, variant = setup
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], SUITE.train, variant.config.lr)
     phase = training_phase(
-        lambda b: train_step(model, b, opt),
+        lambda b: train_step(model, b, opt, task=SUITES[backbone.family].task),
         itertools.repeat(batch),
         torch.device("cpu"),
         CpuAccountingMeter(),

@@ -157,10 +157,10 @@ def test_adapters_sit_on_the_sublayer_outputs_before_the_residual_adds(placement
 
     x = torch.randn(2, 5, plain.layer_norm1.normalized_shape[0], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        h = x + adapted("self_attn", plain.self_attn(plain.layer_norm1(x))[0])
+        h = x + adapted("attention", plain.self_attn(plain.layer_norm1(x))[0])
         want = h + adapted("mlp", plain.mlp(plain.layer_norm2(h)))
         torch.testing.assert_close(block(x, None), want)
-    assert hasattr(block, "self_attn_adapter") == (placement == "houlsby") and hasattr(block, "mlp_adapter")
+    assert hasattr(block, "attention_adapter") == (placement == "houlsby") and hasattr(block, "mlp_adapter")
 
 
 @pytest.mark.parametrize(

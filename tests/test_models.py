@@ -144,7 +144,7 @@ def test_a_bad_vse_json_is_a_config_error(tmp_path, change, message):
 def test_a_folder_of_another_model_type_is_a_config_error(tmp_path):
     tiny_vse().bert.save_pretrained(tmp_path / "bert")
     with pytest.raises(
-        ConfigError, match=r"describes a 'bert' model; expected 'clip' \(a ResNet \+ BERT pair is a folder with vse\.json\)"
+        ConfigError, match=r"describes a 'bert' model; expected 'clip' or 't5' \(a ResNet \+ BERT pair is a folder with vse\.json\)"
     ):
         load_architecture(str(tmp_path / "bert"))
 

@@ -17,7 +17,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from petlbench import config, records
-from petlbench.config import INT64, BudgetConfig, ConfigError, DataConfig, EvalConfig, ModelConfig, ShiftConfig, SuiteConfig, TrainConfig
+from petlbench.config import (
+    INT64,
+    BudgetConfig,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    ShiftConfig,
+    SuiteConfig,
+    TextDataConfig,
+    TrainConfig,
+)
 from petlbench.methods import registered
 from petlbench.report.compare import compare
 from petlbench.report.tables import report
@@ -33,6 +44,7 @@ values = st.recursive(
 CLASSES = [
     ModelConfig,
     DataConfig,
+    TextDataConfig,
     ShiftConfig,
     TrainConfig,
     EvalConfig,
@@ -40,7 +52,13 @@ CLASSES = [
     SuiteConfig,
     *dict.fromkeys(spec.config_cls for spec in registered().values()),  # in registry order: every test process collects the same list
 ]
-FIELDS = [(cls, f) for cls in CLASSES for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name])]
+# Every field that holds a value, not a section (a section's schema may depend on the suite: `data`).
+FIELDS = [
+    (cls, f)
+    for cls in CLASSES
+    for f in dataclasses.fields(cls)
+    if not dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name]) and "schema" not in f.metadata
+]
 BOUNDED = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
 

@@ -142,7 +142,7 @@ def test_an_unknown_task_is_one_line_naming_the_file_and_the_known_tasks(cli, tm
     suite.write_text(SUITE.read_text().replace("task: count-objects", "task: counting"))
     code, out, err = cli("run", "--suite", str(suite), "--dry-run")
     assert code == 2 and err.count("\n") == 1
-    assert f"{suite}: key 'task': unknown task 'counting'; registered: count-objects, retrieval" in err
+    assert f"{suite}: key 'task': unknown task 'counting'; registered: count-objects, glue, retrieval" in err
 
 
 def test_the_task_key_at_its_default_leaves_the_suite_hash_as_it_was():

@@ -85,14 +85,14 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _describe(obj: SceneObject, rng: np.random.Generator) -> str:
+def describe(obj: SceneObject, rng: np.random.Generator) -> str:
     size = rng.choice(SIZE_SYNONYMS[obj.size])
     place = rng.choice(_PLACE_WORDS)
     cell = rng.choice(CELL_NAMES[obj.cell])
     return f"{_article(size)} {size} {obj.colour} {obj.shape} {place} {cell}"
 
 
-def _relation(a: SceneObject, b: SceneObject) -> str:
+def relation(a: SceneObject, b: SceneObject) -> str:
     """The spatial relation of ``a`` to ``b`` (distinct cells), horizontal first."""
     (ra, ca), (rb, cb) = divmod(a.cell, GRID), divmod(b.cell, GRID)
     if ca != cb:
@@ -105,10 +105,10 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     out: list[str] = []
     for k in range(CAPTIONS_PER_IMAGE):
         order = list(scene) if k % 2 == 0 else list(reversed(scene))
-        parts = [_describe(o, rng) for o in order]
+        parts = [describe(o, rng) for o in order]
         lead = _LEADS[k]
         if k == CAPTIONS_PER_IMAGE - 1 and len(order) >= 2:
-            head = f"{parts[0]} is {_relation(order[0], order[1])} {parts[1]}"
+            head = f"{parts[0]} is {relation(order[0], order[1])} {parts[1]}"
             text = " and ".join([head, *parts[2:]])
         elif len(parts) > 2:
             text = " , ".join(parts[:-1]) + " and " + parts[-1]
@@ -118,7 +118,7 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     return out
 
 
-def _random_scene(rng: np.random.Generator, n_objects: int) -> Scene:
+def random_scene(rng: np.random.Generator, n_objects: int) -> Scene:
     cells = rng.choice(GRID * GRID, size=n_objects, replace=False)
     return tuple(
         sorted(
@@ -214,7 +214,7 @@ def generate(n_images: int, objects: tuple[int, int], seed: int, exclude: set[Sc
     seen = exclude if exclude is not None else set()
     scenes: list[Scene] = []
     while len(scenes) < n_images:
-        scene = _random_scene(rng, int(rng.integers(objects[0], objects[1] + 1)))
+        scene = random_scene(rng, int(rng.integers(objects[0], objects[1] + 1)))
         if scene in seen:
             continue
         seen.add(scene)
@@ -227,7 +227,7 @@ def generate_source(n_images: int, seed: int) -> SceneSplit:
     """Single-object scenes with repeats allowed (only 864 distinct ones exist): the
     pretraining distribution. Repeats differ in jitter, noise and caption wording."""
     rng = np.random.default_rng(seed)
-    scenes = [_random_scene(rng, 1) for _ in range(n_images)]
+    scenes = [random_scene(rng, 1) for _ in range(n_images)]
     images = np.stack([render(s, rng) for s in scenes])
     return SceneSplit(images, [captions(s, rng) for s in scenes], scenes)
 

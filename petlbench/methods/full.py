@@ -5,6 +5,7 @@ from petlbench.methods.specs import FULL, FullConfig
 
 @FULL.builder("clip")
 @FULL.builder("vse")
+@FULL.builder("t5")
 def build(backbone, cfg: FullConfig):
     backbone.requires_grad_(True)
     return backbone

@@ -14,20 +14,13 @@ from petlbench.methods import lora
 from petlbench.methods.specs import LORA_FA, LoraConfig
 
 
-def freeze_a(model):
-    """``model`` with every LoRA ``A`` frozen (``B`` keeps training)."""
+@LORA_FA.builder("clip")
+@LORA_FA.builder("vse")
+@LORA_FA.builder("t5")
+def build(backbone, cfg: LoraConfig):
+    """`lora`'s model with every ``A`` frozen (``B`` keeps training)."""
+    model = lora.build(backbone, cfg)
     for module in model.modules():
         if isinstance(module, LoraLayer):
             module.lora_A.requires_grad_(False)
     return model
-
-
-@LORA_FA.builder("clip")
-def build_clip(backbone, cfg: LoraConfig):
-    return freeze_a(lora.build_clip(backbone, cfg))
-
-
-@LORA_FA.builder("vse")
-def build_vse(backbone, cfg: LoraConfig):
-    """BERT's layers, under the names `lora` maps them to."""
-    return freeze_a(lora.build_vse(backbone, cfg))

@@ -1,11 +1,13 @@
-"""Partial fine-tuning: the last `k` blocks of each tower, the final LayerNorms and the
-projections train; the gradient travels back through those blocks only."""
+"""Partial fine-tuning: the last `k` blocks of each tower (an encoder-decoder: of the
+encoder and of the decoder), the final norms and the projections train; the gradient
+travels back through those blocks only."""
 
 from petlbench.config import ConfigError
 from petlbench.methods.specs import PARTIAL, PartialConfig
 
 
 @PARTIAL.builder("clip")
+@PARTIAL.builder("t5")
 def build(backbone, cfg: PartialConfig):
     towers = backbone.blocks()
     depth = min(len(blocks) for blocks in towers.values())

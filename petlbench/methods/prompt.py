@@ -1,4 +1,5 @@
-"""Prompt tuning (VPT, Jia et al., ECCV 2022) on both towers of a frozen CLIP.
+"""Prompt tuning: VPT (Jia et al., ECCV 2022) on both towers of a frozen CLIP, and
+Lester et al. (EMNLP 2021) on a frozen T5's encoder (`PromptedEncoderDecoder`).
 
 `p` learnable tokens per tower enter the token sequence right after its first token (CLS
 for vision, BOS for text), without position embedding. Deep: before every block the
@@ -17,8 +18,10 @@ import torch
 from torch import nn
 
 from petlbench.methods.specs import PROMPT, PromptConfig
+from petlbench.models.backbone import Encoded, EncoderDecoder
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.wrapper import TokenWalker
+from petlbench.registry import UnsupportedError
 
 # Prompts go right after the first token: CLS stays at position 0 (what the vision tower
 # pools); after BOS, every caption token, EOT included, sees them under the causal mask.
@@ -84,3 +87,40 @@ class PromptedClip(TokenWalker):
 def build(backbone: ClipDualEncoder, cfg: PromptConfig) -> PromptedClip:
     backbone.requires_grad_(False)
     return PromptedClip(backbone, cfg.prompts, cfg.depth)
+
+
+class PromptedEncoderDecoder(nn.Module):
+    """A frozen encoder-decoder whose encoder reads ``p`` trained vectors before the
+    source's token embeddings, with ``p`` more positions in its padding mask, so that the
+    decoder's cross-attention sees them too; the decoder has none (the LST code's prompt
+    tuning of T5). Initialised from the first ``p`` rows of the pretrained token embeddings
+    ("from vocab": the LST code means to, though its copy runs before the checkpoint loads
+    and so copies random rows), cycling through them where the vocabulary is smaller (the
+    embedded T5's 79 words)."""
+
+    def __init__(self, backbone: EncoderDecoder, prompts: int):
+        super().__init__()
+        self.backbone = backbone
+        with torch.no_grad():
+            vocabulary = backbone.embed(torch.arange(prompts, device=backbone.device) % backbone.vocab_size)
+        self.prompts = nn.Parameter(vocabulary.detach().clone())
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        n = len(input_ids)
+        embeddings = torch.cat([self.prompts.expand(n, -1, -1), self.backbone.embed(input_ids)], dim=1)
+        mask = torch.cat([attention_mask.new_ones(n, len(self.prompts)), attention_mask], dim=1)
+        return self.backbone.encode_embeddings(embeddings, mask)
+
+    def decode(self, decoder_input_ids: torch.Tensor, encoded: Encoded) -> torch.Tensor:
+        return self.backbone.decode(decoder_input_ids, encoded)
+
+
+@PROMPT.builder("t5")
+def build_encoder_decoder(backbone: EncoderDecoder, cfg: PromptConfig) -> PromptedEncoderDecoder:
+    if cfg.depth != "shallow":
+        raise UnsupportedError(
+            f"prompt: depth {cfg.depth!r} on an encoder-decoder: prompt tuning there prepends one set to the encoder's input "
+            "(depth shallow, as Lester et al. and the LST code)"
+        )
+    backbone.requires_grad_(False)
+    return PromptedEncoderDecoder(backbone, cfg.prompts)

@@ -12,10 +12,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from petlbench.config import MethodConfig, rule
+from petlbench.config import HASHED_UNLESS_DEFAULT, MethodConfig, rule
 from petlbench.registry import EVERY_BLOCK, NOTHING, Keeps, last_blocks, register
 
-BOTH = ("clip", "vse")  # every backbone family
+BOTH = ("clip", "vse")  # both dual-encoder families
+ALL = (*BOTH, "t5")  # every backbone family
+# Why the side methods written for the dual encoders do not yet apply to an encoder-decoder.
+NO_ENCODER_DECODER_YET = "its encoder-decoder (T5) form, a side network over the encoder and the decoder, is not implemented yet"
 
 
 def on(families: tuple[str, ...], keeps: Keeps) -> dict[str, Keeps]:
@@ -41,10 +44,18 @@ class PartialConfig(MethodConfig):
 
 
 FULL = register(
-    "full", FullConfig, "Full fine-tuning", "baseline", "full", on(BOTH, EVERY_BLOCK), defines_head=True, lr_grid=(1e-4, 3e-4, 1e-3)
+    "full", FullConfig, "Full fine-tuning", "baseline", "full", on(ALL, EVERY_BLOCK), defines_head=True, lr_grid=(1e-4, 3e-4, 1e-3)
 )
 LINEAR = register(
-    "linear", LinearConfig, "Linear probe", "baseline", "linear", on(BOTH, NOTHING), defines_head=True, lr_grid=(1e-2, 3e-2, 1e-1)
+    "linear",
+    LinearConfig,
+    "Linear probe",
+    "baseline",
+    "linear",
+    on(BOTH, NOTHING),
+    defines_head=True,
+    lr_grid=(1e-2, 3e-2, 1e-1),
+    why_not="it trains the projections into a joint embedding space, which only a dual encoder has",
 )
 PARTIAL = register(
     "partial",
@@ -52,7 +63,14 @@ PARTIAL = register(
     "Partial fine-tuning",
     "baseline",
     "partial",
-    {"clip": last_blocks("k")},
+    {
+        "clip": last_blocks("k"),
+        # the gradient that reaches the encoder's last blocks crosses every decoder block's cross-attention
+        "t5": Keeps(
+            lambda cfg, depth, tower: range(depth - cfg.k if tower == "encoder" else 0, depth),
+            "the encoder's last `k` blocks and every decoder block (the gradient reaches the encoder through their cross-attention)",
+        ),
+    },
     defines_head=True,
     lr_grid=(3e-4, 1e-3, 3e-3),
 )
@@ -71,7 +89,22 @@ class AdapterConfig(MethodConfig):
     placement: Literal["houlsby", "pfeiffer"] = field(
         default="houlsby", metadata={"help": "'houlsby': after the attention and the MLP sub-layers; 'pfeiffer': after the MLP only"}
     )
-    activation: Literal["relu", "gelu"] = field(default="relu", metadata={"help": "non-linearity inside the bottleneck"})
+    activation: Literal["relu", "gelu", "gelu_new"] = field(
+        default="relu", metadata={"help": "non-linearity inside the bottleneck (gelu_new: GELU's tanh approximation, the LST code's)"}
+    )
+    # Options added after records existed: in a run's hash only where not at their default.
+    init: Literal["zero-up", "normal"] = field(
+        default="zero-up",
+        metadata={
+            "help": "zero-up: the up-projection starts at zero (the model starts as the backbone); "
+            "normal: every weight N(0, 0.01), biases 0 (the LST code)",
+            **HASHED_UNLESS_DEFAULT,
+        },
+    )
+    train_norms: bool = field(
+        default=False,
+        metadata={"help": "every normalisation layer of the backbone trains too (the LST code's adapters)", **HASHED_UNLESS_DEFAULT},
+    )
 
 
 @dataclass
@@ -87,8 +120,18 @@ class LoraConfig(MethodConfig):
     targets: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"],
         metadata=rule(
-            "names of the blocks' linear layers to adapt (q_proj, k_proj, v_proj, out_proj, fc1, fc2)", min_items=1, nonempty=True
+            "names of the blocks' linear layers to adapt (q_proj, k_proj, v_proj, out_proj, fc1, fc2: a family maps them to its own)",
+            min_items=1,
+            nonempty=True,
         ),
+    )
+    train_biases: bool = field(  # added after records existed: in a run's hash only where not at its default
+        default=False,
+        metadata={
+            "help": "every bias trains too, zero-initialised ones added where the backbone has none, and every parameter named "
+            "'*bias*' (T5's relative position tables): the LST code's LoRA configuration",
+            **HASHED_UNLESS_DEFAULT,
+        },
     )
 
 
@@ -104,11 +147,12 @@ class PromptConfig(MethodConfig):
     )
 
 
-ADAPTER = register("adapter", AdapterConfig, "Adapter", "backbone", "adapter", {"clip": EVERY_BLOCK}, lr_grid=(1e-3, 3e-3, 1e-2))
-BITFIT = register("bitfit", BitFitConfig, "BitFit", "backbone", "bitfit", {"clip": EVERY_BLOCK}, lr_grid=(3e-3, 1e-2, 3e-2))
-LORA = register("lora", LoraConfig, "LoRA", "backbone", "lora", on(BOTH, EVERY_BLOCK), lr_grid=(1e-3, 3e-3, 1e-2))
-LORA_FA = register("lora-fa", LoraConfig, "LoRA-FA", "backbone", "lora_fa", on(BOTH, EVERY_BLOCK), lr_grid=(3e-3, 1e-2, 3e-2))
-PROMPT = register("prompt", PromptConfig, "Prompt tuning", "backbone", "prompt", {"clip": EVERY_BLOCK}, lr_grid=(3e-3, 1e-2, 3e-2))
+CLIP_T5 = ("clip", "t5")
+ADAPTER = register("adapter", AdapterConfig, "Adapter", "backbone", "adapter", on(CLIP_T5, EVERY_BLOCK), lr_grid=(1e-3, 3e-3, 1e-2))
+BITFIT = register("bitfit", BitFitConfig, "BitFit", "backbone", "bitfit", on(CLIP_T5, EVERY_BLOCK), lr_grid=(3e-3, 1e-2, 3e-2))
+LORA = register("lora", LoraConfig, "LoRA", "backbone", "lora", on(ALL, EVERY_BLOCK), lr_grid=(1e-3, 3e-3, 1e-2))
+LORA_FA = register("lora-fa", LoraConfig, "LoRA-FA", "backbone", "lora_fa", on(ALL, EVERY_BLOCK), lr_grid=(3e-3, 1e-2, 3e-2))
+PROMPT = register("prompt", PromptConfig, "Prompt tuning", "backbone", "prompt", on(CLIP_T5, EVERY_BLOCK), lr_grid=(3e-3, 1e-2, 3e-2))
 
 
 # ---------------------------------------------------------------- memory-efficient methods
@@ -205,9 +249,19 @@ LST = register(
     without_data=lambda cfg: dataclasses.replace(cfg, init="random"),
     setup_batch=lambda cfg: cfg.fisher_batch_size if cfg.init == "fisher" else None,
     lr_grid=(1e-3, 3e-3, 1e-2),
+    why_not=NO_ENCODER_DECODER_YET,
 )
-UNIPT = register("unipt", UniPTConfig, "UniPT", "memory-efficient", "unipt", on(BOTH, NOTHING), lr_grid=(3e-3, 1e-2, 3e-2))
-LATE_BLOCKS = Keeps(lambda cfg, depth: range(first_injection(cfg, depth) + 1, depth), "the blocks after the first injection")
+UNIPT = register(
+    "unipt",
+    UniPTConfig,
+    "UniPT",
+    "memory-efficient",
+    "unipt",
+    on(BOTH, NOTHING),
+    lr_grid=(3e-3, 1e-2, 3e-2),
+    why_not=NO_ENCODER_DECODER_YET,
+)
+LATE_BLOCKS = Keeps(lambda cfg, depth, tower: range(first_injection(cfg, depth) + 1, depth), "the blocks after the first injection")
 DTL = register("dtl", DTLConfig, "DTL", "memory-efficient", "dtl", {"clip": LATE_BLOCKS}, lr_grid=(3e-3, 1e-2, 3e-2))
 DTL_PLUS = register("dtl-plus", DTLPlusConfig, "DTL+", "memory-efficient", "dtl", {"clip": LATE_BLOCKS}, lr_grid=(3e-3, 1e-2, 3e-2))
 SHERL = register(
@@ -216,8 +270,9 @@ SHERL = register(
     "SHERL",
     "memory-efficient",
     "sherl",
-    {"clip": NOTHING, "vse": Keeps(lambda cfg, depth: range(depth - 1, depth), "the last block of each tower")},
+    {"clip": NOTHING, "vse": Keeps(lambda cfg, depth, tower: range(depth - 1, depth), "the last block of each tower")},
     lr_grid=(3e-3, 1e-2, 3e-2),
+    why_not=NO_ENCODER_DECODER_YET,
 )
 RES_TUNING = register(
     "res-tuning-bypass",

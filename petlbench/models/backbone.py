@@ -1,14 +1,19 @@
-"""The interface every backbone family implements (CLIP; a ResNet with BERT): what methods
-and the training loop use of a dual encoder, by role rather than by the library's attribute
-names. A method reads only this (never the library models a family wraps, nor their
+"""The interface every backbone family implements, by role rather than by the library's
+attribute names: `Backbone`, what every family has (stacks of blocks, their sizes and
+frozen states); `DualEncoder`, two towers mapping into one embedding space (CLIP; a ResNet
+with BERT); `EncoderDecoder`, an encoder and a decoder stack with a language-model head
+(T5). A method reads only this (never the library models a family wraps, nor their
 configs: tests/test_shape.py walks the methods' code for it); it registers one builder per
-family it supports (`petlbench.registry`) and never asks which family it got."""
+family it supports (`petlbench.registry`) and never asks which family it got.
+
+A *tower* here is any stack of blocks a family has: a dual encoder's image and text
+towers, an encoder-decoder's encoder and decoder."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -58,38 +63,51 @@ class TowerShape:
         )
 
 
-class DualEncoder(nn.Module, ABC):
-    """An image tower and a text tower mapping into one embedding space."""
+class Backbone(nn.Module, ABC):
+    """What every family has: towers of blocks, their sizes and states, by role."""
 
-    family: ClassVar[str]  # the name methods register their builders under ("clip", "vse")
-    logit_scale: nn.Parameter  # the contrastive loss's log temperature (an attribute or a property)
-    embed_dim: int  # the width of the joint embedding space
-
-    @abstractmethod
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected (unnormalised) image embeddings, (B, embed)."""
-
-    @abstractmethod
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Projected (unnormalised) text embeddings, (B, embed)."""
+    family: ClassVar[str]  # the name methods register their builders under ("clip", "vse", "t5")
+    # The family's names of its blocks' linear layers, by the role names methods use (CLIP's:
+    # q_proj, k_proj, v_proj, out_proj, fc1, fc2); a role not here is named as the role.
+    linear_names: ClassVar[dict[str, str]] = {}
 
     @property
+    @abstractmethod
     def device(self) -> torch.device:
         """Where the backbone lives: methods create their tensors here (`train.prepare` checks)."""
-        return self.logit_scale.device
+
+    def temperature(self) -> nn.Parameter | None:
+        """The loss's learned temperature, where the family has one (`train.temperature`)."""
+        return None
+
+    def sublayers(self, tower: str, block: nn.Module) -> dict[str, nn.Module]:
+        """The sub-layers of a transformer ``block`` of ``tower`` whose outputs are added to the
+        residual stream, by role: ``attention`` (self-attention) and ``mlp`` (the feed-forward),
+        for methods that adapt what each adds (adapters)."""
+        raise NotImplementedError(f"the {self.family!r} family does not name its blocks' sub-layers")
+
+    @abstractmethod
+    def norms(self) -> list[nn.Module]:
+        """Every normalisation layer of the towers (inside the blocks and after them)."""
+
+    def add_biases(self) -> list[nn.Parameter]:
+        """Zero-initialised bias terms where the family's layers have none (T5), so that the
+        model computes exactly what it did; returns them (none for a family with biases)."""
+        return []
 
     @abstractmethod
     def projections(self) -> list[nn.Module]:
-        """The towers' final projection layers (the "head" of `train.head`, docs/methods.md)."""
+        """The final projection layers that `train.head` rules (docs/methods.md); none where
+        the family has no such head apart from what methods train themselves."""
 
     @abstractmethod
     def blocks(self) -> dict[str, nn.ModuleList]:
         """Each transformer tower's blocks, first to last (a CNN tower has none)."""
 
-    @abstractmethod
     def stages(self) -> dict[str, list[nn.Sequential]]:
         """Each CNN tower's stages, first to last, each the sequence of its residual units (a
         transformer tower has none): for methods that tap or feed single units."""
+        return {}
 
     @abstractmethod
     def final_norms(self) -> list[nn.Module]:
@@ -110,6 +128,41 @@ class DualEncoder(nn.Module, ABC):
         """The library model holding every tower's blocks under the library's own module
         names: what a library that adapts layers by name (PEFT) is pointed at."""
 
+    @abstractmethod
+    def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
+        """Per-layer states of ``tower`` under the caller's grad mode. Inputs: 'vision':
+        pixel_values; 'text' and 'encoder': input_ids, attention_mask; 'decoder':
+        decoder_input_ids and the `Encoded` it attends to, as ``states`` and ``mask``."""
+
+    def frozen_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
+        """`tower_states` of the body under an explicit ``no_grad``, for methods whose backward
+        must not enter the backbone: ``requires_grad=False`` alone lets any trainable module
+        before the body (a prompt, a trainable embedding) rebuild the body's whole graph."""
+        with torch.no_grad():
+            return self.tower_states(tower, **inputs)
+
+
+class DualEncoder(Backbone):
+    """An image tower and a text tower mapping into one embedding space."""
+
+    logit_scale: nn.Parameter  # the contrastive loss's log temperature (an attribute or a property)
+    embed_dim: int  # the width of the joint embedding space
+
+    @abstractmethod
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) image embeddings, (B, embed)."""
+
+    @abstractmethod
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Projected (unnormalised) text embeddings, (B, embed)."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def temperature(self) -> nn.Parameter:
+        return self.logit_scale
+
     # -- walking a tower's blocks (methods that change what flows between them) --------------
 
     @abstractmethod
@@ -122,21 +175,48 @@ class DualEncoder(nn.Module, ABC):
         keyword) arguments, the attention mask built from the (B, N) ``padding`` mask."""
 
     @abstractmethod
-    def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
-        """Per-layer states of ``tower`` ('vision': pixel_values; 'text': input_ids,
-        attention_mask), under the caller's grad mode."""
-
-    def frozen_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
-        """`tower_states` of the body under an explicit ``no_grad``, for methods whose backward
-        must not enter the backbone: ``requires_grad=False`` alone lets any trainable module
-        before the body (a prompt, a trainable embedding) rebuild the body's whole graph."""
-        with torch.no_grad():
-            return self.tower_states(tower, **inputs)
-
-    @abstractmethod
     def tower_head(
         self, tower: str, tokens: torch.Tensor, *, token_mask: torch.Tensor | None = None, pool_index: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The tower's frozen head (its final norm, pooling and projection) applied to (B, N,
         width) tokens, under the caller's grad mode: side methods need the gradient through
         it. A family pools either at ``pool_index`` (CLIP) or over ``token_mask`` (VSE)."""
+
+
+class Encoded(NamedTuple):
+    """An encoder's output as the decoder reads it."""
+
+    states: torch.Tensor  # (B, N, d), after the encoder's final norm
+    mask: torch.Tensor  # (B, N), 1 on the positions the decoder may attend to
+
+
+class EncoderDecoder(Backbone):
+    """An encoder stack and a decoder stack with a language-model head: text to text. Its
+    towers are ``encoder`` and ``decoder``; ``encode`` and ``decode`` are what a task's loss
+    and its generation call (a method that changes either wraps the backbone and provides
+    both)."""
+
+    pad_token_id: int  # the padding id, also the decoder's start token (T5's convention)
+    eos_token_id: int
+    vocab_size: int  # the rows of the token embeddings
+
+    @abstractmethod
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The encoder's input token embeddings (B, N, d) of ``input_ids``."""
+
+    @abstractmethod
+    def encode_embeddings(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        """The encoder run on (B, N, d) input ``embeddings`` under the (B, N) padding mask."""
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        """The encoder run on ``input_ids``."""
+        return self.encode_embeddings(self.embed(input_ids), attention_mask)
+
+    @abstractmethod
+    def decode(self, decoder_input_ids: torch.Tensor, encoded: Encoded) -> torch.Tensor:
+        """Next-token logits (B, T, vocab) of the decoder run causally on ``decoder_input_ids``
+        while attending to ``encoded``."""
+
+    @abstractmethod
+    def lm_head(self) -> nn.Linear:
+        """The language-model head (tied to the token embeddings where the family ties them)."""

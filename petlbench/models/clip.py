@@ -51,6 +51,10 @@ class ClipDualEncoder(DualEncoder):
         """The towers' final projection layers (the "head" of `train.head`, docs/methods.md)."""
         return [self.clip.visual_projection, self.clip.text_projection]
 
+    def sublayers(self, tower: str, block: nn.Module) -> dict[str, nn.Module]:
+        """A CLIP layer's attention and MLP (each output is added to the residual stream)."""
+        return {"attention": block.self_attn, "mlp": block.mlp}
+
     def blocks(self) -> dict[str, nn.ModuleList]:
         """Each tower's transformer blocks, first to last."""
         return {"vision": self.clip.vision_model.encoder.layers, "text": self.clip.text_model.encoder.layers}
@@ -58,6 +62,9 @@ class ClipDualEncoder(DualEncoder):
     def stages(self) -> dict[str, list[nn.Sequential]]:
         """None: both towers are transformers."""
         return {}
+
+    def norms(self) -> list[nn.Module]:
+        return [module for module in self.clip.modules() if isinstance(module, nn.LayerNorm)]
 
     def final_norms(self) -> list[nn.Module]:
         """The LayerNorms applied after each tower's last block."""

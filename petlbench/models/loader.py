@@ -1,11 +1,14 @@
 """One loader for every backbone family, offline (`resolve`: nothing is ever downloaded,
-no remote code runs): `load_backbone` gives a dual encoder with its tokenizer and image
-processor, to train; `load_architecture` reads the configs only, for estimates and checks.
+no remote code runs): `load_backbone` gives a backbone of any family
+(`petlbench.models.backbone`) with its tokenizer and image processor, to train;
+`load_architecture` reads the configs only, for estimates and checks.
 
-A model folder is one of two families:
+A model folder is one of three families:
 
 - ``clip``: `config.json` of a `CLIPModel`, its weights and tokenizer, and optionally
   `preprocessor_config.json` (the image processor).
+- ``t5``: `config.json` of a T5 (`model_type` t5), loaded as `T5ForConditionalGeneration`,
+  with its weights and tokenizer (an encoder-decoder: no image processor).
 - ``vse`` (a ResNet image tower with a BERT text tower, `VseDualEncoder`): `vse.json`,
 
       {"image_tower": NAME_OR_PATH, "text_tower": NAME_OR_PATH, "embed_dim": 1024}
@@ -33,7 +36,20 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, CLIPConfig, CLIPModel, PreTrainedConfig, ResNetConfig, ResNetModel
+from transformers import (
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    CLIPConfig,
+    CLIPModel,
+    PreTrainedConfig,
+    ResNetConfig,
+    ResNetModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from transformers.utils import logging as hf_logging
 
@@ -41,6 +57,7 @@ from petlbench import jsonfile
 from petlbench.config import ConfigError
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.resolve import VSE_FILE, ModelNotFoundError, resolve
+from petlbench.models.t5 import T5EncoderDecoder
 from petlbench.models.vse import VseDualEncoder, vse_from_configs
 
 HEADS_FILE = "heads.safetensors"
@@ -51,7 +68,7 @@ OFFLINE: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
 # ResNets are trained and evaluated at (microsoft/resnet-50's processor resizes to 256 and
 # crops the centre 224x224).
 RESNET_IMAGE_SIZE = 224
-# Config keys that are sizes or counts (CLIP, BERT and ResNet configs, at any depth): each a
+# Config keys that are sizes or counts (CLIP, BERT, ResNet and T5 configs, at any depth): each a
 # positive integer (a list of them for a ResNet's per-stage widths and depths), at most
 # MAX_SIZE. A zero, a negative or a float would fail deep inside the library, or build a
 # model that is not the checkpoint's.
@@ -59,6 +76,8 @@ SIZE_KEYS = frozenset(
     {
         "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "max_position_embeddings",
         "image_size", "patch_size", "num_channels", "projection_dim", "embedding_size", "hidden_sizes", "depths",
+        "d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "relative_attention_num_buckets",
+        "relative_attention_max_distance",
     }
 )  # fmt: skip
 MAX_CONFIG_BYTES = 2**24  # a model's config.json is a few KiB; its weights and vocabulary live elsewhere
@@ -69,9 +88,9 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 
 
 class LoadedModel(NamedTuple):
-    """A dual encoder ready to train and what turns captions and images into its inputs."""
+    """A backbone ready to train and what turns text and images into its inputs."""
 
-    backbone: nn.Module  # ClipDualEncoder or VseDualEncoder
+    backbone: nn.Module  # a `Backbone`: ClipDualEncoder, VseDualEncoder or T5EncoderDecoder
     tokenizer: Any
     image_processor: Any  # None when the folder has no preprocessor_config.json
     weights: dict[str, Any]  # what the weights came from: the record's `weights` section (`schema.Weights`)
@@ -81,14 +100,14 @@ class LoadedModel(NamedTuple):
 class Architecture:
     """What estimates and checks need of a model, from its configs alone (no weights)."""
 
-    family: str  # "clip" or "vse": the family methods register builders for (`MethodSpec.builder`)
+    family: str  # "clip", "vse" or "t5": the family methods register builders for (`MethodSpec.builder`)
     max_text_positions: int
-    image_size: int  # the side of the square images the model is fed
-    num_channels: int
     vocab_size: int
-    # attn_implementation -> the dual encoder with new (random) weights, on the default device
+    # attn_implementation -> the backbone with new (random) weights, on the default device
     # (``torch.device("meta")`` for an estimate)
     build: Callable[[str], nn.Module] = field(repr=False)
+    image_size: int | None = None  # the side of the square images the model is fed (None: it reads no images)
+    num_channels: int | None = None
 
 
 def clip_architecture(config: CLIPConfig) -> Architecture:
@@ -97,10 +116,10 @@ def clip_architecture(config: CLIPConfig) -> Architecture:
     return Architecture(
         "clip",
         text.max_position_embeddings,
-        vision.image_size,
-        vision.num_channels,
         text.vocab_size,
         build=lambda attn: ClipDualEncoder(AutoModel.from_config(config, attn_implementation=attn)),
+        image_size=vision.image_size,
+        num_channels=vision.num_channels,
     )
 
 
@@ -109,10 +128,26 @@ def vse_architecture(resnet: ResNetConfig, bert: BertConfig, embed_dim: int, ima
     return Architecture(
         "vse",
         bert.max_position_embeddings,
-        image_size,
-        resnet.num_channels,
         bert.vocab_size,
         build=lambda attn: vse_from_configs(resnet, bert, embed_dim, attn),
+        image_size=image_size,
+        num_channels=resnet.num_channels,
+    )
+
+
+# The source length of a T5 without `n_positions` in its config: relative positions have no
+# limit, and T5 was pre-trained on 512-token inputs.
+T5_TEXT_POSITIONS = 512
+
+
+def t5_architecture(config: T5Config) -> Architecture:
+    """A T5's architecture: relative positions, so the source length is the one it was
+    pre-trained at (`n_positions`)."""
+    return Architecture(
+        "t5",
+        getattr(config, "n_positions", None) or T5_TEXT_POSITIONS,
+        config.vocab_size,
+        build=lambda attn: T5EncoderDecoder(AutoModelForSeq2SeqLM.from_config(config, attn_implementation=attn)),
     )
 
 
@@ -123,7 +158,8 @@ def load_architecture(name: str, weights: bool = False) -> Architecture:
     if (folder / VSE_FILE).is_file():
         vse = _VseFolder.read(folder, weights)
         return vse_architecture(vse.resnet, vse.bert, vse.embed_dim, _processor_image_size(vse.image) or RESNET_IMAGE_SIZE)
-    return clip_architecture(_config(folder, CLIPConfig, f"model {name!r}"))
+    config = _main_config(folder, f"model {name!r}")
+    return t5_architecture(config) if isinstance(config, T5Config) else clip_architecture(config)
 
 
 def check_weights(name: str, allow_pickle: bool) -> None:
@@ -137,7 +173,8 @@ def check_weights(name: str, allow_pickle: bool) -> None:
         vse = _VseFolder.read(folder, weights=True)
         towers = [(vse.image, lambda: ResNetModel(vse.resnet)), (vse.text, lambda: BertModel(vse.bert, add_pooling_layer=False))]
     else:
-        towers = [(folder, lambda: CLIPModel(_config(folder, CLIPConfig, f"model {name!r}")))]
+        config = _main_config(folder, f"model {name!r}")
+        towers = [(folder, lambda: T5ForConditionalGeneration(config) if isinstance(config, T5Config) else CLIPModel(config))]
     for tower, model in towers:
         if not allow_pickle and not any(tower.glob("*.safetensors*")) and any(tower.glob("pytorch_model*.bin*")):
             raise ConfigError(
@@ -185,24 +222,40 @@ def _check_filled(folder: Path, model: Callable[[], nn.Module], whole: bool) -> 
     file, shapes = found
     with torch.device("meta"):
         built = model()
-        expected = {key: tuple(t.shape) for key, t in built.state_dict().items()}
+        aliases = _weight_aliases(built)
     if not whole:
         prefix = f"{built.base_model_prefix}."
         shapes = {key.removeprefix(prefix): shape for key, shape in shapes.items()}
-    if missing := sorted(set(expected) - set(shapes)):
+    if missing := sorted(names[0] for names in aliases if not set(names) & set(shapes)):
         many = len(missing) > 1
         raise ConfigError(
             f"{file}: {len(missing)} weight{'s' if many else ''} the model needs {'are' if many else 'is'} missing "
             f"({_listed_keys(missing)}): it would start from random values; use the checkpoint the config belongs to"
         )
-    if whole and (unexpected := sorted(set(shapes) - set(expected))):
+    known = {name for names in aliases for name in names}
+    ignored = getattr(built, "_keys_to_ignore_on_load_unexpected", None) or []
+    if whole and (unexpected := sorted(key for key in set(shapes) - known if key not in ignored)):
         many = len(unexpected) > 1
         raise ConfigError(
             f"{file}: {len(unexpected)} weight{'s' if many else ''} the model does not have: {_listed_keys(unexpected)} "
             "(a checkpoint of another model, or of this one with other heads)"
         )
-    if wrong := [f"{key} {shapes[key]}, the model's is {shape}" for key, shape in expected.items() if shapes[key] != shape]:
+    expected = {name: shape for names, shape in aliases.items() for name in names}
+    if wrong := [
+        f"{key} {shapes[key]}, the model's is {shape}" for key, shape in expected.items() if key in shapes and shapes[key] != shape
+    ]:
         raise ConfigError(f"{file}: weights of another shape than config.json says: {_listed_keys(wrong, 3)}")
+
+
+def _weight_aliases(model: nn.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Every weight of ``model`` (its state dict) once, under all the names it has (a tied
+    weight, such as T5's token embeddings, its encoder's, its decoder's and its LM head,
+    has several, and a checkpoint holds it under any one of them), with its shape."""
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    groups: dict[int, list[str]] = {}
+    for name in model.state_dict():
+        groups.setdefault(id(tensors[name]), []).append(name)
+    return {tuple(group): tuple(tensors[group[0]].shape) for group in groups.values()}
 
 
 def load_backbone(name: str, attn_implementation: str, device: torch.device, allow_pickle: bool = False) -> LoadedModel:
@@ -224,8 +277,12 @@ def load_backbone(name: str, attn_implementation: str, device: torch.device, all
         else:
             new = sorted(key for key in backbone.state_dict() if not key.startswith(("resnet.", "bert.")))
     else:
-        _config(folder, CLIPConfig, f"model {name!r}")
-        backbone = ClipDualEncoder(CLIPModel.from_pretrained(folder, attn_implementation=attn_implementation, **weights))
+        if isinstance(_main_config(folder, f"model {name!r}"), T5Config):
+            backbone = T5EncoderDecoder(
+                T5ForConditionalGeneration.from_pretrained(folder, attn_implementation=attn_implementation, **weights)
+            )
+        else:
+            backbone = ClipDualEncoder(CLIPModel.from_pretrained(folder, attn_implementation=attn_implementation, **weights))
         files, new = _weight_files(folder, allow_pickle), []
     loaded = {"folder": str(folder.resolve()), "files": [str(file.resolve()) for file in files], "new": new}
     return LoadedModel(backbone.to(device), *load_preprocessors(name), loaded)
@@ -255,9 +312,12 @@ def load_preprocessors(name: str) -> tuple[Any, Any]:
         vse = _VseFolder.read(folder, weights=True)
         text_folder, image_folder, vocab_size, image_size = vse.text, vse.image, vse.bert.vocab_size, None
     else:
-        config = _config(folder, CLIPConfig, f"model {name!r}")
+        config = _main_config(folder, f"model {name!r}")
         text_folder = image_folder = folder
-        vocab_size, image_size = config.text_config.vocab_size, config.vision_config.image_size
+        if isinstance(config, T5Config):
+            vocab_size, image_size = config.vocab_size, None
+        else:
+            vocab_size, image_size = config.text_config.vocab_size, config.vision_config.image_size
     files = [file for file in (*TOKENIZER_FILES, "tokenizer_config.json") if (text_folder / file).is_file()]
     if not set(files) & set(TOKENIZER_FILES):
         raise ConfigError(
@@ -323,6 +383,13 @@ def _tower(vse_file: Path, key: str, name: Any, weights: bool) -> Path:
         raise ModelNotFoundError(f"{vse_file} key {key!r}: {exc}") from None
 
 
+def _main_config(folder: Path, where: str) -> CLIPConfig | T5Config:
+    """The config of a folder without vse.json: a T5's where config.json says so, else a CLIP's."""
+    path = folder / "config.json"
+    is_t5 = path.is_file() and read_json_object(path).get("model_type") == T5Config.model_type
+    return _config(folder, T5Config if is_t5 else CLIPConfig, where)
+
+
 def _config(folder: Path, config_cls: type[PreTrainedConfig], where: str) -> PreTrainedConfig:
     """``config_cls`` from ``folder``/config.json, which must describe that model type with
     sane sizes (`_check_sizes`), and from which the library model must build (on the meta
@@ -333,7 +400,7 @@ def _config(folder: Path, config_cls: type[PreTrainedConfig], where: str) -> Pre
     spec = read_json_object(path)
     model_type = spec.get("model_type")
     if model_type != config_cls.model_type:
-        vse = f" (a ResNet + BERT pair is a folder with {VSE_FILE})" if config_cls is CLIPConfig else ""
+        vse = f" or 't5' (a ResNet + BERT pair is a folder with {VSE_FILE})" if config_cls is CLIPConfig else ""
         raise ConfigError(f"{where}: {path} describes a {model_type!r} model; expected {config_cls.model_type!r}{vse}")
     _check_sizes(path, spec)
     try:

@@ -12,7 +12,7 @@ from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from petlbench.config import ConfigError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-EMBEDDED = {"embedded-clip": ASSETS / "embedded-clip"}
+EMBEDDED = {name: ASSETS / name for name in ("embedded-clip", "embedded-t5")}
 # Real-size architectures without weights (assets/architectures/README.md).
 ARCHITECTURES = {path.name: path for path in sorted((ASSETS / "architectures").iterdir()) if path.is_dir()}
 # What makes a folder a ResNet + BERT pair (`petlbench.models.loader`); a CLIP folder has config.json.

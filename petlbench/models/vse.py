@@ -43,6 +43,7 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)
 
 class VseDualEncoder(DualEncoder):
     family = "vse"
+    linear_names = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}  # BERT's attention linears
 
     def __init__(self, resnet: ResNetModel, bert: BertModel, embed_dim: int):
         super().__init__()
@@ -110,6 +111,10 @@ class VseDualEncoder(DualEncoder):
         """The ResNet's stages, each the sequence of its residual units (what a
         `ResNetStage` runs one after the other)."""
         return {"vision": [stage.layers for stage in self.resnet.encoder.stages]}
+
+    def norms(self) -> list[nn.Module]:
+        """BERT's LayerNorms and the ResNet's BatchNorms."""
+        return [module for module in self.modules() if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d))]
 
     def final_norms(self) -> list[nn.Module]:
         return []

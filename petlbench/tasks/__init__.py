@@ -58,6 +58,8 @@ class TaskSpec:
     primary: str  # the metric that ranks methods, compares runs and draws the Pareto frontier
     module: str  # the module implementing it: it defines `TASK`, a `petlbench.tasks.base.Task`
     unit: str = "items"  # what its splits hold, for messages ("images")
+    # The backbone families it serves (a suite whose model is of another family is refused).
+    families: tuple[str, ...] = ("clip", "vse")
     # The head that always trains, for every method, in words (None: the task adds none).
     head: str | None = None
     # Methods that cannot serve the task, each with why in one line: their runs are
@@ -82,6 +84,12 @@ class TaskSpec:
         if method not in self.unsupported:
             return None
         return f"method {method!r} does not serve the {self.name!r} task: {self.unsupported[method]}"
+
+    def unserved_family(self, family: str) -> str | None:
+        """None when the task serves backbone ``family``; else why not, in one line."""
+        if family in self.families:
+            return None
+        return f"the {self.name!r} task needs a backbone of the {', '.join(self.families)} family; the model is a {family!r} one"
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)

@@ -1,0 +1,125 @@
+"""The T5 family: what its interface exposes, the trainable counts the LST code's T5
+configurations imply (the formulas below, from the T5-base shapes), and the estimate equal
+to the real CPU accounting for every T5 method variant, training and generation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from petlbench.config import load_suite
+from petlbench.estimate import FakeTraining
+from petlbench.measure.memory import CpuAccountingMeter, host_batches, training_state
+from petlbench.measure.params import parameter_counts
+from petlbench.models.loader import load_architecture, load_backbone
+from petlbench.tasks.glue.task import TASK
+from petlbench.train import Training, prepare
+from petlbench.variants import data_free, load_variant
+
+GLUE = load_suite("glue")
+EMBEDDED = load_suite("glue-embedded")
+T5_VARIANTS = EMBEDDED.variants
+
+# T5-base: d 768, d_ff 3072, 12 + 12 blocks, vocabulary 32,128, 32 buckets x 12 heads.
+D, FF, L, V, BUCKETS, HEADS = 768, 3072, 12, 32128, 32, 12
+NORMS = L * 2 + 1 + L * 3 + 1  # every T5LayerNorm: two per encoder block, three per decoder block, two final
+BIASES = L * (4 * D + FF + D + 2 * D) + L * (8 * D + FF + D + 3 * D) + 2 * D + V  # q,k,v,o (x2 in the decoder), wi, wo, norms; lm_head
+LORA_QV = 72 * 32 * (D + D)  # q and v of 36 attentions (12 encoder self, 12 decoder self, 12 cross), r = 32
+EXPECTED = {
+    "full": V * D + L * (4 * D * D + 2 * D * FF + 2 * D) + L * (8 * D * D + 2 * D * FF + 3 * D) + 2 * BUCKETS * HEADS + 2 * D,
+    "adapter-lst": 4 * L * (2 * D * (D // 16) + D // 16 + D) + NORMS * D,  # 48 adapters of width 48, and every norm
+    "lora-r32": LORA_QV,
+    "lora-r32-bias": LORA_QV + BIASES + 2 * BUCKETS * HEADS,  # and the two relative position tables, named "*bias*"
+    "lora-fa-r32": LORA_QV // 2,  # B only
+    "bitfit": BIASES,
+    "prompt-100": 100 * D,
+}
+
+
+@pytest.mark.parametrize("variant", sorted(EXPECTED))
+def test_trainable_counts_at_t5_base_are_the_lst_configurations(variant):
+    """The shared spec's figures: adapters 3,625,728; LoRA with biases 3,822,208; BitFit
+    282,496; prompt 76,800; full 222,903,552 (here from the formulas, not the code)."""
+    architecture = load_architecture("t5-base")
+    with torch.device("meta"):
+        backbone = architecture.build("eager")
+    model = prepare(backbone, GLUE.train, load_variant(variant), task="glue")
+    assert parameter_counts(model)["params_trainable"] == EXPECTED[variant]
+    assert (EXPECTED["adapter-lst"], EXPECTED["lora-r32-bias"], EXPECTED["bitfit"], EXPECTED["full"]) == (
+        3_625_728,
+        3_822_208,
+        282_496,
+        222_903_552,
+    )
+
+
+def test_added_biases_change_nothing_until_they_train():
+    """BitFit's zero biases (T5 has none): the same logits, bit for bit."""
+    backbone, tokenizer, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
+    backbone.eval()
+    ids = tokenizer(["consistency sentence: a big red circle at the top is left of a small cube"], return_tensors="pt")
+    decoder = torch.tensor([[0, 5, 7]])
+    before = backbone.decode(decoder, backbone.encode(ids["input_ids"], ids["attention_mask"]))
+    added = backbone.add_biases()
+    after = backbone.decode(decoder, backbone.encode(ids["input_ids"], ids["attention_mask"]))
+    assert sum(p.numel() for p in added) > 0 and all(not p.any() for p in added)
+    assert torch.equal(before, after)
+
+
+def test_encode_and_decode_are_the_library_forward():
+    backbone, tokenizer, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
+    backbone.eval()
+    ids = tokenizer(["overlap sentence1: a big red circle sentence2: a tiny blue ring"], return_tensors="pt")
+    decoder = torch.tensor([[0, 9, 11, 13]])
+    ours = backbone.decode(decoder, backbone.encode(ids["input_ids"], ids["attention_mask"]))
+    library = backbone.t5(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], decoder_input_ids=decoder).logits
+    torch.testing.assert_close(ours, library, rtol=0, atol=0)
+
+
+def test_tower_states_are_every_block_output():
+    backbone, tokenizer, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
+    ids = tokenizer(["paraphrase sentence1: a big red circle sentence2: a tiny blue ring"], return_tensors="pt")
+    states = backbone.tower_states("encoder", input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+    depth, width = backbone.tower_shape("encoder").depth, backbone.tower_shape("encoder").width
+    assert len(states.hidden_states) == depth + 1 and states.hidden_states[-1].shape == (1, ids["input_ids"].shape[1], width)
+
+
+# The suite's training options, each of which the estimate must model to the byte.
+TRAIN_OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "checkpointing": {"grad_checkpointing": True}}
+BATCH = 4
+
+
+def _real(suite, variant):
+    torch.manual_seed(0)
+    architecture = load_architecture(suite.model.name)
+    training = Training.of(architecture.build(suite.model.attn_implementation), suite.train, data_free(load_variant(variant)), task="glue")
+    batches = iter(lambda: TASK.random_batch(architecture, BATCH, suite), None)
+    return training.measure(batches, torch.device("cpu"), CpuAccountingMeter()).peak, training.model, architecture
+
+
+@pytest.mark.parametrize("options", TRAIN_OPTIONS)
+@pytest.mark.parametrize("variant", T5_VARIANTS)
+@pytest.mark.slow
+def test_fake_estimate_equals_real_cpu_accounting_on_t5(variant, options):
+    suite = dataclasses.replace(EMBEDDED, train=dataclasses.replace(EMBEDDED.train, **TRAIN_OPTIONS[options]))
+    real, _, architecture = _real(suite, variant)
+    estimate = FakeTraining(architecture, suite, load_variant(variant), target="cpu").peak(BATCH)
+    assert real.breakdown["transient_peak"] > 0
+    assert estimate.breakdown == real.breakdown and estimate.peak_bytes == real.peak_bytes
+
+
+@pytest.mark.parametrize("variant", T5_VARIANTS)
+@pytest.mark.slow
+def test_fake_generation_peak_equals_real_cpu_accounting_on_t5(variant):
+    """The evaluation phase (greedy generation) as `train.run` measures it, on real token ids."""
+    real_train, model, architecture = _real(EMBEDDED, variant)
+    split = TASK.random_split(architecture, 10, EMBEDDED)
+    with CpuAccountingMeter().phase(*training_state(model)) as real:
+        TASK.evaluate(model, split, 4, torch.device("cpu"), 1, "fp32", host_batches)
+    training = FakeTraining(architecture, EMBEDDED, load_variant(variant), target="cpu")
+    training.peak(BATCH)
+    estimate = training.eval_peak(4, 10)
+    assert real.breakdown["transient_peak"] > 0
+    assert estimate.breakdown == real.breakdown and estimate.peak_bytes == real.peak_bytes
