@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from petlbench import records
 from petlbench.cli import main
 from petlbench.config import ConfigError, TextDataConfig, load_suite
 from petlbench.data import scenes
@@ -242,19 +243,17 @@ def test_a_glue_folder_runs_end_to_end_with_the_official_splits(tmp_path):
     root = make_glue_folder(tmp_path / "glue_data")
     suite = load_suite("glue")
     spec = {
-        **json.loads(json.dumps(dataclasses.asdict(suite))),
+        **dataclasses.asdict(suite),
         "model": {"name": "embedded-t5", "attn_implementation": "sdpa", "allow_pickle": False},
         "data": {**dataclasses.asdict(suite.data), "root": str(root), "text_length": 24},
         "train": {**dataclasses.asdict(suite.train), "batch_size": 4, "steps": 3, "warmup_steps": 1, "measure_steps": 1},
         "seeds": [0],
-        "budget": None,
     }
-    del spec["budget"]
     path = tmp_path / "glue-files.yaml"
     path.write_text(json.dumps(spec))
     out = tmp_path / "out"
     assert main(["run", "--suite", str(path), "--variants", "bitfit", "--output", str(out), "--jobs", "1"]) == 0
-    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "manifest.json" and not p.name.startswith("summary")]
+    record = json.loads(records.record_path(out, "bitfit", 0).read_text())
     assert record["run"]["status"] == "ok"
     metrics = record["metrics"]
     # test splits as the rules make them: halves of 20 validation rows, or the 20 validation rows
