@@ -19,7 +19,7 @@ from torch import nn
 
 from petlbench import records
 from petlbench.cli import main
-from petlbench.config import ConfigError, TextDataConfig, load_suite
+from petlbench.config import PROJECT_ROOT, ConfigError, TextDataConfig, load_suite
 from petlbench.data import scenes
 from petlbench.models.backbone import Encoded
 from petlbench.models.loader import load_preprocessors
@@ -261,3 +261,36 @@ def test_a_glue_folder_runs_end_to_end_with_the_official_splits(tmp_path):
     assert metrics["evaluated"] == {task: 10 if task in halves else 20 for task in suite.data.tasks}
     names = {name for task in suite.data.tasks for name in GLUE[task].metric_names}
     assert set(metrics["values"]) == names | {SCORE}
+
+
+def test_the_data_section_takes_the_schema_of_the_suites_task(tmp_path):
+    """`task: glue` reads its data section as text tasks (its keys, its checks, its
+    overrides); a retrieval suite's is unchanged."""
+    path = tmp_path / "text.yaml"
+    path.write_text((PROJECT_ROOT / "suites" / "glue-embedded.yaml").read_text().replace("  seed: 0\n", "  seed: 0\n  images: x\n"))
+    with pytest.raises(ConfigError, match="unknown key 'data.images'; allowed keys: kind, tasks, root, seed"):
+        load_suite(str(path))
+    assert load_suite("glue-embedded", ["data.tasks=[overlap]"]).data.tasks == ["overlap"]
+    with pytest.raises(ConfigError, match="data.train_examples.*at least 1"):
+        load_suite("glue-embedded", ["data.train_examples=0"])
+    with pytest.raises(ConfigError, match="key 'data.root': required for data.kind 'glue'"):
+        load_suite("glue-embedded", ["data.kind=glue"])
+    assert type(load_suite("vl-retrieval").data).__name__ == "DataConfig"
+
+
+def test_an_unknown_task_name_names_the_known_ones(cli):
+    code, _, err = cli("run", "--suite", "glue-embedded", "--set", "data.tasks=[cola]", "--dry-run")
+    assert code == 2 and "key 'data.tasks': 'cola' is not a generated task; known: consistency, paraphrase, overlap" in err
+
+
+def test_a_model_of_a_family_the_task_does_not_serve_is_refused(cli):
+    code, _, err = cli("run", "--suite", "glue-embedded", "--set", "model.name=embedded-clip", "--dry-run")
+    assert code == 2 and "key 'model.name': 'embedded-clip': the 'glue' task needs a backbone of the t5 family" in err
+    code, _, err = cli("run", "--suite", "vl-retrieval", "--set", "model.name=embedded-t5", "--dry-run")
+    assert code == 2 and "the 'retrieval' task needs a backbone of the clip, vse family; the model is a 't5' one" in err
+
+
+@pytest.mark.parametrize("rule", ["head", "temperature"])
+def test_a_head_or_temperature_t5_lacks_cannot_train(cli, rule):
+    code, _, err = cli("run", "--suite", "glue-embedded", "--variants", "lora-r32", "--set", f"train.{rule}=trainable", "--dry-run")
+    assert code == 2 and f"train.{rule}: trainable, but a 't5' backbone has no" in err

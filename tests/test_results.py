@@ -33,10 +33,15 @@ def _raw(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*--seed*.json"))]
 
 
-def _rsum(record: dict) -> float:
-    """rSum of a schema-3 record, or of a schema-2 one (its metrics at the top of the section)."""
+def _primary(record: dict) -> float:
+    """The primary metric of a schema-3 record, or rSum of a schema-2 one (its metrics at
+    the top of the section)."""
     metrics = record["metrics"]
-    return metrics["values"]["rsum"] if "values" in metrics else metrics["rsum"]
+    return metrics["values"][metrics["primary"]] if "values" in metrics else metrics["rsum"]
+
+
+# The CSV header of each shipped task's primary metric (its label).
+PRIMARY_HEADERS = {"rsum": "rSum", "score": "score"}
 
 
 def test_the_frame_holds_one_row_per_record_with_its_figures():
@@ -50,8 +55,8 @@ def test_the_frame_holds_one_row_per_record_with_its_figures():
     for row in frame.itertuples(index=False):
         r = raw[(row.variant, row.seed)]
         assert row.train_peak_bytes == r["cost"]["memory"]["train_peak_bytes"]
-        assert row.primary == _rsum(r)
-        assert frame.loc[(frame.variant == row.variant) & (frame.seed == row.seed), "metric.rsum"].item() == _rsum(r)
+        assert row.primary == _primary(r)
+        assert frame.loc[(frame.variant == row.variant) & (frame.seed == row.seed), "metric.rsum"].item() == _primary(r)
     # a parent of sweeps stands for them; several folders make one frame
     budget = results.load(BASELINES / "vl-retrieval-budget")
     assert len(budget) == sum(len(_raw(f)) for f in SWEEPS if f.parent.name == "vl-retrieval-budget")
@@ -62,19 +67,21 @@ def test_the_frame_holds_one_row_per_record_with_its_figures():
 
 @pytest.mark.parametrize("folder", SWEEPS, ids=lambda p: str(p.relative_to(BASELINES)))
 def test_csv_report_is_the_mean_and_spread_over_seeds_of_the_raw_records(folder):
-    """Every variant's CSV row: rSum, train peak and trainable parameters are the mean and
-    sample standard deviation over its successful seeds, computed here from the JSON."""
+    """Every variant's CSV row: the primary metric (rSum, score), train peak and trainable
+    parameters are the mean and sample standard deviation over its successful seeds,
+    computed here from the JSON."""
     by_variant: dict[str, list[dict]] = {}
     for r in _raw(folder):
         by_variant.setdefault(r["run"]["variant"], []).append(r)
     rows = {row["variant"]: row for row in csv.DictReader(io.StringIO(report(read_folders([folder]), "csv")))}
     assert set(rows) == set(by_variant)
     peak = next(h for h in next(iter(rows.values())) if h.startswith("train peak") and not h.endswith("std"))
+    primary = next(r["metrics"].get("primary", "rsum") for r in _raw(folder) if r["metrics"])
     for variant, runs in by_variant.items():
         ok = [r for r in runs if r["run"]["status"] == "ok"]
         assert rows[variant]["runs"] == f"{len(ok)} ok" if ok == runs else rows[variant]["runs"].startswith(f"{len(ok)} ok")
         for header, figure in (
-            ("rSum", _rsum),
+            (PRIMARY_HEADERS[primary], _primary),
             (peak, lambda r: r["cost"]["memory"]["train_peak_bytes"] / (GiB if "GiB" in peak else MiB)),
             ("trainable (M)", lambda r: r["cost"]["params_trainable"] / 1e6),
         ):
@@ -95,7 +102,7 @@ def _figures(folder: Path, width: str) -> dict:
 
 
 @pytest.mark.parametrize("width", ["column", "text"])
-@pytest.mark.parametrize("name", ["vl-retrieval-ci", "vl-retrieval-transfer", "vl-retrieval-budget"])
+@pytest.mark.parametrize("name", ["vl-retrieval-ci", "vl-retrieval-transfer", "vl-retrieval-budget", "glue-embedded-default"])
 def test_labels_overlap_no_label_nor_marker_and_a_variant_keeps_its_style(name, width):
     """On the committed baselines, everything drawn lies inside its figure (a title as wide
     as the axes' centre allows: real figures have wider tick labels than made-up ones), no
@@ -103,7 +110,7 @@ def test_labels_overlap_no_label_nor_marker_and_a_variant_keeps_its_style(name, 
     budget figure included), and every variant has one colour and marker in every figure of
     the report, no two variants the same."""
     figures = _figures(BASELINES / name, width)
-    assert any(stem.startswith("memory_vs_rsum") for stem in figures)
+    assert any(stem.startswith(("memory_vs_rsum", "memory_vs_score")) for stem in figures)
     styles: dict[str, set] = {}
     for stem, fig in figures.items():
         renderer = fig.canvas.get_renderer()

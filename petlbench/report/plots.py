@@ -14,6 +14,7 @@ pyplot), so plotting needs no display and leaves no global state behind.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -59,6 +60,7 @@ STYLE = {
 # 20 colours and 9 markers, both stepped per variant: (colour, marker) pairs stay distinct for 180 variants.
 COLOURS = mpl.colormaps["tab10"].colors + mpl.colormaps["tab20"].colors[1::2]  # the ten, then their lighter shades
 MARKERS = "osD^vP*Xh"
+TICK_LABEL_CHARACTERS = 24  # a line of a name under a bar (wrapped at spaces)
 MAX_AREA_PT2 = 400  # halo area of the variant with the most trainable parameters
 
 
@@ -106,9 +108,15 @@ def _legend(fig: Figure, styles: dict[str, Style], variants: Sequence[str], widt
 def _fitting_legend(fig: Figure, handles: list, columns: int, **options: float) -> None:
     """A legend below the axes in at most ``columns`` columns, fewer where long names would
     make it wider than the figure."""
+    _fit_columns(fig, columns, lambda ncol: fig.legend(handles=handles, ncol=ncol, loc="outside lower center", frameon=False, **options))
+
+
+def _fit_columns(fig: Figure, columns: int, place) -> None:
+    """``place(ncol)`` (it draws a legend in ``ncol`` columns) with the most columns up to
+    ``columns`` whose legend is no wider than the figure."""
     renderer = FigureCanvasAgg(fig).get_renderer()
     for ncol in range(columns, 0, -1):
-        legend = fig.legend(handles=handles, ncol=ncol, loc="outside lower center", frameon=False, **options)
+        legend = place(ncol)
         if ncol == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
             return
         legend.remove()
@@ -265,7 +273,11 @@ def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], sou
         breakdowns.append({**cats, **({"other": rest} if rest > 0 else {})})
     categories = list(dict.fromkeys(k for b in breakdowns for k in b))
     shades = mpl.colormaps["Blues"]([0.85 - 0.6 * i / max(len(categories) - 1, 1) for i in range(len(categories))])
-    fig = Figure(figsize=(width, 3.2), layout="constrained")
+    # the names under the bars, at 45 degrees, wrapped (a variant's options make them long) and
+    # given the height they take, about 0.04 in a character, or constrained layout collapses the axes
+    labels = [textwrap.fill(styles[row.variant].label, TICK_LABEL_CHARACTERS) for row in rows]
+    longest = max(len(line) for label in labels for line in label.splitlines())
+    fig = Figure(figsize=(width, max(3.2, 1.8 + 0.04 * longest)), layout="constrained")
     ax = fig.add_subplot()
     x = range(len(rows))
     bottom = [0.0] * len(rows)
@@ -276,10 +288,11 @@ def memory_breakdown(rows: list[Group], styles: dict, unit: tuple[str, int], sou
     for i, row in enumerate(rows):  # the variant's marker on top ties each bar to the other figures
         colour, marker, _ = styles[row.variant]
         ax.scatter([i], [bottom[i]], color=colour, marker=marker, s=14, zorder=3, clip_on=False)
-    ax.set_xticks(list(x), [styles[row.variant].label for row in rows], rotation=45, ha="right")
+    ax.set_xticks(list(x), labels, rotation=45, ha="right")
     ax.set_ylabel(f"train peak memory ({unit[0]}, {source})")
-    # three a row in a column: five categories in one row would be wider than it
-    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(categories), 3 if width < WIDTHS["text"] else 5))
+    # at most three a row in a column, five at the text width, fewer where the names are long
+    columns = min(len(categories), 3 if width < WIDTHS["text"] else 5)
+    _fit_columns(fig, columns, lambda ncol: ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=ncol))
     return fig
 
 

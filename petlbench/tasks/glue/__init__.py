@@ -15,7 +15,7 @@ def _metrics() -> tuple[Metric, ...]:
         for task in (*GENERATED.values(), *GLUE.values())
         for kind, name in zip(task.metrics, task.metric_names, strict=True)
     ]
-    return (*per_task, Metric(SCORE, "score", axis="score: mean over tasks of each task's metric mean"))
+    return (*per_task, Metric(SCORE, "score", axis="score (mean over tasks)"))
 
 
 TEXT_TO_TEXT = register(
