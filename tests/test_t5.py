@@ -78,12 +78,21 @@ def test_encode_and_decode_are_the_library_forward():
     torch.testing.assert_close(ours, library, rtol=0, atol=0)
 
 
-def test_tower_states_are_every_block_output():
+def test_tower_states_are_the_embeddings_and_every_block_output_before_the_final_norm():
+    """Checked against the library's modules run one by one: the first state is the token
+    embeddings, the last one normed by the stack's final norm is what the encoder returns
+    (the library's own `output_hidden_states` ends with the normed output in 5.24)."""
     backbone, tokenizer, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
+    backbone.eval()
     ids = tokenizer(["paraphrase sentence1: a big red circle sentence2: a tiny blue ring"], return_tensors="pt")
-    states = backbone.tower_states("encoder", input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
-    depth, width = backbone.tower_shape("encoder").depth, backbone.tower_shape("encoder").width
-    assert len(states.hidden_states) == depth + 1 and states.hidden_states[-1].shape == (1, ids["input_ids"].shape[1], width)
+    states = backbone.tower_states("encoder", input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).hidden_states
+    encoded = backbone.encode(ids["input_ids"], ids["attention_mask"])
+    assert len(states) == backbone.tower_shape("encoder").depth + 1
+    torch.testing.assert_close(states[0], backbone.embed(ids["input_ids"]), rtol=0, atol=0)
+    torch.testing.assert_close(backbone.final_norms()[0](states[-1]), encoded.states, rtol=0, atol=0)
+    assert not torch.equal(states[-1], encoded.states)
+    decoder = backbone.tower_states("decoder", decoder_input_ids=torch.tensor([[0, 5]]), states=encoded.states, mask=encoded.mask)
+    assert len(decoder.hidden_states) == backbone.tower_shape("decoder").depth + 1
 
 
 # The suite's training options, each of which the estimate must model to the byte.

@@ -196,8 +196,6 @@ class EncoderDecoder(Backbone):
     and its generation call (a method that changes either wraps the backbone and provides
     both)."""
 
-    pad_token_id: int  # the padding id, also the decoder's start token (T5's convention)
-    eos_token_id: int
     vocab_size: int  # the rows of the token embeddings
 
     @abstractmethod

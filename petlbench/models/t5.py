@@ -19,7 +19,6 @@ from transformers import PreTrainedConfig, T5ForConditionalGeneration
 
 from petlbench.models.backbone import Encoded, EncoderDecoder, TowerShape, TowerStates
 
-TOWERS = ("encoder", "decoder")
 ATTENTIONS = ("SelfAttention", "EncDecAttention")  # the attention modules of a T5 layer, as the library names them
 
 
@@ -45,8 +44,6 @@ class T5EncoderDecoder(EncoderDecoder):
         super().__init__()
         self.t5 = t5
         t5.config.use_cache = False  # training, and a greedy decoding that re-reads its prefix: no KV cache
-        self.pad_token_id = t5.config.pad_token_id
-        self.eos_token_id = t5.config.eos_token_id
         self.vocab_size = t5.config.vocab_size
 
     @property
@@ -107,19 +104,27 @@ class T5EncoderDecoder(EncoderDecoder):
         return self.t5
 
     def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
-        """The embedding output and every block's output (L+1 states, the last before the
-        stack's final norm), from the library's own forward."""
-        if tower == "encoder":
-            mask = inputs["attention_mask"]
-            out = self.t5.encoder(input_ids=inputs["input_ids"], attention_mask=mask, output_hidden_states=True)
-        else:
-            ids = inputs["decoder_input_ids"]
-            mask = torch.ones_like(ids)
-            out = self.t5.decoder(
-                input_ids=ids, encoder_hidden_states=inputs["states"], encoder_attention_mask=inputs["mask"], output_hidden_states=True
-            )
-        states = out.hidden_states
-        return TowerStates(states, mask.bool(), torch.zeros(len(mask), dtype=torch.long, device=mask.device))
+        """What the first block reads (the embeddings after dropout) and every block's output
+        (L+1 states, the last before the stack's final norm), taken by hooks on the blocks
+        while the library's own forward runs (its `output_hidden_states` ends, in some
+        versions, with the normed output in place of the last block's)."""
+        states: list[torch.Tensor] = []
+        blocks = self.blocks()[tower]
+        hooks = [blocks[0].register_forward_pre_hook(lambda module, args: states.append(args[0]))]
+        hooks += [block.register_forward_hook(lambda module, args, out: states.append(out[0])) for block in blocks]
+        try:
+            if tower == "encoder":
+                mask = inputs["attention_mask"]
+                self.t5.encoder(input_ids=inputs["input_ids"], attention_mask=mask)
+            else:
+                mask = torch.ones_like(inputs["decoder_input_ids"])
+                self.t5.decoder(
+                    input_ids=inputs["decoder_input_ids"], encoder_hidden_states=inputs["states"], encoder_attention_mask=inputs["mask"]
+                )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return TowerStates(tuple(states), mask.bool(), torch.zeros(len(mask), dtype=torch.long, device=mask.device))
 
     def add_biases(self) -> list[nn.Parameter]:
         """Zero biases on every attention projection (q, k, v, o), both feed-forward linears,
