@@ -232,7 +232,7 @@ def make_job(
     names = methods or shipped()
     variants = [load_variant(name) for name in names]
     family, task = architecture.family, get_task(suite_cfg.task)
-    unsupported = [v.name for v in variants if get_method(v.method).unsupported_reason(family) is not None]
+    unsupported = [v.name for v in variants if get_method(v.method).unsupported_reason(family, v.config) is not None]
     unserved = [v.name for v in variants if v.name not in unsupported and task.unsupported_reason(v.method) is not None]
     supported = [v for v in variants if v.name not in unsupported and v.name not in unserved]
     if not supported:

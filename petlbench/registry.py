@@ -87,6 +87,9 @@ class MethodSpec:
     lr_grid: tuple[float, ...] = ()
     # Why the families without a builder are not supported (one line).
     why_not: str = "it is written against the CLIP dual encoder's module layout"
+    # (config, family) -> why that configuration does not apply to the family, though the
+    # method does (one line), or None: a variant's record is then `unsupported` too.
+    refuses: Callable[[MethodConfig, str], str | None] = lambda cfg, family: None
     # Filled by the implementing module when it is imported (`builder`, `builders`).
     _builders: dict[str, Builder] = field(default_factory=dict, repr=False)
 
@@ -121,11 +124,12 @@ class MethodSpec:
     def families(self) -> tuple[str, ...]:
         return tuple(self.keeps)
 
-    def unsupported_reason(self, family: str) -> str | None:
-        """None when the method applies to ``family``; else why not, in one line."""
-        if family in self.keeps:
-            return None
-        return f"method {self.name!r} does not apply to a {family!r} backbone (supports: {', '.join(self.keeps)}): {self.why_not}"
+    def unsupported_reason(self, family: str, cfg: MethodConfig | None = None) -> str | None:
+        """None when the method (with ``cfg``, where given) applies to ``family``; else why
+        not, in one line."""
+        if family not in self.keeps:
+            return f"method {self.name!r} does not apply to a {family!r} backbone (supports: {', '.join(self.keeps)}): {self.why_not}"
+        return None if cfg is None else self.refuses(cfg, family)
 
     def apply(self, backbone, cfg: MethodConfig, data: SetupData | None = None):
         """The model to train: this method's builder for the backbone's family applied to it;
@@ -133,7 +137,7 @@ class MethodSpec:
         what the method trains and returns a module with the backbone's interface
         (`encode_image`, `encode_text`, `logit_scale`): the backbone itself when the method
         changes its inside, or a module wrapping it."""
-        if (reason := self.unsupported_reason(backbone.family)) is not None:
+        if (reason := self.unsupported_reason(backbone.family, cfg)) is not None:
             raise UnsupportedError(reason)
         build = self.builders[backbone.family]
         return build(backbone, cfg, data) if self.needs_data else build(backbone, cfg)

@@ -294,3 +294,11 @@ def test_a_model_of_a_family_the_task_does_not_serve_is_refused(cli):
 def test_a_head_or_temperature_t5_lacks_cannot_train(cli, rule):
     code, _, err = cli("run", "--suite", "glue-embedded", "--variants", "lora-r32", "--set", f"train.{rule}=trainable", "--dry-run")
     assert code == 2 and f"train.{rule}: trainable, but a 't5' backbone has no" in err
+
+
+def test_variants_that_do_not_apply_to_t5_are_unsupported_runs_with_the_reason(cli, tmp_path):
+    code, out, _ = cli("run", "--suite", "glue-embedded", "--variants", "prompt,bitfit,linear,lst", "--dry-run", "--output", str(tmp_path))
+    assert code == 0
+    assert "prompt seed 0: unsupported (prompt: depth 'deep' on an encoder-decoder" in out
+    assert "linear seed 0: unsupported (method 'linear' does not apply to a 't5' backbone" in out
+    assert "lst seed 0: unsupported (method 'lst' does not apply to a 't5' backbone" in out and "bitfit seed 0: would run" in out

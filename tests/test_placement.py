@@ -40,14 +40,13 @@ def contract_variant(name: str):
     return variant
 
 
-# Variants whose method applies to the family but which do not: deep prompts on T5 (its
-# builder refuses them; the shallow variants cover the method there).
-UNSUPPORTED = {("t5", "prompt")}
+# Every shipped variant on every family its method applies to with its configuration (deep
+# prompts do not apply to T5, whose shallow variants cover the method there).
 PAIRS = [
     (family, path.stem)
     for path in available("methods")
     for family in ("clip", "vse", "t5")
-    if family in registered()[load_variant(path.stem).method].families and (family, path.stem) not in UNSUPPORTED
+    if registered()[(variant := load_variant(path.stem)).method].unsupported_reason(family, variant.config) is None
 ]
 
 

@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-from petlbench.config import load_suite
+from petlbench import estimate
+from petlbench.config import ESTIMATE_TARGET_LENGTH, ConfigError, load_suite
 from petlbench.estimate import FakeTraining
 from petlbench.measure.memory import CpuAccountingMeter, host_batches, training_state
 from petlbench.measure.params import parameter_counts
@@ -132,3 +133,16 @@ def test_fake_generation_peak_equals_real_cpu_accounting_on_t5(variant):
     estimate = training.eval_peak(4, 10)
     assert real.breakdown["transient_peak"] > 0
     assert estimate.breakdown == real.breakdown and estimate.peak_bytes == real.peak_bytes
+
+
+def test_an_estimate_on_t5_takes_the_glue_rules_and_leaves_out_what_does_not_apply():
+    """Without --suite, a T5 is estimated under the `glue` suite's rules; variants whose
+    method has no T5 form, or whose configuration T5 refuses (deep prompts), are left out
+    and named; the target length an estimate takes is concrete."""
+    job = estimate.make_job("t5-base", None, None, 128)
+    assert job.suite.task == "glue" and job.suite.data.text_length == 128 and job.suite.data.target_length == ESTIMATE_TARGET_LENGTH
+    assert {"linear", "lst", "unipt", "sherl", "dtl", "dtl-plus", "res-tuning-bypass", "prompt"} == set(job.unsupported)
+    assert {v.name for v in job.variants} >= set(EXPECTED) | {"partial", "prompt-shallow"}
+    assert estimate.make_job("t5-base", None, ["lora"], 128, target_length=6).suite.data.target_length == 6
+    with pytest.raises(ConfigError, match="--target-len 6: the suite 'vl-retrieval' has no target text"):
+        estimate.make_job("clip-vit-base-patch32", None, ["lora"], None, target_length=6)

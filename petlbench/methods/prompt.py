@@ -21,7 +21,6 @@ from petlbench.methods.specs import PROMPT, PromptConfig
 from petlbench.models.backbone import Encoded, EncoderDecoder
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.wrapper import TokenWalker
-from petlbench.registry import UnsupportedError
 
 # Prompts go right after the first token: CLS stays at position 0 (what the vision tower
 # pools); after BOS, every caption token, EOT included, sees them under the causal mask.
@@ -117,10 +116,6 @@ class PromptedEncoderDecoder(nn.Module):
 
 @PROMPT.builder("t5")
 def build_encoder_decoder(backbone: EncoderDecoder, cfg: PromptConfig) -> PromptedEncoderDecoder:
-    if cfg.depth != "shallow":
-        raise UnsupportedError(
-            f"prompt: depth {cfg.depth!r} on an encoder-decoder: prompt tuning there prepends one set to the encoder's input "
-            "(depth shallow, as Lester et al. and the LST code)"
-        )
+    """Shallow prompts only (`PROMPT.refuses` the deep ones on T5)."""
     backbone.requires_grad_(False)
     return PromptedEncoderDecoder(backbone, cfg.prompts)

@@ -152,7 +152,21 @@ ADAPTER = register("adapter", AdapterConfig, "Adapter", "backbone", "adapter", o
 BITFIT = register("bitfit", BitFitConfig, "BitFit", "backbone", "bitfit", on(CLIP_T5, EVERY_BLOCK), lr_grid=(3e-3, 1e-2, 3e-2))
 LORA = register("lora", LoraConfig, "LoRA", "backbone", "lora", on(ALL, EVERY_BLOCK), lr_grid=(1e-3, 3e-3, 1e-2))
 LORA_FA = register("lora-fa", LoraConfig, "LoRA-FA", "backbone", "lora_fa", on(ALL, EVERY_BLOCK), lr_grid=(3e-3, 1e-2, 3e-2))
-PROMPT = register("prompt", PromptConfig, "Prompt tuning", "backbone", "prompt", on(CLIP_T5, EVERY_BLOCK), lr_grid=(3e-3, 1e-2, 3e-2))
+PROMPT = register(
+    "prompt",
+    PromptConfig,
+    "Prompt tuning",
+    "backbone",
+    "prompt",
+    on(CLIP_T5, EVERY_BLOCK),
+    lr_grid=(3e-3, 1e-2, 3e-2),
+    refuses=lambda cfg, family: (
+        f"prompt: depth {cfg.depth!r} on an encoder-decoder: prompt tuning there prepends one set to the encoder's input "
+        "(depth shallow, as Lester et al. and the LST code)"
+        if family == "t5" and cfg.depth != "shallow"
+        else None
+    ),
+)
 
 
 # ---------------------------------------------------------------- memory-efficient methods
