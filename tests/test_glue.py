@@ -300,5 +300,5 @@ def test_variants_that_do_not_apply_to_t5_are_unsupported_runs_with_the_reason(c
     code, out, _ = cli("run", "--suite", "glue-embedded", "--variants", "prompt,bitfit,linear,lst", "--dry-run", "--output", str(tmp_path))
     assert code == 0
     assert "prompt seed 0: unsupported (prompt: depth 'deep' on an encoder-decoder" in out
-    assert "linear seed 0: unsupported (method 'linear' does not apply to a 't5' backbone" in out
+    assert "linear seed 0: unsupported (method 'linear' does not serve the 'glue' task: a text-to-text model has no embedding" in out
     assert "lst seed 0: unsupported (method 'lst' does not apply to a 't5' backbone" in out and "bitfit seed 0: would run" in out
