@@ -4,7 +4,8 @@
     python scripts/lr_sweep.py --suite vl-retrieval-near --seed 0
     python scripts/lr_sweep.py --suite vl-retrieval-flickr30k --set data.root=/data/flickr30k --table lr-f30k.md
 
-Each variant runs over its grid with `eval.split=val`; when the best validation rSum sits
+Each variant runs over its grid with `eval.split=val`; when the best validation score (the
+suite's task's primary metric: rSum for retrieval, score for glue) sits
 at an end of the grid, the grid is extended past that end (1-3-10 steps) until the best is
 inside it, at most `--max-extend` times. The best is the rate to ship: the `lr` of
 methods/<variant>.yaml for the suite the variant files were tuned on (vl-retrieval), the
@@ -21,9 +22,11 @@ import math
 import sys
 from pathlib import Path
 
+from petlbench.config import load_suite
 from petlbench.methods import get_method
 from petlbench.plan import make_plan, resolve_device
 from petlbench.sweep import run_plan
+from petlbench.tasks import get_task
 from petlbench.variants import default_variants, load_variant
 
 
@@ -40,19 +43,22 @@ def _step(lr: float, up: bool) -> float:
     return float(f"{lr * factor:.3g}")
 
 
-def val_rsum(args: argparse.Namespace, variant: str, lr: float) -> float:
-    """Validation rSum of one (variant, lr) run (resumed from its record when done)."""
+def val_score(args: argparse.Namespace, variant: str, lr: float) -> float:
+    """The validation primary metric of one (variant, lr) run (resumed from its record when done)."""
     overrides = [*args.set, "eval.split=val", f"method.lr={lr}"]
     plan = make_plan(args.suite, [variant], [args.seed], args.output / variant / f"lr{lr:g}", overrides)
     (record,) = run_plan(plan, resolve_device(args.device))
-    return record["metrics"]["rsum"] if record["run"]["status"] == "ok" else float("-inf")
+    if record["run"]["status"] != "ok":
+        return float("-inf")
+    metrics = record["metrics"]
+    return metrics["values"][metrics["primary"]]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", default="vl-retrieval")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default=",".join(default_variants()), help="comma-separated variants (any shipped one sweeps)")
+    p.add_argument("--variants", help="comma-separated variants (any shipped one sweeps); default: the suite's, else one per method")
     p.add_argument("--output", type=Path, help="record folder; default results/lr-sweep/<suite>")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a suite override, as for petlbench run (repeatable)")
@@ -60,16 +66,19 @@ def main() -> None:
     p.add_argument("--table", type=Path, default=Path("docs/lr-sweep.md"), help="where the markdown table goes")
     args = p.parse_args()
     args.output = args.output or Path("results/lr-sweep") / Path(args.suite).stem
+    suite = load_suite(args.suite, args.set)
+    primary = get_task(suite.task).primary_metric.label
+    variants = args.variants.split(",") if args.variants else suite.variants or default_variants()
 
     rows = []
-    for variant in args.variants.split(","):
-        scores = {lr: val_rsum(args, variant, lr) for lr in grid(variant)}
+    for variant in variants:
+        scores = {lr: val_score(args, variant, lr) for lr in grid(variant)}
         for _ in range(args.max_extend):
             best = max(scores, key=scores.__getitem__)
             if min(scores) < best < max(scores):
                 break
             lr = _step(best, up=best == max(scores))
-            scores[lr] = val_rsum(args, variant, lr)
+            scores[lr] = val_score(args, variant, lr)
         scores = dict(sorted(scores.items()))
         best = max(scores, key=scores.__getitem__)
         rows.append((variant, scores, best))
@@ -77,9 +86,9 @@ def main() -> None:
 
     width = max(len(scores) for _, scores, _ in rows)
     lines = [
-        f"Validation rSum by learning rate (`python scripts/lr_sweep.py --suite {args.suite} --seed {args.seed}`):",
+        f"Validation {primary} by learning rate (`python scripts/lr_sweep.py --suite {args.suite} --seed {args.seed}`):",
         "",
-        "| variant | " + " | ".join("lr: val rSum" for _ in range(width)) + " | chosen lr |",
+        "| variant | " + " | ".join(f"lr: val {primary}" for _ in range(width)) + " | chosen lr |",
         "|---|" + "---|" * (width + 1),
     ]
     for variant, scores, best in rows:
