@@ -302,3 +302,14 @@ def test_variants_that_do_not_apply_to_t5_are_unsupported_runs_with_the_reason(c
     assert "prompt seed 0: unsupported (prompt: depth 'deep' on an encoder-decoder" in out
     assert "linear seed 0: unsupported (method 'linear' does not serve the 'glue' task: a text-to-text model has no embedding" in out
     assert "lst seed 0: unsupported (method 'lst' does not apply to a 't5' backbone" in out and "bitfit seed 0: would run" in out
+
+
+def test_a_paper_table_shows_the_metrics_of_the_suites_own_tasks():
+    """The glue task knows eleven GLUE metrics and five embedded ones; the committed embedded
+    baseline records five, and the paper table shows those and the score, no empty column."""
+    from petlbench.report.paper import build
+
+    folder = PROJECT_ROOT / "results" / "baselines" / "glue-embedded-default"
+    table = build(records.read_folders([folder]), "glue", "text")
+    shown = [c.figure.removeprefix("metric.") for _, under in table.headers[2:] for c in under]
+    assert shown == ["consistency_mcc", "paraphrase_f1", "paraphrase_acc", "overlap_pearson", "overlap_spearman", SCORE]

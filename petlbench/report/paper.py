@@ -48,13 +48,15 @@ COST_HEADERS = {
 Headers = tuple[tuple[str, tuple[Column, ...]], ...]
 
 
-def headers(task: TaskSpec, width: str) -> Headers:
-    """The table's columns at ``width`` under their top headers: the cost, then the task's metrics."""
-    metrics = tuple(
-        (title, tuple(metric_column(task.metric(name), header=below) for name, below in under))
+def headers(task: TaskSpec, width: str, recorded: set[str] | None = None) -> Headers:
+    """The table's columns at ``width`` under their top headers: the cost, then the task's
+    metrics (of those, only the ``recorded`` ones where given: a text-to-text suite records
+    the metrics of its own tasks, not of every task the task knows)."""
+    metrics = (
+        (title, tuple(metric_column(task.metric(name), header=below) for name, below in under if recorded is None or name in recorded))
         for title, under in task.paper_columns(width)
     )
-    return COST_HEADERS[width] + metrics
+    return COST_HEADERS[width] + tuple((title, under) for title, under in metrics if under)
 
 
 @dataclass
@@ -138,7 +140,8 @@ def _caption(records: list[dict], rows: list[Group], unit: str, width: str) -> s
 
 def build(records: list[dict], label: str, width: str = "text") -> PaperTable:
     """The paper table of one suite configuration's records, with the columns of ``width``."""
-    table_headers = headers(task_of(records[0]), width)
+    recorded = {name for r in records if r.get("metrics") for name in r["metrics"]["values"]}
+    table_headers = headers(task_of(records[0]), width, recorded or None)
     columns = [c for _, under in table_headers for c in under]
     rows = group(records, ("variant",))
     unit, unit_bytes = memory_unit(value(r, "train_peak_bytes") for r in records)
