@@ -223,7 +223,7 @@ def test_evaluation_parses_generations_and_scores_them_as_references_do():
         parts.append(tokenized(task, examples, tokenizer, 40, 4, tokenizer.pad_token_id))
         ids = tokenizer([s or "sentence" for s in said], padding="max_length", max_length=4)["input_ids"]
         answers += ids
-    split = TextSplit(parts, tokenizer.pad_token_id, tokenizer.eos_token_id, text_decoder(tokenizer))
+    split = TextSplit(parts, tokenizer.pad_token_id, text_decoder(tokenizer))
     model = Answering(torch.tensor(answers), len(tokenizer))
     values = TASK.evaluate(model, split, 4, torch.device("cpu"), 1, "fp32", iter)["values"]
     targets = {part.task.name: part.targets for part in parts}

@@ -70,7 +70,6 @@ class TextSplit(Split):
 
     parts: list[TaskExamples]
     start_id: int  # the decoder's start token
-    eos_id: int
     # generated ids (B, steps) -> their text (no spaces: a word-level tokenizer spaces "4 . 0")
     decode: Callable[[torch.Tensor], list[str]]
 
@@ -155,7 +154,6 @@ class TextToText(Task):
             split: TextSplit(
                 [tokenized(task, parts[split], tokenizer, data.text_length, length, start_id) for task, parts in per_task],
                 start_id,
-                tokenizer.eos_token_id,
                 text_decoder(tokenizer),
             )
             for split in ("train", "val", "test")
@@ -213,7 +211,7 @@ class TextToText(Task):
         part = TaskExamples(
             task, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], batch["labels"], [task.labels[0]] * items
         )
-        return TextSplit([part], 0, 1, lambda ids: [task.labels[0]] * len(ids))
+        return TextSplit([part], 0, lambda ids: [task.labels[0]] * len(ids))
 
 
 TASK = TextToText()
