@@ -109,11 +109,16 @@ class FakeTraining:
         cuda, opt = self.target == "cuda", self.training.opt
         batches = iter(lambda: self.task.random_batch(self.architecture, batch_size, self.suite), None)
         steps_on_host = cuda and self.train.optimizer_impl != "fused"
-        trainable = [p for group in opt.param_groups for p in group["params"]] if self._unchecked else []
+        trainable = [p for group in opt.param_groups for p in group["params"]]
         reached: set[int] = set()
-        hooks = [p.register_post_accumulate_grad_hook(lambda p: reached.add(id(p))) for p in trainable]
+        meter = CpuAccountingMeter(granularity=CUDA_GRANULARITY if cuda else 1)
+
+        def accumulated(p: torch.nn.Parameter) -> None:
+            reached.add(id(p))
+            meter.mark_gradient(p.grad)
+
+        hooks = [p.register_post_accumulate_grad_hook(accumulated) for p in trainable]
         with self.fake_mode, self._norm_statistics(), FusedAttentionDropout() if cuda else contextlib.nullcontext():
-            meter = CpuAccountingMeter(granularity=CUDA_GRANULARITY if cuda else 1)
             peak = self.training.measure(batches, torch.device("cpu"), meter, steps_on_host, warmup=0).peak
         for hook in hooks:
             hook.remove()
@@ -169,6 +174,9 @@ class Job:
     variants: list[Variant]  # those whose method applies to the architecture's family and serves the suite's task
     unsupported: list[str]  # variants asked for whose method does not apply to the family, left out
     unserved: list[str] = field(default_factory=list)  # variants asked for whose method does not serve the task, left out
+    # Variants whose settings do not fit the model (LST's dropped blocks past a shallow model's
+    # depth), found as each is built, left out: variant -> why (filled by the estimates).
+    misfits: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -256,11 +264,15 @@ def at_text_length(suite: SuiteConfig, text_length: int) -> SuiteConfig:
     return dataclasses.replace(suite, data=dataclasses.replace(suite.data, text_length=text_length))
 
 
-def _estimate(job: Job, variant: Variant, batch_size: int | None, budget: int | None) -> Row:
+def _estimate(job: Job, variant: Variant, batch_size: int | None, budget: int | None) -> Row | str:
     """One variant's row: its peak at ``batch_size``, or under ``budget`` its largest batch
-    size whose peak fits, with the peak there (at batch 1 where none fits)."""
+    size whose peak fits, with the peak there (at batch 1 where none fits); why not, where
+    the variant's settings do not fit the model."""
     t0 = time.perf_counter()
-    training = FakeTraining(job.architecture, job.suite, variant)
+    try:
+        training = FakeTraining(job.architecture, job.suite, variant)
+    except ConfigError as exc:
+        return str(exc)
     if budget is None:
         peak, largest = training.peak(batch_size), None
     else:
@@ -289,7 +301,7 @@ def _start_worker(parent: int, job: Job, batch_size: int | None, budget: int | N
     _WORK.update(job=job, batch_size=batch_size, budget=budget)
 
 
-def _estimate_in_worker(index: int) -> Row:
+def _estimate_in_worker(index: int) -> Row | str:
     return _estimate(_WORK["job"], _WORK["job"].variants[index], _WORK["batch_size"], _WORK["budget"])
 
 
@@ -306,7 +318,9 @@ def _estimates(job: Job, batch_size: int | None = None, budget: int | None = Non
     """A row per variant, in the variants' order, estimated in `workers` processes: each
     estimate is independent and deterministic, so the figures are those of one process.
     However the command ends (an interrupt included), the pool's exit stops every worker,
-    and a worker dies with the command (`signals.die_with_parent`)."""
+    and a worker dies with the command (`signals.die_with_parent`). A variant whose settings
+    do not fit the model has no row: it is in `Job.misfits`, and when no variant fits, the
+    estimate is an error naming why each does not."""
     n = workers(len(job.variants))
     with contextlib.ExitStack() as stack:
         stack.enter_context(frozen_heap())
@@ -316,7 +330,11 @@ def _estimates(job: Job, batch_size: int | None = None, budget: int | None = Non
             rows = pool.imap(_estimate_in_worker, range(len(job.variants)))
         else:
             rows = (_estimate(job, variant, batch_size, budget) for variant in job.variants)
-        return list(tqdm(rows, total=len(job.variants), desc="estimate", unit="variant", leave=False, disable=None))
+        done = list(tqdm(rows, total=len(job.variants), desc="estimate", unit="variant", leave=False, disable=None))
+    job.misfits.update((variant.name, row) for variant, row in zip(job.variants, done, strict=True) if isinstance(row, str))
+    if len(job.misfits) == len(job.variants):
+        raise ConfigError("no variant fits the model: " + "; ".join(job.misfits.values()))
+    return [row for row in done if not isinstance(row, str)]
 
 
 def at_batch(job: Job, batch_size: int) -> list[Row]:

@@ -36,6 +36,8 @@ def describe(job: Job, batch: str) -> str:
         if job.unsupported
         else ""
     ) + (f" Left out, their methods do not serve the task {job.suite.task!r}: {', '.join(job.unserved)}." if job.unserved else "")
+    if job.misfits:
+        left_out += " Left out, their settings do not fit the model: " + "; ".join(f"{n} ({why})" for n, why in job.misfits.items()) + "."
     inputs = f"{side}x{side} images, {job.suite.data.text_length} text tokens" if side else _text_inputs(job)
     return (
         f"Estimated training peak on a GPU (torch.cuda.max_memory_allocated) of {job.model}, {batch}, {inputs}, "

@@ -97,7 +97,7 @@ MODEL_BOUNDS = [
     ("lst", "method.r=3", "r=3 must divide the width 128"),
     ("lst", "method.drop_layers=[7]", "drop_layers=[7] must index the towers' layers (0..3)"),
     ("lst", "method.gate_temperature=0", "must be above 0"),
-    ("lst", "method.fisher_batch_size=1", "must be at least 2"),
+    ("lst", "method.fisher_batch_size=1", "fisher_batch_size=1 on a dual encoder, whose contrastive loss over one pair is constant"),
     ("unipt", "method.downsample=3", "downsample=3 must be a positive divisor of the embedding width 64"),
     ("prompt", "method.prompts=0", "must be at least 1"),
     ("lst", "method.fisher_batch_size=100", "its set-up reads batches of 100, more than the 48 images of the training split"),

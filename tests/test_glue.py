@@ -297,11 +297,11 @@ def test_a_head_or_temperature_t5_lacks_cannot_train(cli, rule):
 
 
 def test_variants_that_do_not_apply_to_t5_are_unsupported_runs_with_the_reason(cli, tmp_path):
-    code, out, _ = cli("run", "--suite", "glue-embedded", "--variants", "prompt,bitfit,linear,lst", "--dry-run", "--output", str(tmp_path))
+    code, out, _ = cli("run", "--suite", "glue-embedded", "--variants", "prompt,bitfit,linear,dtl", "--dry-run", "--output", str(tmp_path))
     assert code == 0
     assert "prompt seed 0: unsupported (prompt: depth 'deep' on an encoder-decoder" in out
     assert "linear seed 0: unsupported (method 'linear' does not serve the 'glue' task: a text-to-text model has no embedding" in out
-    assert "lst seed 0: unsupported (method 'lst' does not apply to a 't5' backbone" in out and "bitfit seed 0: would run" in out
+    assert "dtl seed 0: unsupported (method 'dtl' does not apply to a 't5' backbone" in out and "bitfit seed 0: would run" in out
 
 
 def test_a_paper_table_shows_the_metrics_of_the_suites_own_tasks():

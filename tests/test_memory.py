@@ -128,3 +128,25 @@ def test_step_counters_stay_out_when_they_live_on_the_host():
     categories, host = training_state(model, opt, steps_on_host=True)
     assert len(host) == 4 and all(t.numel() == 1 for t in host)  # one step counter per parameter
     assert storage_bytes(categories["optimizer_state"]) == 2 * sum(p.numel() for p in model.parameters()) * F32
+
+
+def test_the_transient_peak_splits_into_the_gradients_alive_at_its_moment_and_the_rest():
+    """Byte sizes chosen by hand: the peak (170) comes after one gradient (40) was made and
+    before the second; a gradient made before the phase's peak and freed is not counted."""
+    meter = CpuAccountingMeter()
+    with meter.phase({}) as peak:
+        early = torch.zeros(30, dtype=torch.uint8)
+        meter.mark_gradient(early)
+        del early  # a gradient freed before the peak
+        a = torch.zeros(100, dtype=torch.uint8)
+        g = torch.zeros(40, dtype=torch.uint8)
+        meter.mark_gradient(g)
+        del a
+        b, c = torch.zeros(70, dtype=torch.uint8), torch.zeros(60, dtype=torch.uint8)  # live 40 + 70 + 60
+        del b, c
+        h = torch.zeros(10, dtype=torch.uint8)
+        meter.mark_gradient(h)
+    assert (peak.breakdown["transient_peak"], peak.transient_gradients) == (170, 40)
+    with meter.phase({}) as unmarked:
+        torch.zeros(8)
+    assert unmarked.transient_gradients is None

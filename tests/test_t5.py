@@ -37,16 +37,30 @@ EXPECTED = {
     "bitfit": BIASES,
     "prompt-100": 100 * D,
 }
+# LST (lst-glue): side width s = d/8 with 9 of 12 blocks kept; a side encoder block 4s² + 2s·s_ff + 2s,
+# a decoder block 8s² + 2s·s_ff + 3s; per stack Down_in and a Down per kept block, 12 gates, the
+# side's position table and final norm; Up into the frozen head.
+S, S_FF, KEPT = D // 8, FF // 8, 9
+LADDERS = (1 + KEPT) * (D * S + S) + L + BUCKETS * HEADS + S
+EXPECTED["lst-glue"] = KEPT * (4 * S * S + 2 * S * S_FF + 2 * S) + LADDERS + KEPT * (8 * S * S + 2 * S * S_FF + 3 * S) + LADDERS + S * D + D
+# SHERL (sherl-glue), m = d/4: per tap an adapter d·m + m + 2(m² + m); per stack the anti-redundancy
+# score (m + 1), the gate, the output Linear (m·d + d) and the new norm; 10 encoder and 9 decoder taps.
+M = D // 4
+EXPECTED["sherl-glue"] = sum(taps * (D * M + M + 2 * (M * M + M)) + (M + 1) + 1 + (M * D + D) + D for taps in (10, 9))
+# UniPT (unipt-glue), m = d/4: per tap Linear and LayerNorm; the confidence score, Proj (Linear and
+# LayerNorm), the output Linear back to d and the new norm.
+EXPECTED["unipt-glue"] = sum(taps * (D * M + M + 2 * M) + (M + 1) + (M * M + 3 * M) + (M * D + D) + D for taps in (10, 9))
 
 
 @pytest.mark.parametrize("variant", sorted(EXPECTED))
 def test_trainable_counts_at_t5_base_are_the_lst_configurations(variant):
     """The shared spec's figures: adapters 3,625,728; LoRA with biases 3,822,208; BitFit
-    282,496; prompt 76,800; full 222,903,552 (here from the formulas, not the code)."""
+    282,496; prompt 76,800; full 222,903,552; LST 3,878,712; SHERL 4,511,812 (here from the
+    formulas, not the code)."""
     architecture = load_architecture("t5-base")
     with torch.device("meta"):
         backbone = architecture.build("eager")
-    model = prepare(backbone, GLUE.train, load_variant(variant), task="glue")
+    model = prepare(backbone, GLUE.train, data_free(load_variant(variant)), task="glue")
     assert parameter_counts(model)["params_trainable"] == EXPECTED[variant]
     assert (EXPECTED["adapter-lst"], EXPECTED["lora-r32-bias"], EXPECTED["bitfit"], EXPECTED["full"]) == (
         3_625_728,
@@ -54,6 +68,7 @@ def test_trainable_counts_at_t5_base_are_the_lst_configurations(variant):
         282_496,
         222_903_552,
     )
+    assert (EXPECTED["lst-glue"], EXPECTED["sherl-glue"]) == (3_878_712, 4_511_812)
 
 
 def test_added_biases_change_nothing_until_they_train():
@@ -94,6 +109,94 @@ def test_tower_states_are_the_embeddings_and_every_block_output_before_the_final
     assert not torch.equal(states[-1], encoded.states)
     decoder = backbone.tower_states("decoder", decoder_input_ids=torch.tensor([[0, 5]]), states=encoded.states, mask=encoded.mask)
     assert len(decoder.hidden_states) == backbone.tower_shape("decoder").depth + 1
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_walk_through_the_blocks_is_the_library_forward(attention):
+    """Side networks walk the stacks block by block (`EncoderDecoder.walk`): every block, then
+    `finish`, then `head_logits`, gives the library's logits bit for bit, with padding in
+    the batch (the masks) and past the first decoder block (the position biases it passes on)."""
+    backbone, tokenizer, *_ = load_backbone("embedded-t5", attention, torch.device("cpu"))
+    backbone.eval()
+    ids = tokenizer(
+        ["overlap sentence1: a big red circle sentence2: a tiny blue ring", "consistency sentence: a cube"],
+        padding=True,
+        return_tensors="pt",
+    )
+    assert not ids["attention_mask"].all()
+    decoder = torch.tensor([[0, 9, 11, 13], [0, 4, 4, 2]])
+    library = backbone.t5(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], decoder_input_ids=decoder).logits
+
+    def walked(tower, **inputs):
+        walk = backbone.walk(tower, **inputs)
+        tokens = walk.tokens
+        for block in backbone.blocks()[tower]:
+            tokens = walk(block, tokens)
+        return tokens
+
+    states = backbone.finish("encoder", walked("encoder", **ids))
+    torch.testing.assert_close(states, backbone.encode(ids["input_ids"], ids["attention_mask"]).states, rtol=0, atol=0)
+    logits = backbone.head_logits(
+        backbone.finish("decoder", walked("decoder", decoder_input_ids=decoder, states=states, mask=ids["attention_mask"]))
+    )
+    torch.testing.assert_close(logits, library, rtol=0, atol=0)
+
+
+def test_a_fresh_walk_runs_narrow_blocks_of_the_stack_kind():
+    """A side stack of blocks `new_block` made (widths / 4, its first with the position
+    table) walks with the masks of the backbone's pass; a padded position changes nothing
+    that a real one reads (the mask holds), and the side decoder attends to narrow states."""
+    backbone, tokenizer, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
+    backbone.eval()
+    torch.manual_seed(0)
+    encoder_side = [backbone.new_block("encoder", 4, positions=i == 0).eval() for i in range(2)]
+    decoder_side = [backbone.new_block("decoder", 4, positions=i == 0).eval() for i in range(2)]
+    assert [b.layer[0].SelfAttention.has_relative_attention_bias for b in encoder_side] == [True, False]
+    ids = tokenizer(["consistency sentence: a big red circle", "consistency sentence: a cube"], padding=True, return_tensors="pt")
+    real = ids["attention_mask"].bool()
+    narrow = torch.randn(2, ids["input_ids"].shape[1], 16)
+
+    def side(tokens):
+        walk = backbone.walk("encoder", **ids).fresh()
+        for block in encoder_side:
+            tokens = walk(block, tokens)
+        return tokens
+
+    first = side(narrow)
+    changed = narrow.clone()
+    changed[~real] = 5.0
+    second = side(changed)
+    assert first.shape == narrow.shape
+    torch.testing.assert_close(first[real], second[real], rtol=0, atol=0)
+    walk = backbone.walk(
+        "decoder", decoder_input_ids=torch.tensor([[0, 3], [0, 4]]), states=torch.randn(2, narrow.shape[1], 64), mask=ids["attention_mask"]
+    ).fresh()
+    out = torch.randn(2, 2, 16)
+    for block in decoder_side:
+        out = walk(block, out, cross=first)
+    assert out.shape == (2, 2, 16)
+
+
+@pytest.mark.parametrize("variant", T5_VARIANTS)
+def test_no_decoder_position_reads_a_later_one(variant):
+    """Teacher forcing shows the decoder every target token at once: a method whose decoder
+    side mixes positions (a side network's attention, UniPT's token-to-token interaction and
+    its layer confidence) must keep each position to its prefix, or training reads the answer
+    it is asked for. The trainable parameters are moved off their initial values first, so
+    that no zero-initialised gate hides a path."""
+    backbone, tokenizer, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
+    torch.manual_seed(0)
+    model = prepare(backbone, EMBEDDED.train, data_free(load_variant(variant)), task="glue").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+        ids = tokenizer(["overlap sentence1: a big red circle sentence2: a tiny blue ring"], return_tensors="pt")
+        encoded = model.encode(ids["input_ids"], ids["attention_mask"])
+        first = model.decode(torch.tensor([[0, 9, 11, 13]]), encoded)
+        second = model.decode(torch.tensor([[0, 9, 4, 7]]), encoded)
+    torch.testing.assert_close(first[:, :2], second[:, :2], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(first[:, 2:], second[:, 2:])
 
 
 # The suite's training options, each of which the estimate must model to the byte.
@@ -141,7 +244,7 @@ def test_an_estimate_on_t5_takes_the_glue_rules_and_leaves_out_what_does_not_app
     and named; the target length an estimate takes is concrete."""
     job = estimate.make_job("t5-base", None, None, 128)
     assert job.suite.task == "glue" and job.suite.data.text_length == 128 and job.suite.data.target_length == ESTIMATE_TARGET_LENGTH
-    assert {"linear", "lst", "unipt", "sherl", "dtl", "dtl-plus", "res-tuning-bypass", "prompt"} == set(job.unsupported)
+    assert {"linear", "dtl", "dtl-plus", "res-tuning-bypass", "prompt"} == set(job.unsupported)
     assert {v.name for v in job.variants} >= set(EXPECTED) | {"partial", "prompt-shallow"}
     assert estimate.make_job("t5-base", None, ["lora"], 128, target_length=6).suite.data.target_length == 6
     with pytest.raises(ConfigError, match="--target-len 6: the suite 'vl-retrieval' has no target text"):

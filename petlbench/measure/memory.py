@@ -35,6 +35,10 @@ class PhasePeak:
     reserved_peak_bytes: int | None = None
     breakdown: dict[str, int] = field(default_factory=dict)
     trace: AllocationTrace | None = field(default=None, repr=False, compare=False)  # the CPU accounting's
+    # Of the transient peak, the bytes of parameter gradients alive at its moment (the CPU
+    # accounting, where the phase's gradients were marked: `CpuAccountingMeter.mark_gradient`);
+    # the rest of it is activations and temporaries.
+    transient_gradients: int | None = None
 
 
 @dataclass
@@ -102,6 +106,7 @@ class _LiveStorages(TorchDispatchMode):
         self.trace = AllocationTrace([], [], granularity)
         self.live = 0
         self.peak = 0
+        self.marked: set[int] = set()  # indices of the storages `mark` was told of
 
     def _free(self, key: int, _ref: weakref.ref) -> None:
         _, nbytes, index = self._tracked.pop(key)
@@ -120,6 +125,24 @@ class _LiveStorages(TorchDispatchMode):
         self.trace.order.append(index)
         self.live += nbytes
         self.peak = max(self.peak, self.live)
+
+    def mark(self, tensor: torch.Tensor) -> None:
+        """Note that ``tensor``'s storage (created in this phase) is of a kind counted apart."""
+        if (tracked := self._tracked.get(id(tensor.untyped_storage()))) is not None:
+            self.marked.add(tracked[2])
+
+    def marked_at_peak(self) -> int:
+        """The bytes of marked storages alive when the live bytes first reached the peak."""
+        live = marked = 0
+        for event in self.trace.order:
+            index = event if event >= 0 else ~event
+            nbytes = allocated_bytes(self.trace.sizes[index], self._granularity) * (1 if event >= 0 else -1)
+            live += nbytes
+            if index in self.marked:
+                marked += nbytes
+            if live == self.peak:
+                return marked
+        return 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -171,6 +194,16 @@ class CpuAccountingMeter:
 
     def __init__(self, granularity: int = 1):
         self.granularity = granularity
+        self._mode: _LiveStorages | None = None
+        self._marking = False
+
+    def mark_gradient(self, gradient: torch.Tensor) -> None:
+        """Count ``gradient`` (a parameter's ``.grad``, made in the phase) as a gradient in the
+        split of the transient peak (`PhasePeak.transient_gradients`): called by a
+        post-accumulate-grad hook on each trainable parameter."""
+        if self._mode is not None:
+            self._marking = True
+            self._mode.mark(gradient)
 
     @contextmanager
     def phase(self, resident: dict[str, list[torch.Tensor]], ignore: Iterable[torch.Tensor] = ()) -> Iterator[PhasePeak]:
@@ -178,12 +211,16 @@ class CpuAccountingMeter:
         breakdown = {name: storage_bytes(ts, self.granularity) for name, ts in resident.items()}
         mode = _LiveStorages([*(t for ts in resident.values() for t in ts), *ignore], self.granularity)
         result = PhasePeak(0, self.source)
+        self._mode, self._marking = mode, False
         gc.disable()
         try:
             with mode:
                 yield result
         finally:
             gc.enable()
+            self._mode = None
+        if self._marking:
+            result.transient_gradients = mode.marked_at_peak()
         breakdown["transient_peak"] = mode.peak
         result.breakdown = breakdown
         # the order as the phase ends: releases after it go on being appended to the mode's

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from petlbench.config import ConfigError
+from petlbench.methods.encoder_decoder import SideEncoded, kept_layers, lst_code_init
 from petlbench.methods.specs import LST, LSTConfig
-from petlbench.models.backbone import DualEncoder
+from petlbench.models.backbone import Backbone, BlockWalk, DualEncoder, Encoded, EncoderDecoder
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.vse import VseDualEncoder
 from petlbench.models.wrapper import BackboneWrapper, TowerWise
@@ -105,10 +106,13 @@ class LadderSideTuned(TowerWise):
 # --------------------------------------------------------------------------- pruned init
 
 
-def fisher_importance(backbone: DualEncoder, data: SetupData, batch_size: int, n_batches: int) -> dict[nn.Parameter, torch.Tensor]:
-    """Sum of squared gradients of the task's loss per backbone weight, over ``n_batches``
-    set-up batches of ``batch_size``."""
-    params = [p for blocks in backbone.blocks().values() for p in blocks.parameters()]
+def fisher_importance(
+    backbone: Backbone, data: SetupData, batch_size: int, n_batches: int, params: list[nn.Parameter] | None = None
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Sum of squared gradients of the task's loss per backbone weight in ``params`` (default:
+    every block's), over ``n_batches`` set-up batches of ``batch_size``."""
+    if params is None:
+        params = [p for blocks in backbone.blocks().values() for p in blocks.parameters()]
     saved = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
@@ -192,11 +196,14 @@ def prune_block_into(
             side_at(path).bias.copy_(at(path).bias[resid])
 
 
-def row_importance(backbone: nn.Module, cfg: LSTConfig, data: SetupData) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def row_importance(
+    backbone: Backbone, cfg: LSTConfig, data: SetupData, params: list[nn.Parameter] | None = None
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What ranks the backbone's rows for ``cfg.init``: squared gradients (Fisher, computed
-    here on ``data``), weight magnitude, or None for a random initialisation."""
+    here on ``data`` for ``params``, default every block's), weight magnitude, or None for a
+    random initialisation."""
     if cfg.init == "fisher":
-        fisher = fisher_importance(backbone, data, cfg.fisher_batch_size, max(1, cfg.fisher_samples // cfg.fisher_batch_size))
+        fisher = fisher_importance(backbone, data, cfg.fisher_batch_size, max(1, cfg.fisher_samples // cfg.fisher_batch_size), params)
         return fisher.__getitem__
     return torch.abs if cfg.init == "magnitude" else None
 
@@ -261,4 +268,172 @@ def build_vse(backbone: VseDualEncoder, cfg: LSTConfig, data: SetupData) -> Ladd
         side, layers, heads = model.side["text"], backbone.blocks()["text"], backbone.tower_shape("text").heads
         for j, layer in enumerate(side.keep):
             prune_block_into(side.blocks[j], layers[layer], importance, heads, BERT_LAYER)
+    return model.train(backbone.training)
+
+
+# --------------------------------------------------------------- the encoder-decoder form
+
+
+class LadderStack(nn.Module):
+    """The side network beside one stack of an encoder-decoder (the LST code's T5 form):
+    ``s = Down_in(h_0)``; after each kept backbone block i, ``s = g_i s + (1 - g_i)
+    Down_i(h_i)``, ``g_i = sigmoid(alpha_i / T)``, then side block i (the stack's kind with
+    every width / r; the first owns the side's relative position table); a side norm and
+    dropout at the end. A decoder's side blocks attend to the side encoder's output. One gate
+    per backbone block, as the LST code allocates them (a dropped block's gets a zero
+    gradient)."""
+
+    def __init__(self, backbone: EncoderDecoder, tower: str, keep: list[int], r: int, gate_temperature: float):
+        super().__init__()
+        shape = backbone.tower_shape(tower)
+        d, side = shape.width, shape.width // r
+        self.keep, self.temperature = keep, gate_temperature
+        with torch.device(backbone.device):
+            self.down_in = nn.Linear(d, side)
+            self.downs = nn.ModuleList(nn.Linear(d, side) for _ in keep)
+            self.gates = nn.Parameter(torch.zeros(shape.depth))  # alpha_i = 0: g_i = 0.5
+            self.dropout = nn.Dropout(shape.dropout)
+        self.blocks = nn.ModuleList(backbone.new_block(tower, r, positions=j == 0) for j in range(len(keep)))
+        self.norm = backbone.new_norm(side)
+
+    def run(self, walk: BlockWalk, blocks: nn.ModuleList, cross: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's ``blocks`` walked under ``no_grad`` with this side beside them, block
+        by block as the LST code runs them (a dropped block's output is gone once the next
+        block has read it): (the backbone's last-block output, the side's output)."""
+        side_walk = walk.fresh()
+        hidden = walk.tokens
+        side = self.down_in(hidden)
+        gates = torch.sigmoid(self.gates / self.temperature)
+        ladders = dict(zip(self.keep, zip(self.downs, self.blocks, strict=True), strict=True))
+        for i, block in enumerate(blocks):
+            with torch.no_grad():
+                hidden = walk(block, hidden)
+            if i in ladders:
+                down, side_block = ladders[i]
+                side = gates[i] * side + (1 - gates[i]) * down(hidden)
+                side = side_walk(side_block, side, cross)
+        return hidden, self.dropout(self.norm(side))
+
+
+class LadderSideEncoderDecoder(nn.Module):
+    """The frozen encoder-decoder (both stacks walked under ``no_grad``) with a ladder side
+    network beside each stack; the side decoder's output goes through ``Up`` (side width ->
+    d) into the frozen language-model head, with the backbone's scaling before it. The
+    backbone decoder's blocks run for the ladders; its final norm does not (nothing reads
+    it: the LST code computes it and discards it)."""
+
+    def __init__(self, backbone: EncoderDecoder, cfg: LSTConfig):
+        super().__init__()
+        self.backbone = backbone
+        stacks = backbone.blocks()
+        for tower in stacks:
+            shape = backbone.tower_shape(tower)
+            if shape.width % cfg.r or shape.mlp_width % cfg.r or shape.head_width % cfg.r:
+                raise ConfigError(
+                    f"lst: r={cfg.r} must divide the {tower}'s width {shape.width}, feed-forward width {shape.mlp_width} "
+                    f"and head width {shape.head_width}"
+                )
+        self.side = nn.ModuleDict(
+            {
+                tower: LadderStack(backbone, tower, kept_layers("lst", cfg.drop_layers, len(blocks)), cfg.r, cfg.gate_temperature)
+                for tower, blocks in stacks.items()
+            }
+        )
+        d = backbone.tower_shape("decoder").width
+        with torch.device(backbone.device):
+            self.up = nn.Linear(d // cfg.r, d)
+        for stack in self.side.values():
+            lst_code_init(stack.down_in), lst_code_init(stack.downs)
+        lst_code_init(self.up)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SideEncoded:
+        with torch.no_grad():
+            walk = self.backbone.walk("encoder", input_ids=input_ids, attention_mask=attention_mask)
+        hidden, side = self.side["encoder"].run(walk, self.backbone.blocks()["encoder"])
+        with torch.no_grad():
+            states = self.backbone.finish("encoder", hidden)
+        return SideEncoded(Encoded(states, attention_mask), side)
+
+    def decode(self, decoder_input_ids: torch.Tensor, encoded: SideEncoded) -> torch.Tensor:
+        with torch.no_grad():
+            walk = self.backbone.walk(
+                "decoder", decoder_input_ids=decoder_input_ids, states=encoded.backbone.states, mask=encoded.backbone.mask
+            )
+        _, side = self.side["decoder"].run(walk, self.backbone.blocks()["decoder"], cross=encoded.side)
+        return self.backbone.head_logits(self.up(side))
+
+
+# The LST code's pruning chain on T5 ("fisher-v2", no residual structure): per block, in
+# order, a norm (a path: it keeps the current selection) or a group of linear layers (a
+# tuple: their input columns are the current selection; their rows are ranked together and
+# the kept ones become the selection).
+_T5_SELF = ("layer.0.layer_norm", tuple(f"layer.0.SelfAttention.{p}" for p in "qkv"), ("layer.0.SelfAttention.o",))
+_T5_CROSS = ("layer.1.layer_norm", tuple(f"layer.1.EncDecAttention.{p}" for p in "qkv"), ("layer.1.EncDecAttention.o",))
+T5_CHAIN = {
+    "encoder": (*_T5_SELF, "layer.1.layer_norm", ("layer.1.DenseReluDense.wi",), ("layer.1.DenseReluDense.wo",)),
+    "decoder": (*_T5_SELF, *_T5_CROSS, "layer.2.layer_norm", ("layer.2.DenseReluDense.wi",), ("layer.2.DenseReluDense.wo",)),
+}
+T5_POSITION_TABLE = "layer.0.SelfAttention.relative_attention_bias"
+
+
+def chain_selection(
+    backbone: EncoderDecoder, importance: Callable[[torch.Tensor], torch.Tensor], r: int
+) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]]:
+    """The LST code's T5 pruning, as (kept rows, kept input columns or None for a norm) per
+    module of every block and per final norm. The first selection ranks the token
+    embeddings' columns; then, block after block through the encoder and on into the
+    decoder, each group of linears is cut to the selection's columns, its rows ranked by
+    the L1 norm of the element-wise product of its members' importances, and the top 1/r
+    kept become the selection (so the residual stream's selection changes at every writer);
+    a norm keeps the selection it meets. A decoder's cross-attention keys and values read
+    the decoder stream's selection, as the chain runs."""
+    selection = _top(importance(backbone.token_embeddings().weight).abs().sum(dim=0), backbone.tower_shape("encoder").width // r)
+    chosen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for (tower, blocks), final in zip(backbone.blocks().items(), backbone.final_norms(), strict=True):
+        for block in blocks:
+            for step in T5_CHAIN[tower]:
+                if isinstance(step, str):
+                    chosen[attrgetter(step)(block)] = (selection, None)
+                    continue
+                linears = [attrgetter(path)(block) for path in step]
+                columns = selection
+                product = functools.reduce(torch.mul, (importance(linear.weight)[:, columns] for linear in linears))
+                selection = _top(product.abs().sum(dim=1), linears[0].out_features // r)
+                chosen.update((linear, (selection, columns)) for linear in linears)
+        chosen[final] = (selection, None)
+    return chosen
+
+
+def copy_chain_selection(
+    side: nn.Module, block: nn.Module, tower: str, chosen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]]
+) -> None:
+    """``block``'s pruned weights (`chain_selection`) into the side block of the same kind."""
+    with torch.no_grad():
+        for step in T5_CHAIN[tower]:
+            for path in (step,) if isinstance(step, str) else step:
+                source, target = attrgetter(path)(block), attrgetter(path)(side)
+                rows, columns = chosen[source]
+                target.weight.copy_(source.weight[rows] if columns is None else source.weight[rows][:, columns])
+
+
+@LST.builder("t5")
+def build_t5(backbone: EncoderDecoder, cfg: LSTConfig, data: SetupData) -> LadderSideEncoderDecoder:
+    """Side blocks from the pruned backbone blocks of the same index (`chain_selection`), the
+    side's position table copied whole from the stack's first block, the side's final norm
+    from the pruned final norm; the importances from squared gradients of the task's loss
+    over the token embeddings, every block and the final norms (or the weights' magnitude)."""
+    backbone.requires_grad_(False)
+    model = LadderSideEncoderDecoder(backbone, cfg)
+    params = [backbone.token_embeddings().weight]
+    params += [p for module in [*backbone.blocks().values(), *backbone.final_norms()] for p in module.parameters()]
+    importance = row_importance(backbone, cfg, data, params)
+    if importance is not None:
+        chosen = chain_selection(backbone, importance, cfg.r)
+        for (tower, blocks), final in zip(backbone.blocks().items(), backbone.final_norms(), strict=True):
+            side = model.side[tower]
+            for j, layer in enumerate(side.keep):
+                copy_chain_selection(side.blocks[j], blocks[layer], tower, chosen)
+            with torch.no_grad():
+                attrgetter(T5_POSITION_TABLE)(side.blocks[0]).weight.copy_(attrgetter(T5_POSITION_TABLE)(blocks[0]).weight)
+                side.norm.weight.copy_(final.weight[chosen[final][0]])
     return model.train(backbone.training)

@@ -15,8 +15,20 @@ network on frozen hidden states whose layer weights penalise redundant layers.
   of depth 1 leaves nothing to tap: unsupported. The backbone stays in eval mode; the side
   BatchNorms train.
 
+- T5 (the authors' T5 code, LST's code base with the side network replaced): per stack
+  one multi-tap module (`MultiTapAggregate`) over the first block's input and the outputs
+  of the blocks not in ``drop_layers``; each tap through its own adapter
+  ``(fc2(u) + u) * sigmoid(fc3(u))``, ``u = ReLU(fc1(x))``; the shallow taps aggregated
+  token by token against the deepest; ``Linear(ReLU(a)) + tanh(gamma / 0.1) * h_deepest``.
+  The encoder's, after a trainable norm, is the side encoding; the decoder's replaces the
+  input of its last block, which runs frozen with autograd on, attending to the side
+  encoding (`encoder_decoder.TapsIntoLastBlock`). Linear layers N(0, 0.01), zero biases
+  (the LST code base's initialisation).
+
 Width ``m = p / downsample`` with ``p`` the joint width (`projection_dim` on CLIP); on VSE
-``m = p / (2 * downsample)``, the authors' VSE setting halving the joint width.
+``m = p / (2 * downsample)``, the authors' VSE setting halving the joint width; on T5
+``m = d_model / downsample`` (4 in the authors' T5 launcher: 4,511,812 trainable at t5-base
+with their 9 tapped blocks).
 
 Decided where the reading leaves it open (docs/methods.md, `sherl`):
 - the anti-redundancy weights divide by ``rho_i + 1e-6`` and L1-normalise over layers as
@@ -27,7 +39,9 @@ Decided where the reading leaves it open (docs/methods.md, `sherl`):
   1x1 convolutions have no bias: each is followed by a BatchNorm, whose shift is one
   (3,023,362 trainable at the authors' ResNeXt widths with m = 512; 4,096 more with biases);
 - ``h4`` is one tap (the output after layer4's units but the last), as the authors'
-  parameter count implies.
+  parameter count implies;
+- the T5 form shares `AntiRedundancy` with the others, so it divides by ``rho + 1e-6``
+  where the authors' T5 code divides by ``rho`` (``rho >= 1`` for any non-zero tap).
 """
 
 from __future__ import annotations
@@ -37,9 +51,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from petlbench.config import ConfigError
+from petlbench.methods.encoder_decoder import TapsIntoLastBlock, lst_code_init
 from petlbench.methods.specs import SHERL, SherlConfig
 from petlbench.methods.unipt import feature_tokens, relu_linear, window_size
-from petlbench.models.backbone import TowerStates
+from petlbench.models.backbone import EncoderDecoder, TowerStates
 from petlbench.models.clip import ClipDualEncoder
 from petlbench.models.vse import VseDualEncoder
 from petlbench.models.wrapper import BackboneWrapper, EmbeddingSide
@@ -182,9 +197,45 @@ class SherlVse(BackboneWrapper):
         return self.backbone.tower_head("text", tokens, token_mask=attention_mask.bool())
 
 
+class TapAdapter(nn.Module):
+    """The T5 form's adapter of one tap: ``u = ReLU(fc1(x))`` (d -> m), then
+    ``(fc2(u) + u) * sigmoid(fc3(u))`` (m -> m)."""
+
+    def __init__(self, hidden: int, width: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, width)
+        self.fc2 = nn.Linear(width, width)
+        self.fc3 = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.fc1(x).relu()
+        return (self.fc2(u) + u) * torch.sigmoid(self.fc3(u))
+
+
+class MultiTapAggregate(nn.Module):
+    """The T5 form's module of one stack (the authors' multi-tap adapter): each tap through
+    its adapter, the shallow ones aggregated per token against the deepest, then
+    ``Linear(ReLU(a))`` back to d plus ``tanh(gamma / 0.1)`` of the deepest tap (gamma = 0:
+    none of it at the start)."""
+
+    def __init__(self, n_taps: int, hidden: int, width: int):
+        super().__init__()
+        self.adapters = nn.ModuleList(TapAdapter(hidden, width) for _ in range(n_taps))
+        self.aggregate = AntiRedundancy(width)
+        self.out = nn.Linear(width, hidden)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, taps: list[torch.Tensor], token_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, d) tokens from the taps (B, N, d) each, deepest last; token by token, so the
+        padding mask is not read."""
+        *shallow, deepest = [adapter(tap) for adapter, tap in zip(self.adapters, taps, strict=True)]
+        mixed = self.aggregate(torch.stack(shallow, dim=-2), deepest)
+        return self.out(mixed.relu()) + torch.tanh(self.gamma / GATE_TEMPERATURE) * taps[-1]
+
+
 def _width(embed: int, divisor: int) -> int:
     if embed % divisor:
-        raise ConfigError(f"sherl: the joint width {embed} is not divisible by {divisor} (downsample, twice on VSE)")
+        raise ConfigError(f"sherl: the width {embed} is not divisible by {divisor} (downsample; twice on VSE)")
     return embed // divisor
 
 
@@ -216,3 +267,13 @@ def build_vse(backbone: VseDualEncoder, cfg: SherlConfig) -> SherlVse:
         image = SherlImage(channels, width)
         side = SherlText(text.depth, text.width, width)
     return SherlVse(backbone, image, side).train(backbone.training)
+
+
+@SHERL.builder("t5")
+def build_t5(backbone: EncoderDecoder, cfg: SherlConfig) -> TapsIntoLastBlock:
+    hidden = backbone.tower_shape("encoder").width
+    width = _width(hidden, cfg.downsample)
+    backbone.requires_grad_(False)
+    return TapsIntoLastBlock(
+        backbone, cfg.drop_layers, lambda tower, n_taps: lst_code_init(MultiTapAggregate(n_taps, hidden, width)), "sherl"
+    ).train(backbone.training)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from petlbench.config import HASHED_UNLESS_DEFAULT, MethodConfig, rule
 from petlbench.registry import EVERY_BLOCK, NOTHING, Keeps, last_blocks, register
 
 BOTH = ("clip", "vse")  # both dual-encoder families
 ALL = (*BOTH, "t5")  # every backbone family
-# Why the side methods written for the dual encoders do not yet apply to an encoder-decoder.
-NO_ENCODER_DECODER_YET = "its encoder-decoder (T5) form, a side network over the encoder and the decoder, is not implemented yet"
 
 
 def on(families: tuple[str, ...], keeps: Keeps) -> dict[str, Keeps]:
@@ -190,9 +189,40 @@ class LSTConfig(MethodConfig):
     )
     fisher_batch_size: int = field(
         default=32,
-        metadata=rule("pairs per contrastive batch while ranking (init=fisher; a loss over one pair is constant)", ge=2, le=2**20),
+        metadata=rule(
+            "examples per batch while ranking (init=fisher): at least 2 on a dual encoder, whose contrastive loss over one pair is "
+            "constant; the LST code's T5 form takes them one by one (1)",
+            ge=1,
+            le=2**20,
+        ),
     )
     gate_temperature: float = field(default=0.1, metadata=rule("T in the ladder gate sigmoid(alpha / T)", gt=0, le=1e6))
+
+
+def tapped_layers_field() -> Any:
+    """``drop_layers`` of the methods whose encoder-decoder form taps the blocks' outputs
+    (SHERL's T5 code, and UniPT built the same way): added after records existed."""
+    return field(
+        default_factory=list,
+        metadata={
+            **rule(
+                "encoder-decoder form only: blocks whose outputs are not tapped (the authors' T5 code, 12 blocks: [0, 4, 8])",
+                ge=0,
+                le=10_000,
+                min_items=0,
+            ),
+            **HASHED_UNLESS_DEFAULT,
+        },
+    )
+
+
+def taps_every_layer_off_t5(name: str) -> Callable[[Any, str], str | None]:
+    """The `refuses` rule of those methods: their dual-encoder forms tap every layer."""
+    return lambda cfg, family: (
+        f"{name}: drop_layers {cfg.drop_layers} applies to the encoder-decoder form; the dual-encoder forms tap every layer"
+        if cfg.drop_layers and family != "t5"
+        else None
+    )
 
 
 @dataclass
@@ -200,9 +230,13 @@ class UniPTConfig(MethodConfig):
     downsample: int = field(
         default=1,
         metadata=rule(
-            "r_d: UniPT works in width m = embedding width / r_d (1 in the authors' CLIP code, 2 in their VSE setting)", ge=1, le=65536
+            "r_d: UniPT works in width m = embedding width / r_d (1 in the authors' CLIP code, 2 in their VSE setting; "
+            "on T5, m = d_model / r_d)",
+            ge=1,
+            le=65536,
         ),
     )
+    drop_layers: list[int] = tapped_layers_field()
 
 
 @dataclass
@@ -238,11 +272,17 @@ def first_injection(cfg: DTLConfig, depth: int) -> int:
 class SherlConfig(MethodConfig):
     downsample: int = field(
         default=1,
-        metadata=rule("m = joint width / downsample (CLIP; VSE halves it again, as the authors' VSE code)", ge=1, le=65536),
+        metadata=rule(
+            "m = joint width / downsample (CLIP; VSE halves it again, as the authors' VSE code); on T5, m = d_model / downsample "
+            "(the authors' T5 launcher leaves it at 4)",
+            ge=1,
+            le=65536,
+        ),
     )
     pool_gate: bool = field(
         default=False, metadata={"help": "scale each tap's pooled token by sigmoid(gamma_i / 0.1), gamma_i = 1 (the MSR-VTT script)"}
     )
+    drop_layers: list[int] = tapped_layers_field()
 
 
 @dataclass
@@ -257,13 +297,24 @@ LST = register(
     "LST",
     "memory-efficient",
     "lst",
-    on(BOTH, NOTHING),
+    on(ALL, NOTHING),
     needs_data=True,
     # the ranking only picks the side network's initial values; a random init builds the same shapes
     without_data=lambda cfg: dataclasses.replace(cfg, init="random"),
     setup_batch=lambda cfg: cfg.fisher_batch_size if cfg.init == "fisher" else None,
     lr_grid=(1e-3, 3e-3, 1e-2),
-    why_not=NO_ENCODER_DECODER_YET,
+    # checked whatever `init` says, so that a dry run (which sets up without data) finds it too
+    refuses=lambda cfg, family: (
+        f"lst: fisher_batch_size={cfg.fisher_batch_size} on a dual encoder, whose contrastive loss over one pair is constant "
+        "(every gradient zero): its Fisher ranking needs 2 or more"
+        if family != "t5" and cfg.fisher_batch_size < 2
+        else None
+    ),
+)
+# SHERL's T5 form (and UniPT's, built the same way) runs the decoder's last block with autograd on its output.
+LAST_DECODER_BLOCK = Keeps(
+    lambda cfg, depth, tower: range(depth - 1, depth) if tower == "decoder" else range(0),
+    "the decoder's last block (it runs with autograd on the side output)",
 )
 UNIPT = register(
     "unipt",
@@ -271,9 +322,9 @@ UNIPT = register(
     "UniPT",
     "memory-efficient",
     "unipt",
-    on(BOTH, NOTHING),
+    {**on(BOTH, NOTHING), "t5": LAST_DECODER_BLOCK},
     lr_grid=(3e-3, 1e-2, 3e-2),
-    why_not=NO_ENCODER_DECODER_YET,
+    refuses=taps_every_layer_off_t5("unipt"),
 )
 LATE_BLOCKS = Keeps(lambda cfg, depth, tower: range(first_injection(cfg, depth) + 1, depth), "the blocks after the first injection")
 DTL = register("dtl", DTLConfig, "DTL", "memory-efficient", "dtl", {"clip": LATE_BLOCKS}, lr_grid=(3e-3, 1e-2, 3e-2))
@@ -284,9 +335,13 @@ SHERL = register(
     "SHERL",
     "memory-efficient",
     "sherl",
-    {"clip": NOTHING, "vse": Keeps(lambda cfg, depth, tower: range(depth - 1, depth), "the last block of each tower")},
+    {
+        "clip": NOTHING,
+        "vse": Keeps(lambda cfg, depth, tower: range(depth - 1, depth), "the last block of each tower"),
+        "t5": LAST_DECODER_BLOCK,
+    },
     lr_grid=(3e-3, 1e-2, 3e-2),
-    why_not=NO_ENCODER_DECODER_YET,
+    refuses=taps_every_layer_off_t5("sherl"),
 )
 RES_TUNING = register(
     "res-tuning-bypass",

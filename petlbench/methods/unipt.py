@@ -13,19 +13,33 @@ whose body ran under ``no_grad``, so backward never enters the backbone.
   its average). The backbone's own projections are not on this path: under a suite's
   `train.head: trainable` they would train without a gradient.
 
+- T5 (no official form: petlbench's construction, by analogy with SHERL's T5 code): the
+  token-level variant per stack, over the first block's input and the outputs of the
+  blocks not in ``drop_layers``, ``d_model`` wide out; wired as SHERL's T5 form
+  (`encoder_decoder.TapsIntoLastBlock`): the encoder's output, after a trainable norm, is
+  the side encoding; the decoder's replaces the input of its last block, which runs frozen
+  with autograd on, attending to the side encoding. In the decoder the variant is made
+  causal, so that no position reads a later one: a query token attends to the tokens up to
+  it, and the layer confidence compares means over the prefix up to each position (the
+  encoder's are over the whole source). Linear layers N(0, 0.01), zero biases, as SHERL's
+  T5 code (the LST code base's initialisation).
+
 The building blocks shared by the variants (truncated attention, masked mean, confidence
 over layers) are functions and modules of their own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from petlbench.config import ConfigError
+from petlbench.methods.encoder_decoder import TapsIntoLastBlock, lst_code_init
 from petlbench.methods.specs import UNIPT, UniPTConfig
-from petlbench.models.backbone import DualEncoder, TowerStates
+from petlbench.models.backbone import DualEncoder, EncoderDecoder, TowerStates
 from petlbench.models.clip import TOWERS, ClipDualEncoder
 from petlbench.models.pooling import masked_mean
 from petlbench.models.vse import VseDualEncoder
@@ -38,9 +52,11 @@ L1_EPS = 1e-6
 
 def truncated_attention(queries: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """Weighted sum of ``tokens`` (B, N, m) for each of ``queries`` (B, Q, m): raw dot
-    products (no scaling, no projections), padded tokens zeroed, negative scores truncated
-    by ReLU, weights L1-normalised over tokens. Returns (B, Q, m)."""
-    scores = (queries @ tokens.transpose(1, 2)).masked_fill(~token_mask.unsqueeze(1), 0.0)
+    products (no scaling, no projections), masked tokens zeroed, negative scores truncated
+    by ReLU, weights L1-normalised over tokens. ``token_mask``: (B, N), the tokens every
+    query may read, or (B, Q, N), per query. Returns (B, Q, m)."""
+    keys = token_mask.unsqueeze(1) if token_mask.dim() == 2 else token_mask
+    scores = (queries @ tokens.transpose(1, 2)).masked_fill(~keys, 0.0)
     weights = scores.relu()
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=L1_EPS)
     return weights @ tokens
@@ -56,11 +72,19 @@ class LayerConfidence(nn.Module):
         super().__init__()
         self.score = nn.Linear(width, 1)
 
+    def weights(self, anchor: torch.Tensor, summaries: list[torch.Tensor]) -> torch.Tensor:
+        """(..., L) softmax weights from ``anchor`` and each ``summaries[i]``, (..., m)."""
+        return torch.cat([self.score(anchor * summary) for summary in summaries], dim=-1).softmax(dim=-1)
+
     def forward(self, anchor: torch.Tensor, summaries: list[torch.Tensor], merged: list[torch.Tensor]) -> torch.Tensor:
         """``anchor`` and each ``summaries[i]`` are (B, m); each ``merged[i]`` is (B, ...).
         Returns sum_i w_i * merged[i]."""
-        weights = torch.cat([self.score(anchor * summary) for summary in summaries], dim=-1).softmax(dim=-1)
-        return torch.einsum("bl,bl...->b...", weights, torch.stack(merged, dim=1))
+        return torch.einsum("bl,bl...->b...", self.weights(anchor, summaries), torch.stack(merged, dim=1))
+
+    def per_position(self, anchor: torch.Tensor, summaries: list[torch.Tensor], merged: list[torch.Tensor]) -> torch.Tensor:
+        """As `forward`, with weights of their own at every position: ``anchor``, each
+        ``summaries[i]`` and each ``merged[i]`` are (B, N, m)."""
+        return torch.einsum("bnl,blnm->bnm", self.weights(anchor, summaries), torch.stack(merged, dim=1))
 
 
 def relu_linear(width_in: int, width_out: int) -> nn.Sequential:
@@ -115,27 +139,44 @@ def feature_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.flatten(2).transpose(1, 2)
 
 
+def prefix_mean(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """At every position, the mean of ``tokens`` (B, N, m) over the unpadded positions up to
+    it: (B, N, m)."""
+    mask = token_mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * mask).cumsum(dim=1) / mask.cumsum(dim=1).clamp(min=1.0)
+
+
 class TokenUniPT(nn.Module):
     """Token-level variant: per layer ``t_i = LayerNorm(Linear_i(h_i))``; the anchor is the
     last layer's reduced tokens ``A``; each other layer gives ``m_i = attn(A, t_i) + t_i``
     (token-to-token truncated attention plus identity); confidence on
-    ``mean(A) ⊙ mean(t_i)``, softmax over the L other layers; ``A + Proj(M)``."""
+    ``mean(A) ⊙ mean(t_i)``, softmax over the L other layers; ``A + Proj(M)``. ``causal``:
+    each token attends to the tokens up to it only, and the confidence is per position,
+    from means over the prefix up to it (a decoder's form)."""
 
-    def __init__(self, n_states: int, hidden: int, width: int, embed: int):
+    def __init__(self, n_states: int, hidden: int, width: int, embed: int, causal: bool = False):
         super().__init__()
         self.reduce = nn.ModuleList(nn.Sequential(nn.Linear(hidden, width), nn.LayerNorm(width)) for _ in range(n_states))
         self.confidence = LayerConfidence(width)
         self.project = _project(width)
         self.output = _output(width, embed)
+        self.causal = causal
 
-    def forward(self, states: TowerStates) -> torch.Tensor:
-        """Tokens (B, N, embed), before the pooling head."""
-        mask = states.token_mask
-        reduced = [reduce(hidden) for reduce, hidden in zip(self.reduce, states.hidden_states, strict=True)]
+    def forward(self, hidden_states: Sequence[torch.Tensor], token_mask: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, embed) from the (B, N, d) ``hidden_states``, first to last, under the
+        (B, N) padding mask."""
+        reduced = [reduce(hidden) for reduce, hidden in zip(self.reduce, hidden_states, strict=True)]
         anchor = reduced[-1]
-        merged = [truncated_attention(anchor, tokens, mask) + tokens for tokens in reduced[:-1]]
-        summaries = [masked_mean(tokens, mask) for tokens in reduced[:-1]]
-        mixed = self.confidence(masked_mean(anchor, mask), summaries, merged)
+        if self.causal:
+            n = token_mask.shape[1]
+            keys = token_mask.unsqueeze(1) & torch.ones(n, n, dtype=torch.bool, device=token_mask.device).tril()
+            merged = [truncated_attention(anchor, tokens, keys) + tokens for tokens in reduced[:-1]]
+            summaries = [prefix_mean(tokens, token_mask) for tokens in reduced[:-1]]
+            mixed = self.confidence.per_position(prefix_mean(anchor, token_mask), summaries, merged)
+        else:
+            merged = [truncated_attention(anchor, tokens, token_mask) + tokens for tokens in reduced[:-1]]
+            summaries = [masked_mean(tokens, token_mask) for tokens in reduced[:-1]]
+            mixed = self.confidence(masked_mean(anchor, token_mask), summaries, merged)
         return self.output(anchor + self.project(mixed))
 
 
@@ -223,7 +264,7 @@ class UniPTVse(BackboneWrapper):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.backbone.frozen_states("text", input_ids=input_ids, attention_mask=attention_mask)
-        return masked_mean(self.text(states), states.token_mask)
+        return masked_mean(self.text(states.hidden_states, states.token_mask), states.token_mask)
 
 
 def _width(backbone: DualEncoder, cfg: UniPTConfig) -> int:
@@ -256,3 +297,19 @@ def build_vse(backbone: VseDualEncoder, cfg: UniPTConfig) -> UniPTVse:
         image = CnnUniPT(list(cnn.stage_widths), width, embed)
         text = TokenUniPT(words.depth + 1, words.width, width, embed)
     return UniPTVse(backbone, image, text).train(backbone.training)
+
+
+@UNIPT.builder("t5")
+def build_t5(backbone: EncoderDecoder, cfg: UniPTConfig) -> TapsIntoLastBlock:
+    """The token-level variant per stack, causal in the decoder, wired as SHERL's T5 form."""
+    hidden = backbone.tower_shape("encoder").width
+    if hidden % cfg.downsample:
+        raise ConfigError(f"unipt: downsample={cfg.downsample} must be a positive divisor of the model width {hidden}")
+    width = hidden // cfg.downsample
+    backbone.requires_grad_(False)
+    return TapsIntoLastBlock(
+        backbone,
+        cfg.drop_layers,
+        lambda tower, n_taps: lst_code_init(TokenUniPT(n_taps, hidden, width, hidden, causal=tower == "decoder")),
+        "unipt",
+    ).train(backbone.training)

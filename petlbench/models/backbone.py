@@ -44,6 +44,8 @@ class TowerShape:
     heads: int | None = None  # attention heads per block
     mlp_width: int | None = None  # the hidden width of each block's MLP
     norm_eps: float | None = None  # the epsilon of its blocks' LayerNorms
+    head_width: int | None = None  # the width of each attention head, where it is not width / heads (T5's d_kv)
+    dropout: float | None = None  # the dropout rate on its blocks' outputs, where a method adds layers of its own after them (T5)
     patch_size: int | None = None  # a ViT's patch side, in pixels
     channels: int | None = None  # an image tower's input channels
     stage_widths: tuple[int, ...] = ()  # a CNN's channels per stage, first to last
@@ -190,6 +192,26 @@ class Encoded(NamedTuple):
     mask: torch.Tensor  # (B, N), 1 on the positions the decoder may attend to
 
 
+class BlockWalk(ABC):
+    """One pass through a stack's blocks, run by the caller one block at a time, as the
+    stack's own forward runs them: for methods that run something between the blocks (a
+    ladder side network) or run the blocks of a side network of their own. It holds what
+    every block of the pass takes besides its tokens (the masks the library made for the
+    pass, the position biases the first block computes and the rest reuse)."""
+
+    tokens: torch.Tensor  # (B, N, d): what the stack's first block reads (the embeddings after dropout)
+
+    @abstractmethod
+    def __call__(self, block: nn.Module, tokens: torch.Tensor, cross: torch.Tensor | None = None) -> torch.Tensor:
+        """``block``'s output on ``tokens``, under the caller's grad mode; a decoder block
+        attends to ``cross`` (default: the encoder states the pass was made for)."""
+
+    @abstractmethod
+    def fresh(self) -> BlockWalk:
+        """A walk with this one's masks and none of its position biases: for a second stack of
+        blocks (a side network's, whose first block computes its own) over the same tokens."""
+
+
 class EncoderDecoder(Backbone):
     """An encoder stack and a decoder stack with a language-model head: text to text. Its
     towers are ``encoder`` and ``decoder``; ``encode`` and ``decode`` are what a task's loss
@@ -218,3 +240,35 @@ class EncoderDecoder(Backbone):
     @abstractmethod
     def lm_head(self) -> nn.Linear:
         """The language-model head (tied to the token embeddings where the family ties them)."""
+
+    @abstractmethod
+    def token_embeddings(self) -> nn.Embedding:
+        """The encoder's input token embeddings (shared with the decoder where the family shares them)."""
+
+    @abstractmethod
+    def head_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The language-model head on (B, T, d) decoder-side ``tokens``, with the scaling the
+        family applies before it (what `decode` does after the decoder stack)."""
+
+    # -- walking a stack's blocks (side networks) --------------------------------------------
+
+    @abstractmethod
+    def walk(self, tower: str, **inputs: torch.Tensor) -> BlockWalk:
+        """A pass through ``tower``'s blocks on ``inputs`` (those of `tower_states`), to be run
+        block by block (`BlockWalk`); nothing of the blocks has run yet."""
+
+    @abstractmethod
+    def finish(self, tower: str, tokens: torch.Tensor) -> torch.Tensor:
+        """What ``tower`` does after its last block (its final norm and dropout): the
+        encoder's, on its last block's output, gives the states its decoder attends to."""
+
+    @abstractmethod
+    def new_block(self, tower: str, r: int, positions: bool) -> nn.Module:
+        """A freshly initialised block of ``tower``'s kind with every width (model, feed-forward,
+        per head) divided by ``r`` and as many heads, on the backbone's device; ``positions``:
+        it owns a relative position table (the first block of a stack does)."""
+
+    @abstractmethod
+    def new_norm(self, width: int) -> nn.Module:
+        """A freshly initialised normalisation layer of the family's kind, ``width`` wide, on
+        the backbone's device."""

@@ -13,11 +13,16 @@ the text-to-text task and the estimate use of it, by role.
 
 from __future__ import annotations
 
+import copy
+import inspect
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import PreTrainedConfig, T5ForConditionalGeneration
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-from petlbench.models.backbone import Encoded, EncoderDecoder, TowerShape, TowerStates
+from petlbench.models.backbone import BlockWalk, Encoded, EncoderDecoder, TowerShape, TowerStates
 
 ATTENTIONS = ("SelfAttention", "EncDecAttention")  # the attention modules of a T5 layer, as the library names them
 
@@ -32,6 +37,48 @@ def _add_norm_bias(norm: nn.Module) -> nn.Parameter:
 def _add_linear_bias(linear: nn.Linear) -> nn.Parameter:
     linear.bias = nn.Parameter(torch.zeros(linear.out_features, device=linear.weight.device, dtype=linear.weight.dtype))
     return linear.bias
+
+
+class _Entered(Exception):
+    """Raised by the hook that takes a stack's first-block arguments, to stop its forward there."""
+
+
+def _flat_arguments(block: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """``block.forward``'s arguments by name, ``**kwargs`` spread out."""
+    signature = inspect.signature(block.forward)
+    arguments = dict(signature.bind(*args, **kwargs).arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(name, {}))
+    return arguments
+
+
+class T5Walk(BlockWalk):
+    """A pass through a T5 stack's blocks from the arguments its forward gave its first
+    block: the masks as the library made them (for any version and attention
+    implementation); the self-attention position bias returned by the first block (with a
+    relative table) passed to the rest, and likewise the cross-attention's."""
+
+    def __init__(self, arguments: dict[str, Any]):
+        self.arguments = arguments
+        self.tokens = arguments["hidden_states"]
+        self.position_bias: torch.Tensor | None = None
+        self.cross_bias: torch.Tensor | None = None
+
+    def __call__(self, block: nn.Module, tokens: torch.Tensor, cross: torch.Tensor | None = None) -> torch.Tensor:
+        arguments = {**self.arguments, "hidden_states": tokens, "position_bias": self.position_bias}
+        attends = arguments.get("encoder_hidden_states") is not None
+        if attends:
+            arguments["encoder_decoder_position_bias"] = self.cross_bias
+            if cross is not None:
+                arguments["encoder_hidden_states"] = cross
+        tokens, self.position_bias, cross_bias = block(**arguments)
+        if attends:
+            self.cross_bias = cross_bias
+        return tokens
+
+    def fresh(self) -> T5Walk:
+        return T5Walk(self.arguments)
 
 
 class T5EncoderDecoder(EncoderDecoder):
@@ -67,6 +114,64 @@ class T5EncoderDecoder(EncoderDecoder):
     def lm_head(self) -> nn.Linear:
         return self.t5.lm_head
 
+    def token_embeddings(self) -> nn.Embedding:
+        return self.t5.shared
+
+    def head_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``lm_head`` after the library's scaling by ``d_model ** -0.5`` (where its forward
+        scales: a tied head, in every version; transformers 5 says so in `scale_decoder_outputs`)."""
+        config = self.t5.config
+        if getattr(config, "scale_decoder_outputs", config.tie_word_embeddings):
+            tokens = tokens * config.d_model**-0.5
+        return self.t5.lm_head(tokens)
+
+    def walk(self, tower: str, **inputs: torch.Tensor) -> T5Walk:
+        """The library's own stack forward, stopped at its first block (a hook that raises
+        once it has the block's arguments), so that the masks are the library's."""
+        stack = getattr(self.t5, tower)
+        taken: dict[str, Any] = {}
+
+        def take(block: nn.Module, args: tuple, kwargs: dict) -> None:
+            taken.update(_flat_arguments(block, args, kwargs))
+            raise _Entered
+
+        # prepended: any other hook on the block (a test's, watching what blocks save) never sees this entry
+        hook = stack.block[0].register_forward_pre_hook(take, prepend=True, with_kwargs=True)
+        try:
+            if tower == "encoder":
+                stack(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            else:
+                stack(
+                    input_ids=inputs["decoder_input_ids"],
+                    encoder_hidden_states=inputs["states"],
+                    encoder_attention_mask=inputs["mask"],
+                    use_cache=False,  # the stack's own config may say otherwise
+                )
+        except _Entered:
+            pass
+        finally:
+            hook.remove()
+        return T5Walk(taken)
+
+    def finish(self, tower: str, tokens: torch.Tensor) -> torch.Tensor:
+        stack = getattr(self.t5, tower)
+        return stack.dropout(stack.final_layer_norm(tokens))
+
+    def new_block(self, tower: str, r: int, positions: bool) -> nn.Module:
+        """A `T5Block` from a copy of the stack's config with `d_model`, `d_ff` and `d_kv` divided by
+        ``r``, initialised as the library initialises a new T5's blocks."""
+        config = copy.deepcopy(self.block_config(tower))
+        config.d_model, config.d_ff, config.d_kv = config.d_model // r, config.d_ff // r, config.d_kv // r
+        with torch.device(self.device):
+            # layer_idx names a key-value cache slot; no cache is made for these blocks (the
+            # library warns on a decoder block without one)
+            block = type(self.t5.encoder.block[0])(config, has_relative_attention_bias=positions, layer_idx=0)
+        return block.apply(self.t5._init_weights)  # T5's initialiser, with the model's sizes (as for a block inside it)
+
+    def new_norm(self, width: int) -> nn.Module:
+        with torch.device(self.device):
+            return T5LayerNorm(width, eps=self.t5.config.layer_norm_epsilon)
+
     def projections(self) -> list[nn.Module]:
         """None: T5's only head is the language-model head, tied to the token embeddings."""
         return []
@@ -93,6 +198,8 @@ class T5EncoderDecoder(EncoderDecoder):
             heads=config.num_heads,
             mlp_width=config.d_ff,
             norm_eps=config.layer_norm_epsilon,
+            head_width=config.d_kv,
+            dropout=config.dropout_rate,
         )
 
     def block_config(self, tower: str) -> PreTrainedConfig:
@@ -105,25 +212,12 @@ class T5EncoderDecoder(EncoderDecoder):
 
     def tower_states(self, tower: str, **inputs: torch.Tensor) -> TowerStates:
         """What the first block reads (the embeddings after dropout) and every block's output
-        (L+1 states, the last before the stack's final norm), taken by hooks on the blocks
-        while the library's own forward runs (its `output_hidden_states` ends, in some
-        versions, with the normed output in place of the last block's)."""
-        states: list[torch.Tensor] = []
-        blocks = self.blocks()[tower]
-        hooks = [blocks[0].register_forward_pre_hook(lambda module, args: states.append(args[0]))]
-        hooks += [block.register_forward_hook(lambda module, args, out: states.append(out[0])) for block in blocks]
-        try:
-            if tower == "encoder":
-                mask = inputs["attention_mask"]
-                self.t5.encoder(input_ids=inputs["input_ids"], attention_mask=mask)
-            else:
-                mask = torch.ones_like(inputs["decoder_input_ids"])
-                self.t5.decoder(
-                    input_ids=inputs["decoder_input_ids"], encoder_hidden_states=inputs["states"], encoder_attention_mask=inputs["mask"]
-                )
-        finally:
-            for hook in hooks:
-                hook.remove()
+        (L+1 states, the last before the stack's final norm), by a `walk`."""
+        walk = self.walk(tower, **inputs)
+        states = [walk.tokens]
+        for block in self.blocks()[tower]:
+            states.append(walk(block, states[-1]))
+        mask = inputs["attention_mask"] if tower == "encoder" else torch.ones_like(inputs["decoder_input_ids"])
         return TowerStates(tuple(states), mask.bool(), torch.zeros(len(mask), dtype=torch.long, device=mask.device))
 
     def add_biases(self) -> list[nn.Parameter]:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import matplotlib as mpl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
 
@@ -107,19 +108,26 @@ def _legend(fig: Figure, styles: dict[str, Style], variants: Sequence[str], widt
 
 def _fitting_legend(fig: Figure, handles: list, columns: int, **options: float) -> None:
     """A legend below the axes in at most ``columns`` columns, fewer where long names would
-    make it wider than the figure."""
-    _fit_columns(fig, columns, lambda ncol: fig.legend(handles=handles, ncol=ncol, loc="outside lower center", frameon=False, **options))
+    make it wider than the figure; a legend taller than a third of the figure makes the
+    figure taller by the excess, so that the axes keep their room (many variants in a column)."""
+    legend = _fit_columns(
+        fig, columns, lambda ncol: fig.legend(handles=handles, ncol=ncol, loc="outside lower center", frameon=False, **options)
+    )
+    height = legend.get_window_extent(FigureCanvasAgg(fig).get_renderer()).height / fig.dpi
+    if (excess := height - fig.get_figheight() / 3) > 0:
+        fig.set_figheight(fig.get_figheight() + excess)
 
 
-def _fit_columns(fig: Figure, columns: int, place) -> None:
+def _fit_columns(fig: Figure, columns: int, place) -> Legend:
     """``place(ncol)`` (it draws a legend in ``ncol`` columns) with the most columns up to
-    ``columns`` whose legend is no wider than the figure."""
+    ``columns`` whose legend is no wider than the figure; that legend."""
     renderer = FigureCanvasAgg(fig).get_renderer()
-    for ncol in range(columns, 0, -1):
+    for ncol in range(columns, 1, -1):
         legend = place(ncol)
-        if ncol == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
-            return
+        if legend.get_window_extent(renderer).width <= fig.bbox.width:
+            return legend
         legend.remove()
+    return place(1)
 
 
 def place_labels(fig: Figure, labels: dict, marker_pt: float = 4.0) -> None:
