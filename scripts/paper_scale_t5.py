@@ -21,8 +21,14 @@ from pathlib import Path
 from petlbench import estimate
 from petlbench.methods import get_method
 
-MODELS = ("t5-base", "t5-large", "t5-3b")
-VARIANTS = ("full", "adapter-lst", "lora-r32-bias", "bitfit", "prompt-100", "lst-glue", "sherl-glue")
+# The LST code's configuration of each method; its LST takes other ladders at each size
+# (nine of 12 blocks, the odd 12 of 24, the last of 24), and SHERL's code has t5-base's alone.
+BASELINES = ("full", "adapter-lst", "lora-r32-bias", "bitfit", "prompt-100")
+VARIANTS = {
+    "t5-base": (*BASELINES, "lst-glue", "sherl-glue"),
+    "t5-large": (*BASELINES, "lst-glue-large"),
+    "t5-3b": (*BASELINES, "lst-glue-3b"),
+}
 BATCH, SOURCE, TARGET = 100, 128, 4
 START, END = "<!-- scripts/paper_scale_t5.py: start -->", "<!-- scripts/paper_scale_t5.py: end -->"
 GiB = 2**30
@@ -30,7 +36,7 @@ GiB = 2**30
 
 def model_table(model: str) -> list[str]:
     """The markdown rows of one model."""
-    job = estimate.make_job(model, "glue", list(VARIANTS), SOURCE, target_length=TARGET)
+    job = estimate.make_job(model, "glue", list(VARIANTS[model]), SOURCE, target_length=TARGET)
     rows = {row.variant.name: row for row in estimate.at_batch(job, BATCH)}
     full = rows["full"].peak.peak_bytes
     lines = [
@@ -39,7 +45,7 @@ def model_table(model: str) -> list[str]:
         "| method | variant | trainable | peak (GiB) | saving | parameters | gradients | optimizer state | activations | workspace |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in VARIANTS:
+    for name in VARIANTS[model]:
         row = rows[name]
         parts = row.peak.breakdown
         gradients = row.peak.transient_gradients
@@ -58,7 +64,7 @@ def model_table(model: str) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--doc", type=Path, default=Path("docs/t5-memory.md"), help="the doc whose marked part the tables replace")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated T5 architectures")
+    p.add_argument("--models", default=",".join(VARIANTS), help="comma-separated T5 architectures (of t5-base, t5-large, t5-3b)")
     args = p.parse_args()
     lines = [line for model in args.models.split(",") for line in model_table(model)]
     text = args.doc.read_text()

@@ -37,12 +37,20 @@ EXPECTED = {
     "bitfit": BIASES,
     "prompt-100": 100 * D,
 }
-# LST (lst-glue): side width s = d/8 with 9 of 12 blocks kept; a side encoder block 4s² + 2s·s_ff + 2s,
-# a decoder block 8s² + 2s·s_ff + 3s; per stack Down_in and a Down per kept block, 12 gates, the
-# side's position table and final norm; Up into the frozen head.
-S, S_FF, KEPT = D // 8, FF // 8, 9
-LADDERS = (1 + KEPT) * (D * S + S) + L + BUCKETS * HEADS + S
-EXPECTED["lst-glue"] = KEPT * (4 * S * S + 2 * S * S_FF + 2 * S) + LADDERS + KEPT * (8 * S * S + 2 * S * S_FF + 3 * S) + LADDERS + S * D + D
+
+
+def lst_trainable(d: int, ff: int, inner: int, heads: int, depth: int, kept: int, r: int = 8) -> int:
+    """LST's T5 form from its modules: side blocks of width s = d/r, feed-forward ff/r and
+    attention width inner/r (heads x d_kv/r); per stack Down_in and a Down per kept block
+    (with biases), one gate per backbone block, the first side block's position table (32
+    buckets per head), the side's final norm; Up into the head."""
+    s, s_ff, s_in = d // r, ff // r, inner // r
+    encoder_block, decoder_block = 4 * s * s_in + 2 * s * s_ff + 2 * s, 8 * s * s_in + 2 * s * s_ff + 3 * s
+    ladders = (1 + kept) * (d * s + s) + depth + BUCKETS * heads + s
+    return kept * encoder_block + ladders + kept * decoder_block + ladders + s * d + d
+
+
+EXPECTED["lst-glue"] = lst_trainable(D, FF, D, HEADS, L, kept=9)  # side width 96 at nine of the twelve blocks
 # SHERL (sherl-glue), m = d/4: per tap an adapter d·m + m + 2(m² + m); per stack the anti-redundancy
 # score (m + 1), the gate, the output Linear (m·d + d) and the new norm; 10 encoder and 9 decoder taps.
 M = D // 4
@@ -69,6 +77,20 @@ def test_trainable_counts_at_t5_base_are_the_lst_configurations(variant):
         222_903_552,
     )
     assert (EXPECTED["lst-glue"], EXPECTED["sherl-glue"]) == (3_878_712, 4_511_812)
+
+
+@pytest.mark.parametrize(
+    "model, variant, sizes",
+    [
+        ("t5-large", "lst-glue-large", (1024, 4096, 1024, 16, 24, 12)),
+        ("t5-3b", "lst-glue-3b", (1024, 16384, 4096, 32, 24, 1)),  # 32 heads of 128: attention 4x wider than the model
+    ],
+)
+def test_lst_trainable_counts_at_the_larger_sizes_of_the_lst_code(model, variant, sizes):
+    with torch.device("meta"):
+        backbone = load_architecture(model).build("eager")
+    trained = prepare(backbone, GLUE.train, data_free(load_variant(variant)), task="glue")
+    assert parameter_counts(trained)["params_trainable"] == lst_trainable(*sizes)
 
 
 def test_added_biases_change_nothing_until_they_train():
