@@ -14,12 +14,12 @@ import torch
 
 from petlbench import estimate, records
 from petlbench.config import ConfigError, load_suite
-from petlbench.methods import lst
+from petlbench.methods import get_method, lst
 from petlbench.methods.sherl import MultiTapAggregate
 from petlbench.models.loader import load_backbone
 from petlbench.registry import SetupData
 from petlbench.tasks.glue.task import TASK
-from petlbench.variants import load_variant
+from petlbench.variants import data_free, load_variant
 
 EMBEDDED = load_suite("glue-embedded")
 SMALL_TEXT_RUN = [
@@ -160,21 +160,16 @@ def test_sherl_multi_tap_module_is_the_authors_formula():
     [
         ("lst-r8", "method.drop_layers=[3]", r"lst: drop_layers=\[3\] must index the stacks' blocks \(0..2\)"),
         ("lst-r8", "method.r=3", "lst: r=3 must divide the encoder's width 64"),
+        ("lst-r8", "method.drop_layers=[0,1,2]", r"lst: drop_layers=\[0, 1, 2\] drops every block of the stacks \(0..2\)"),
         ("sherl-r4", "method.drop_layers=[1]", "block 1 must stay tapped"),
         ("unipt-r4", "method.downsample=3", "unipt: downsample=3 must be a positive divisor of the model width 64"),
     ],
 )
 def test_settings_that_do_not_fit_the_model_are_config_errors(variant, override, message):
     backbone, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
-    spec = load_variant(variant, [override])
+    chosen = data_free(load_variant(variant, [override]))
     with pytest.raises(ConfigError, match=message):
-        lst.LST.apply(backbone, dataclasses.replace(spec.config, init="random"), None) if spec.method == "lst" else _apply(spec, backbone)
-
-
-def _apply(variant, backbone):
-    from petlbench.methods import get_method
-
-    return get_method(variant.method).apply(backbone, variant.config)
+        get_method(chosen.method).apply(backbone, chosen.config)
 
 
 def test_tapped_blocks_are_an_encoder_decoder_setting(cli, tmp_path):

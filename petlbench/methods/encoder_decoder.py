@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from petlbench.models.backbone import Encoded, EncoderDecoder
+from petlbench.models.backbone import BlockWalk, Encoded, EncoderDecoder
 from petlbench.registry import UnsupportedError
 
 
@@ -26,10 +26,13 @@ class SideEncoded(NamedTuple):
 
 def kept_layers(who: str, drop_layers: list[int], depth: int) -> list[int]:
     """The blocks of a stack of ``depth`` not in ``drop_layers``; a variant whose list does
-    not index the stack does not apply to the model (a 12-block configuration on a shallower one)."""
+    not index the stack, or drops every block, does not apply to the model (a 12-block
+    configuration on a shallower one)."""
     if any(not 0 <= i < depth for i in drop_layers):
         raise UnsupportedError(f"{who}: drop_layers={drop_layers} must index the stacks' blocks (0..{depth - 1})")
-    return [i for i in range(depth) if i not in drop_layers]
+    if (kept := [i for i in range(depth) if i not in drop_layers]) == []:
+        raise UnsupportedError(f"{who}: drop_layers={drop_layers} drops every block of the stacks (0..{depth - 1})")
+    return kept
 
 
 def lst_code_init(module: nn.Module) -> nn.Module:
@@ -76,16 +79,23 @@ class TapsIntoLastBlock(nn.Module):
             self.dropout = nn.Dropout(backbone.tower_shape("decoder").dropout)
         self.norms = nn.ModuleDict({tower: backbone.new_norm(backbone.tower_shape(tower).width) for tower in depth})
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SideEncoded:
-        blocks = self.backbone.blocks()["encoder"]
+    def _frozen_taps(self, tower: str, walk: BlockWalk, blocks: list[nn.Module]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``blocks`` walked under ``no_grad``: the taps (the first block's input, the tapped
+        blocks' outputs) and the last block's output."""
+        hidden = walk.tokens
+        taps = [hidden]
         with torch.no_grad():
-            walk = self.backbone.walk("encoder", input_ids=input_ids, attention_mask=attention_mask)
-            hidden = walk.tokens
-            taps = [hidden]
             for i, block in enumerate(blocks):
                 hidden = walk(block, hidden)
-                if i in self.tapped["encoder"]:
+                if i in self.tapped[tower]:
                     taps.append(hidden)
+        return taps, hidden
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SideEncoded:
+        with torch.no_grad():
+            walk = self.backbone.walk("encoder", input_ids=input_ids, attention_mask=attention_mask)
+        taps, hidden = self._frozen_taps("encoder", walk, list(self.backbone.blocks()["encoder"]))
+        with torch.no_grad():
             states = self.backbone.finish("encoder", hidden)
         side = self.aggregate["encoder"](taps, attention_mask.bool())
         return SideEncoded(Encoded(states, attention_mask), self.dropout(self.norms["encoder"](side)))
@@ -96,12 +106,7 @@ class TapsIntoLastBlock(nn.Module):
             walk = self.backbone.walk(
                 "decoder", decoder_input_ids=decoder_input_ids, states=encoded.backbone.states, mask=encoded.backbone.mask
             )
-            hidden = walk.tokens
-            taps = [hidden]
-            for i, block in enumerate(frozen):
-                hidden = walk(block, hidden)
-                if i in self.tapped["decoder"]:
-                    taps.append(hidden)
+        taps, _ = self._frozen_taps("decoder", walk, frozen)
         side = self.aggregate["decoder"](taps, torch.ones_like(decoder_input_ids, dtype=torch.bool))
         tokens = walk(last, side, cross=encoded.side)
         return self.backbone.head_logits(self.dropout(self.norms["decoder"](tokens)))

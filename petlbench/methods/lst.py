@@ -13,11 +13,18 @@ runs under ``no_grad`` and only its head follows the suite's `train.head` rule. 
 VSE backbone runs in eval mode (BatchNorm statistics and BERT's dropout of a frozen feature
 extractor).
 
+On T5 (the LST code's own setting) a side encoder and a side decoder run beside the two
+stacks, walked block by block under ``no_grad`` (`LadderStack`); the side decoder attends
+to the side encoder's output, and its output goes through `up` into the frozen language
+model head (`LadderSideEncoderDecoder`).
+
 Side blocks are initialised by pruning the backbone's blocks to `1/r` of their rows,
 ranked by Fisher importance (the authors' default), weight magnitude, or not at all
-(random). Deviation from the authors, who accumulate squared gradients at batch 1: a
+(random). On the dual encoders the pruning keeps each block's structure (`prune_block_into`);
+on T5 it is the LST code's chain through the whole model (`chain_selection`). Deviation
+from the authors on the dual encoders, who accumulate squared gradients at batch 1: a
 contrastive loss over one pair is constant, so importance is accumulated over batches of
-`fisher_batch_size` pairs (`fisher_samples` samples in all).
+`fisher_batch_size` pairs (`fisher_samples` samples in all); T5 takes them one by one.
 """
 
 from __future__ import annotations
@@ -342,9 +349,8 @@ class LadderSideEncoderDecoder(nn.Module):
         d = backbone.tower_shape("decoder").width
         with torch.device(backbone.device):
             self.up = nn.Linear(d // cfg.r, d)
-        for stack in self.side.values():
-            lst_code_init(stack.down_in), lst_code_init(stack.downs)
-        lst_code_init(self.up)
+        for projection in [self.up, *(layer for stack in self.side.values() for layer in (stack.down_in, *stack.downs))]:
+            lst_code_init(projection)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SideEncoded:
         with torch.no_grad():

@@ -6,6 +6,10 @@ the text-to-text task and the estimate use of it, by role.
 - ``encode`` / ``decode``: the encoder on token ids (or on input embeddings, which prompt
   tuning extends), and the decoder's next-token logits through the tied, scaled `lm_head`,
   exactly the library's forward (it is what runs).
+- ``walk`` (`T5Walk`) / ``finish`` / ``head_logits``: the same computation a block at a
+  time, for side networks that run between the blocks or run blocks of their own
+  (``new_block``, ``new_norm``); walking every block, then ``finish``, then
+  ``head_logits`` gives the library's logits bit for bit (tested).
 - `add_biases`: T5's linear layers, norms and `lm_head` have no bias; BitFit and LoRA's
   bias variant add zero-initialised ones, as the LST code does, so that the model still
   computes exactly what the checkpoint does until they train.
