@@ -32,7 +32,7 @@ def describe(job: Job, batch: str) -> str:
     checkpointing = ", activation checkpointing of every transformer block" if train.grad_checkpointing else ""
     bf16 = f" {UNCHECKED_BF16}." if train.precision == "bf16" else ""
     left_out = (
-        f" Left out, their methods do not apply to the {job.architecture.family!r} family: {', '.join(job.unsupported)}."
+        f" Left out, they (their methods, or their settings) do not apply to the {job.architecture.family!r} family: {', '.join(job.unsupported)}."
         if job.unsupported
         else ""
     ) + (f" Left out, their methods do not serve the task {job.suite.task!r}: {', '.join(job.unserved)}." if job.unserved else "")

@@ -399,13 +399,13 @@ def test_cli_on_a_vse_folder_leaves_out_the_methods_that_do_not_apply(cli, tmp_p
     towers.bert.config.save_pretrained(tmp_path / "vse" / "text")
     (tmp_path / "vse" / "vse.json").write_text(json.dumps({"image_tower": "image", "text_tower": "text", "embed_dim": towers.embed_dim}))
     variants = [load_variant(path.stem) for path in available("methods")]
-    applies = [v.name for v in variants if "vse" in registered()[v.method].families]
+    applies = [v.name for v in variants if registered()[v.method].unsupported_reason("vse", v.config) is None]
     left_out = [v.name for v in variants if v.name not in applies]
     assert applies and left_out
     code, out, err = cli("estimate", "--model", str(tmp_path / "vse"), "--batch-size", "2")
     assert code == 0, err
     assert "224x224 images, 12 text tokens" in out
-    assert f"Left out, their methods do not apply to the 'vse' family: {', '.join(left_out)}." in out
+    assert f"Left out, they (their methods, or their settings) do not apply to the 'vse' family: {', '.join(left_out)}." in out
     assert [line.split()[0] for line in out.splitlines()[4:]] == applies  # description, blank, header, rule
     code, _, err = cli("estimate", "--model", str(tmp_path / "vse"), "--batch-size", "2", "--methods", ",".join(left_out))
     assert code == 2 and "none applies to the 'vse' family" in err
