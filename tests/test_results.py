@@ -123,6 +123,13 @@ def test_labels_overlap_no_label_nor_marker_and_a_variant_keeps_its_style(name, 
         for ax in fig.axes:
             # the text's own box (an annotation's extent includes its leader line)
             labels = [Text.get_window_extent(t, renderer) for t in ax.texts]
+            # point labels stay out of the layout (`in_layout=False`), so the drawn box above leaves them out
+            off = [
+                t.get_text()
+                for t, box in zip(ax.texts, labels, strict=True)
+                if not fig.bbox.contains(box.x0, box.y0) or not fig.bbox.contains(box.x1, box.y1)
+            ]
+            assert not off, f"{stem}: labels off the figure: {off}"
             markers = [
                 (x, y)
                 for c in ax.collections

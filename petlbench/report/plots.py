@@ -130,12 +130,18 @@ def _fit_columns(fig: Figure, columns: int, place) -> Legend:
     return place(1)
 
 
+# What a place costs `place_labels` beyond its overlaps: outside the axes, off the figure.
+OUTSIDE_AXES, OFF_FIGURE = 100, 10_000
+
+
 def place_labels(fig: Figure, labels: dict, marker_pt: float = 4.0) -> None:
     """Annotate each axes' points ``labels[ax]`` = [(x, y, text[, colour])] so that no label
     overlaps another, nor a marker of the axes, nor leaves the axes: each label takes the
     first free place around its point, nearest first, with a leader line where it lands
     away from the point (the layout is fixed first, so that places are measured where
-    they will be drawn; where no place is free, the one overlapping least)."""
+    they will be drawn; where no place is free, the one overlapping least, and never off
+    the figure where a place on it exists). A label that fits nowhere on the figure in
+    one line is tried in two, its options under its name."""
     if not labels:
         return
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -146,6 +152,29 @@ def place_labels(fig: Figure, labels: dict, marker_pt: float = 4.0) -> None:
     angles = [45, 315, 135, 225, 0, 180, 90, 270, *range(22, 360, 45)]
     directions = [(math.cos(math.radians(a)), math.sin(math.radians(a))) for a in angles]
     side = lambda c: 1 if c > 0.38 else -1 if c < -0.38 else 0  # noqa: E731
+
+    def within(outer: Bbox, box: Bbox) -> bool:
+        return outer.containsx(box.x0) and outer.containsx(box.x1) and outer.containsy(box.y0) and outer.containsy(box.y1)
+
+    def least_clashing(note, frame: Bbox, obstacles: list[Bbox]) -> tuple:
+        """(clashes, offset, ha, va, box) of the best place for ``note`` in the axes ``frame``."""
+        best = None
+        for distance in (3, 6, 10, 15, 21, 28, 36, 45, 55, 66, 78):
+            for dx, dy in directions:
+                note.set(
+                    position=(dx * distance, dy * distance),
+                    ha={1: "left", -1: "right", 0: "center"}[side(dx)],
+                    va={1: "bottom", -1: "top", 0: "center"}[side(dy)],
+                )
+                box = note.get_window_extent(renderer).padded(pad)
+                clashes = sum(box.overlaps(o) for o in obstacles)
+                clashes += (0 if within(frame, box) else OUTSIDE_AXES) + (0 if within(fig.bbox, box) else OFF_FIGURE)
+                if best is None or clashes < best[0]:
+                    best = (clashes, (dx * distance, dy * distance), note.get_ha(), note.get_va(), box)
+                if not clashes:
+                    return best
+        return best
+
     for ax, wanted in labels.items():
         frame = ax.get_window_extent(renderer)
         half = marker_pt / 2 * pad
@@ -156,26 +185,16 @@ def place_labels(fig: Figure, labels: dict, marker_pt: float = 4.0) -> None:
         ]
         taken: list[Bbox] = []
         for x, y, text, *colour in wanted:
-            note = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", in_layout=False, color=(colour or [None])[0])
             best = None
-            for distance in (3, 6, 10, 15, 21, 28, 36, 45, 55, 66, 78):
-                for dx, dy in directions:
-                    note.set(
-                        position=(dx * distance, dy * distance),
-                        ha={1: "left", -1: "right", 0: "center"}[side(dx)],
-                        va={1: "bottom", -1: "top", 0: "center"}[side(dy)],
-                    )
-                    box = note.get_window_extent(renderer).padded(pad)
-                    inside = frame.containsx(box.x0) and frame.containsx(box.x1) and frame.containsy(box.y0) and frame.containsy(box.y1)
-                    clashes = sum(box.overlaps(o) for o in markers + taken) + (0 if inside else 100)
-                    if best is None or clashes < best[0]:
-                        best = (clashes, (dx * distance, dy * distance), note.get_ha(), note.get_va(), box)
-                    if not clashes:
-                        break
-                if best[0] == 0:
+            for lines in dict.fromkeys([text, text.replace(" (", "\n(", 1)]):
+                note = ax.annotate(lines, (x, y), xytext=(0, 0), textcoords="offset points", in_layout=False, color=(colour or [None])[0])
+                found = least_clashing(note, frame, markers + taken)
+                note.remove()  # drawn anew where it fits, tied back by a line where it is far from its point
+                if best is None or found[0] < best[0]:
+                    best = (*found, lines)
+                if found[0] < OFF_FIGURE:
                     break
-            _, offset, ha, va, box = best
-            note.remove()  # drawn anew where it fits, tied back by a line where it is far from its point
+            _, offset, ha, va, box, text = best
             far = max(map(abs, offset)) > 6
             line = {"arrowstyle": "-", "lw": 0.4, "color": "0.5", "shrinkA": 0, "shrinkB": 2} if far else None
             ax.annotate(
@@ -185,7 +204,7 @@ def place_labels(fig: Figure, labels: dict, marker_pt: float = 4.0) -> None:
                 textcoords="offset points",
                 ha=ha,
                 va=va,
-                color=note.get_color(),
+                color=(colour or [None])[0],
                 in_layout=False,
                 arrowprops=line,
             )
