@@ -44,12 +44,15 @@ def _examples(n: int) -> list[dict[str, torch.Tensor]]:
 
 def _reference_chain(state: dict[str, torch.Tensor], importance: dict[str, torch.Tensor], r: int, depth: int) -> dict[str, torch.Tensor]:
     """The LST code's "fisher-v2" pruning read from its description, by state-dict names and
-    plain sorting: the embedding's columns ranked first; then, in order, every norm takes the
+    plain sorting, in its order of kept rows: the embedding's columns ranked first; then, in order, every norm takes the
     current selection, every group of linears has its columns cut to it and its rows ranked
     by the summed product of the group's importances."""
 
     def top(scores: torch.Tensor, k: int) -> list[int]:
-        return sorted(sorted(range(len(scores)), key=lambda i: -scores[i].item())[:k])
+        """The LST code's `select_weights`: the lowest n - k go, the rest are kept in the order of
+        `list(set(range(n)) - set(removed))` (not ascending)."""
+        removed = sorted(range(len(scores)), key=lambda i: scores[i].item())[: len(scores) - k]
+        return list(set(range(len(scores))) - set(removed))
 
     order: list[str | list[str]] = ["shared.weight"]
     for tower, sublayers in (("encoder", ("SelfAttention",)), ("decoder", ("SelfAttention", "EncDecAttention"))):

@@ -57,8 +57,8 @@ class TapsIntoLastBlock(nn.Module):
     to the frozen encoder's output; the decoder's aggregate replaces the last block's input;
     that frozen block runs with autograd on, attending to the side encoding; then a
     trainable norm, dropout and the frozen language-model head. The decoder taps only the
-    blocks before its last; the frozen stacks' own final norms are not run (nothing reads
-    them). The deepest decoder tap is the last block's input (block L-2 is never dropped), so
+    blocks before its last; the frozen decoder's final norm is not run (nothing reads it;
+    the frozen encoder's is: the frozen decoder blocks attend to its output). The deepest decoder tap is the last block's input (block L-2 is never dropped), so
     that the side output takes the place of what it is built from."""
 
     def __init__(self, backbone: EncoderDecoder, drop_layers: list[int], aggregate: Callable[[str, int], nn.Module], who: str):

@@ -382,6 +382,17 @@ T5_CHAIN = {
 T5_POSITION_TABLE = "layer.0.SelfAttention.relative_attention_bias"
 
 
+def _kept_as_the_lst_code_keeps(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The indices of the ``k`` highest ``scores``, in the order the LST code keeps them: it
+    removes the lowest ``n - k`` and keeps ``list(set(range(n)) - set(removed))``, CPython's
+    set order, which is not ascending once ``n`` outgrows the set's table. The order matters:
+    the kept query/key/value rows are cut into heads in it, and every residual writer's kept
+    rows land on the residual positions in it."""
+    n = len(scores)
+    removed = scores.argsort()[: n - k].tolist()
+    return torch.tensor(list(set(range(n)) - set(removed)), device=scores.device)
+
+
 def chain_selection(
     backbone: EncoderDecoder, importance: Callable[[torch.Tensor], torch.Tensor], r: int
 ) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]]:
@@ -390,10 +401,13 @@ def chain_selection(
     embeddings' columns; then, block after block through the encoder and on into the
     decoder, each group of linears is cut to the selection's columns, its rows ranked by
     the L1 norm of the element-wise product of its members' importances, and the top 1/r
-    kept become the selection (so the residual stream's selection changes at every writer);
+    kept become the selection, in the LST code's order (so the residual stream's selection
+    changes at every writer);
     a norm keeps the selection it meets. A decoder's cross-attention keys and values read
     the decoder stream's selection, as the chain runs."""
-    selection = _top(importance(backbone.token_embeddings().weight).abs().sum(dim=0), backbone.tower_shape("encoder").width // r)
+    selection = _kept_as_the_lst_code_keeps(
+        importance(backbone.token_embeddings().weight).abs().sum(dim=0), backbone.tower_shape("encoder").width // r
+    )
     chosen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for (tower, blocks), final in zip(backbone.blocks().items(), backbone.final_norms(), strict=True):
         for block in blocks:
@@ -404,7 +418,7 @@ def chain_selection(
                 linears = [attrgetter(path)(block) for path in step]
                 columns = selection
                 product = functools.reduce(torch.mul, (importance(linear.weight)[:, columns] for linear in linears))
-                selection = _top(product.abs().sum(dim=1), linears[0].out_features // r)
+                selection = _kept_as_the_lst_code_keeps(product.abs().sum(dim=1), linears[0].out_features // r)
                 chosen.update((linear, (selection, columns)) for linear in linears)
         chosen[final] = (selection, None)
     return chosen
