@@ -16,7 +16,7 @@ from petlbench import estimate, records
 from petlbench.config import ConfigError, load_suite
 from petlbench.methods import get_method, lst
 from petlbench.methods.sherl import MultiTapAggregate
-from petlbench.models.loader import load_backbone
+from petlbench.models.loader import load_backbone, load_preprocessors
 from petlbench.registry import SetupData
 from petlbench.tasks.glue.task import TASK
 from petlbench.variants import data_free, load_variant
@@ -36,7 +36,7 @@ SMALL_TEXT_RUN = [
 
 def _examples(n: int) -> list[dict[str, torch.Tensor]]:
     """``n`` training examples of the embedded suite, one per batch."""
-    backbone, tokenizer, *_ = load_backbone("embedded-t5", "sdpa", torch.device("cpu"))
+    tokenizer, _ = load_preprocessors("embedded-t5")
     small = dataclasses.replace(EMBEDDED, data=dataclasses.replace(EMBEDDED.data, train_examples=n, val_examples=1, test_examples=1))
     split = TASK.splits(small, tokenizer, None, False)["train"]
     return list(itertools.islice(split.training_batches(1, torch.Generator().manual_seed(0)), n))
